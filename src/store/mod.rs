@@ -65,6 +65,8 @@ pub enum StoreError {
 pub enum ClaimOutcome {
     /// The key is now bound to the e-mail (it may have been created by this claim).
     Claimed,
+    /// The key does not exist, and the caller did not allow creating it.
+    Unknown,
     /// The key was already bound to this e-mail.
     AlreadyClaimed,
     /// The key is bound to another e-mail.
@@ -181,11 +183,12 @@ impl Store {
         Ok(self.db.apply_batch(batch)?)
     }
 
-    /// Binds a key to an e-mail address, creating the key if a client made it itself.
-    /// E-mail addresses are compared case-insensitively.
+    /// Binds a key to an e-mail address, creating the key (a client made it itself) when
+    /// `may_create`. E-mail addresses are compared case-insensitively.
     pub fn claim_key(
         &self,
         hash: &KeyHash,
+        may_create: bool,
         email: &str,
         ip: IpAddr,
         now: UnixTime,
@@ -210,6 +213,7 @@ impl Store {
                 claimed_at: Some(now),
                 ..r
             },
+            None if !may_create => return Ok(ClaimOutcome::Unknown),
             None => KeyRecord {
                 created_at: now,
                 creator_ip: ip,
