@@ -11,6 +11,8 @@
 //! | `D` | key hash + normalised domain | [`KeyDomain`] |
 //! | `N` | normalised domain | [`DomainRecord`] |
 //! | `A` | sled id (8 bytes, big-endian) | [`AuditEvent`] |
+//! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
+//! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -24,16 +26,21 @@
 //! Write methods change sled's in-memory state only. The caller must `commit().await` before
 //! acknowledging; see [`durable`].
 
+mod bridge_state;
 pub mod durable;
 pub mod records;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
-pub use records::{AuditEvent, AuditKind, DomainRecord, KeyDomain, KeyRecord, Record, UnixTime};
+pub use records::{
+    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DomainRecord, KeyDomain,
+    KeyRecord, Record, UnixTime,
+};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -41,6 +48,8 @@ const KEY: u8 = b'K';
 const KEY_DOMAIN: u8 = b'D';
 const DOMAIN: u8 = b'N';
 const AUDIT: u8 = b'A';
+const BRIDGE: u8 = b'S';
+const OUTBOX: u8 = b'O';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -90,6 +99,9 @@ pub struct Store {
     db: sled::Db,
     write_lock: Mutex<()>,
     commits: GroupCommit,
+    bridge_enabled: AtomicBool,
+    /// Woken when a domain is queued for the bridge, so the worker need not poll.
+    bridge_wakeup: tokio::sync::Notify,
 }
 
 impl Store {
@@ -124,6 +136,8 @@ impl Store {
             db,
             write_lock: Mutex::new(()),
             commits,
+            bridge_enabled: AtomicBool::new(false),
+            bridge_wakeup: tokio::sync::Notify::new(),
         })
     }
 
@@ -140,6 +154,11 @@ impl Store {
     /// The group-commit machinery, for its counters and test fault injection.
     pub fn group_commit(&self) -> &GroupCommit {
         &self.commits
+    }
+
+    /// Resolves when a domain has been queued for the bridge since the last call.
+    pub async fn bridge_queued(&self) {
+        self.bridge_wakeup.notified().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -281,20 +300,25 @@ impl Store {
         batch.insert(key_key(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
         let d_key = domain_key(&name);
-        if !self.db.contains_key(&d_key)? {
+        let new_domain = !self.db.contains_key(&d_key)?;
+        // A domain is queued for the bridge in the same batch that registers it, so an
+        // acknowledged registration can never miss the bridge.
+        let queued = new_domain && self.bridge_enabled();
+        if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
             };
             batch.insert(d_key, record.encode());
         }
-        self.audit(
-            &mut batch,
-            now,
-            ip,
-            hash,
-            AuditKind::DomainAdded { domain: name },
-        )?;
+        if queued {
+            bridge_state::queue_new_domain(&mut batch, &name, now, key.confirmed_at.is_some());
+        }
+        let kind = AuditKind::DomainAdded { domain: name };
+        self.audit(&mut batch, now, ip, hash, kind)?;
         self.db.apply_batch(batch)?;
+        if queued {
+            self.bridge_wakeup.notify_one();
+        }
         Ok(AddOutcome::Added)
     }
 
