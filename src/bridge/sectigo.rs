@@ -900,7 +900,9 @@ impl SectigoClient {
     /// every page of the name-filtered list. SCM's `name` filter is not documented as exact,
     /// so equality is checked here. Usually zero or one result.
     pub async fn find_domains_by_name(&self, name: &str) -> Result<Vec<DomainRef>, SectigoError> {
+        // SCM stores names without the trailing dot; a filter with one would match nothing.
         let wanted = comparable_name(name);
+        let name = wanted.as_str();
         let mut found = Vec::new();
         let mut position = 0u64;
         loop {
