@@ -34,8 +34,8 @@ use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
 pub use records::{
-    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DomainRecord, KeyDomain,
-    KeyRecord, Record, UnixTime,
+    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
+    DomainRecord, KeyDomain, KeyRecord, Record, UnixTime,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -386,6 +386,20 @@ impl Store {
         self.get(&domain_key(name))
     }
 
+    /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
+    /// The source address is unspecified and the key id is `-`.
+    pub fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        self.audit_raw(
+            &mut batch,
+            now,
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            "-".to_owned(),
+            kind,
+        )?;
+        Ok(self.db.apply_batch(batch)?)
+    }
+
     /// The audit trail, oldest first.
     pub fn audit_events(&self) -> impl Iterator<Item = Result<AuditEvent, StoreError>> + '_ {
         self.db.scan_prefix([AUDIT]).map(|entry| {
@@ -409,7 +423,17 @@ impl Store {
         hash: &KeyHash,
         kind: AuditKind,
     ) -> Result<(), StoreError> {
-        let key_id = hash.id();
+        self.audit_raw(batch, at, ip, hash.id(), kind)
+    }
+
+    fn audit_raw(
+        &self,
+        batch: &mut sled::Batch,
+        at: UnixTime,
+        ip: IpAddr,
+        key_id: String,
+        kind: AuditKind,
+    ) -> Result<(), StoreError> {
         tracing::info!(event = kind.name(), key = %key_id, %ip, ?kind, "audit");
         let mut key = vec![AUDIT];
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
