@@ -111,6 +111,11 @@ pub struct SectigoConfig {
     #[serde(default)]
     pub backoff: BackoffConfig,
 
+    /// After Sectigo rejects certline's credentials (401) the whole bridge pauses; this is
+    /// how often it tries again (one request) to see whether an operator fixed them.
+    #[serde(default = "default_unauthorized_retry_secs")]
+    pub unauthorized_retry_secs: u64,
+
     /// How often a synced domain is looked at again.
     #[serde(default = "default_recheck_interval_hours")]
     pub recheck_interval_hours: u64,
@@ -594,6 +599,9 @@ fn default_backoff_initial_secs() -> u64 {
 }
 fn default_backoff_max_secs() -> u64 {
     6 * 3600
+}
+fn default_unauthorized_retry_secs() -> u64 {
+    300
 }
 fn default_recheck_interval_hours() -> u64 {
     24

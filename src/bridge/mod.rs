@@ -6,14 +6,17 @@
 //! * [`policy`] holds the operator's decisions (which domains may be forwarded, created,
 //!   monitored) as pure functions, so they are tested without a network.
 //!
-//! The worker that drives a domain through lookup → create → monitoring → DCV status uses
-//! these three; it is described in `design.md` §6. Facts about the API are in
-//! `shared/reference/sectigo-scm-api.md`.
+//! * [`worker`] drives each registered domain through lookup → create → monitoring → DCV
+//!   status, fed by the store's durable outbox (design.md §6).
+//!
+//! Facts about the API are in `shared/reference/sectigo-scm-api.md`.
 
 pub mod config;
 pub mod policy;
 pub mod sectigo;
+pub mod worker;
 
 pub use config::{AuthConfig, Secret, SectigoConfig};
 pub use policy::{Policy, Skip};
 pub use sectigo::{ClientOptions, Credentials, SectigoClient, SectigoError};
+pub use worker::{BridgeHandle, Worker};

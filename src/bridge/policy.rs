@@ -195,6 +195,7 @@ mod tests {
             max_concurrency: 1,
             max_requests_per_second: 1.0,
             backoff: BackoffConfig::default(),
+            unauthorized_retry_secs: 300,
             recheck_interval_hours: 72,
             dcv_expiry_window_days: 30,
             dcv_action_api: None,

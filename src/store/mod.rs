@@ -146,9 +146,15 @@ impl Store {
         Ok(self.commits.commit().await?)
     }
 
-    /// Flushes and syncs now, whatever the mode (shutdown).
+    /// Flushes and syncs now, whatever the mode.
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(self.commits.flush_now().await?)
+    }
+
+    /// Flushes a last time and stops the background flusher (shutdown). Later commits fail;
+    /// the database closes when the last handle on the store is dropped.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        Ok(self.commits.close().await?)
     }
 
     /// The group-commit machinery, for its counters and test fault injection.
@@ -302,8 +308,10 @@ impl Store {
         let d_key = domain_key(&name);
         let new_domain = !self.db.contains_key(&d_key)?;
         // A domain is queued for the bridge in the same batch that registers it, so an
-        // acknowledged registration can never miss the bridge.
-        let queued = new_domain && self.bridge_enabled();
+        // acknowledged registration can never miss the bridge. Sectigo knows host names, not
+        // ports: `www.example.org:8443` is bridged as `www.example.org`.
+        let host = domain.host();
+        let queued = self.bridge_enabled() && self.bridge(host)?.is_none();
         if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
@@ -311,7 +319,7 @@ impl Store {
             batch.insert(d_key, record.encode());
         }
         if queued {
-            bridge_state::queue_new_domain(&mut batch, &name, now, key.confirmed_at.is_some());
+            bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
         }
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
