@@ -253,6 +253,12 @@ fn rerunning_the_hook_reuses_its_key_and_changes_nothing() {
 fn post_hook_on_certbot_2_reads_only_the_last_run_of_an_accumulated_log() {
     let server = Server::start();
     let tree = Tree::new("certbot-2.1", server.port);
+    // Without openssl and without a webroot_map, only the certificate itself (decoded by the
+    // hook with base64 and od) can tell x2-x4: the log shows "x1.example.org and 3 more".
+    let x1_conf = tree.config.join("renewal/x1.example.org.conf");
+    let conf = fs::read_to_string(&x1_conf).unwrap();
+    let without_map = conf.split("[[webroot_map]]").next().unwrap().to_owned();
+    fs::write(&x1_conf, without_map).unwrap();
     // certbot 2.x leaves the last deploy hook's variables behind; they must not be trusted.
     let leftover = tree.lineage("c.example.org");
     let done = tree.run(
