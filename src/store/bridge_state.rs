@@ -136,14 +136,42 @@ pub(super) fn queue_new_domain(
     batch.insert(outbox_key(now, domain), &[][..]);
 }
 
-fn bridge_key(domain: &str) -> Vec<u8> {
+/// Adds to `batch` the change that a confirmed key now holds `domain`: `key_confirmed` is
+/// set, and a record waiting in `awaiting_confirmation` goes back to `queued`, due now (its
+/// outbox entry is written with it). Returns whether it was requeued (wake the worker after
+/// the batch is applied). Writes nothing when there is nothing to change.
+pub(super) fn mark_key_confirmed(
+    batch: &mut sled::Batch,
+    domain: &str,
+    mut record: BridgeRecord,
+    now: UnixTime,
+) -> bool {
+    let waiting = record.phase == BridgePhase::AwaitingConfirmation;
+    if record.key_confirmed && !waiting {
+        return false;
+    }
+    record.key_confirmed = true;
+    if waiting {
+        if let Some(old) = record.next_attempt_at {
+            batch.remove(outbox_key(old, domain));
+        }
+        record.phase = BridgePhase::Queued;
+        record.attempts = 0;
+        record.next_attempt_at = Some(now);
+        batch.insert(outbox_key(now, domain), &[][..]);
+    }
+    batch.insert(bridge_key(domain), record.encode());
+    waiting
+}
+
+pub(super) fn bridge_key(domain: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + domain.len());
     k.push(BRIDGE);
     k.extend_from_slice(domain.as_bytes());
     k
 }
 
-fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
+pub(super) fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + domain.len());
     k.push(OUTBOX);
     // Times before 1970 do not occur; clamping keeps the byte order equal to time order.

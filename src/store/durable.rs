@@ -80,10 +80,12 @@ impl Flusher {
         self.db_file
             .sync_data()
             .map_err(|e| FlushError(e.to_string().into()))?;
+        let elapsed = started.elapsed();
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("certline_flush_seconds").record(elapsed.as_secs_f64());
         Ok(())
     }
 
