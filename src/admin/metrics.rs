@@ -62,6 +62,8 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("another metrics recorder is installed; /metrics stays empty");
             }
             describe();
+            // Shown from the first scrape on, not only after the first connection.
+            metrics::gauge!("certline_open_connections").set(0.0);
             handle
         })
         .clone()
