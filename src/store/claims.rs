@@ -210,6 +210,29 @@ impl Store {
         Ok(outcome)
     }
 
+    /// The host names (no port) registered under at least one confirmed, unrevoked key: what
+    /// `key_confirmed` should say for each domain. Two scans; for start-up.
+    pub(super) fn hosts_of_confirmed_keys(&self) -> Result<HashSet<String>, StoreError> {
+        let mut hosts = HashSet::new();
+        for entry in self.db.scan_prefix([KEY]) {
+            let (k, v) = entry?;
+            let r = KeyRecord::decode(&v)?;
+            if r.confirmed_at.is_none() || r.revoked_at.is_some() {
+                continue;
+            }
+            let mut prefix = vec![KEY_DOMAIN];
+            prefix.extend_from_slice(&k[1..]);
+            for entry in self.db.scan_prefix(&prefix) {
+                let (k, _) = entry?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                if let Ok(domain) = crate::domain::normalize(&name) {
+                    hosts.insert(domain.host().to_owned());
+                }
+            }
+        }
+        Ok(hosts)
+    }
+
     /// Adds to `batch` the bridge changes for a newly confirmed key (see [`Store::use_link`]).
     /// Returns how many domains were requeued.
     fn confirm_bridge_records(
@@ -386,6 +409,83 @@ mod tests {
                 .unwrap(),
             LinkOutcome::Unknown
         );
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_is_not_undone_by_a_worker_saving_an_older_copy() {
+        use crate::domain::normalize;
+        use crate::store::BridgePhase;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.enable_bridge();
+        let ip: IpAddr = IP.parse().unwrap();
+        let key = ApiKey::generate();
+        let caps = ClaimCaps::default();
+        store
+            .create_key(&key.hash(), Some("a@x.org"), &caps, ip, 0)
+            .unwrap();
+        store
+            .add_domain(&key.hash(), &normalize("www.x.org").unwrap(), ip, 0)
+            .unwrap();
+        // The worker read the record before the confirmation...
+        let stale = store.bridge("www.x.org").unwrap().unwrap();
+        assert!(!stale.key_confirmed);
+        store
+            .save_link_tokens(&[(
+                [9; 32],
+                LinkToken {
+                    key_hash: key.hash().0,
+                    action: LinkAction::Confirm,
+                    created_at: 0,
+                    expires_at: i64::MAX,
+                    used_at: None,
+                },
+            )])
+            .unwrap();
+        assert!(matches!(
+            store
+                .use_link(&[9; 32], LinkAction::Confirm, ip, 5)
+                .unwrap(),
+            LinkOutcome::Confirmed { requeued: 0, .. }
+        ));
+        // ...and parks it awaiting confirmation after it.
+        let mut parked = stale;
+        parked.phase = BridgePhase::AwaitingConfirmation;
+        parked.next_attempt_at = None;
+        store.save_bridge("www.x.org", &parked).unwrap();
+        let saved = store.bridge("www.x.org").unwrap().unwrap();
+        assert!(saved.key_confirmed);
+        assert_eq!(saved.phase, BridgePhase::Queued);
+        let due = store.due_bridge_jobs(i64::MAX, 10).unwrap();
+        assert_eq!(due.len(), 1, "requeued in the outbox");
+    }
+
+    #[tokio::test]
+    async fn the_bridge_backfill_knows_which_domains_have_a_confirmed_key() {
+        use crate::domain::normalize;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let ip: IpAddr = IP.parse().unwrap();
+        let (confirmed, other) = (ApiKey::generate(), ApiKey::generate());
+        for (key, domain) in [(&confirmed, "a.x.org:8443"), (&other, "b.x.org")] {
+            store
+                .create_key(&key.hash(), None, &ClaimCaps::default(), ip, 0)
+                .unwrap();
+            store
+                .add_domain(&key.hash(), &normalize(domain).unwrap(), ip, 0)
+                .unwrap();
+        }
+        let mut record = store.key(&confirmed.hash()).unwrap().unwrap();
+        record.confirmed_at = Some(1);
+        store
+            .db
+            .insert(key_key(&confirmed.hash()), record.encode())
+            .unwrap();
+        // Registered while the bridge was off; now it starts.
+        store.enable_bridge();
+        assert_eq!(store.backfill_bridge(10).unwrap(), 2);
+        assert!(store.bridge("a.x.org").unwrap().unwrap().key_confirmed);
+        assert!(!store.bridge("b.x.org").unwrap().unwrap().key_confirmed);
     }
 
     #[tokio::test]
