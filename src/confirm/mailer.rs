@@ -72,3 +72,19 @@ impl Mailer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tls_mode_builds_a_transport() {
+        for tls in ["none", "starttls", "tls"] {
+            let config: SmtpConfig = toml::from_str(&format!(
+                "host = \"smtp.example.org\"\ntls = \"{tls}\"\nfrom = \"c@example.org\"\n"
+            ))
+            .unwrap();
+            assert!(Mailer::new(&config).is_ok(), "{tls}");
+        }
+    }
+}

@@ -461,6 +461,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_confirmed_key_adding_a_waiting_domain_releases_it() {
+        use crate::domain::normalize;
+        use crate::store::BridgePhase;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.enable_bridge();
+        let ip: IpAddr = IP.parse().unwrap();
+        let (waiting, confirmed) = (ApiKey::generate(), ApiKey::generate());
+        for key in [&waiting, &confirmed] {
+            store
+                .create_key(&key.hash(), None, &ClaimCaps::default(), ip, 0)
+                .unwrap();
+        }
+        let domain = normalize("www.x.org").unwrap();
+        store.add_domain(&waiting.hash(), &domain, ip, 0).unwrap();
+        let mut parked = store.bridge("www.x.org").unwrap().unwrap();
+        parked.phase = BridgePhase::AwaitingConfirmation;
+        parked.next_attempt_at = None;
+        parked.sectigo_id = Some(396);
+        store.save_bridge("www.x.org", &parked).unwrap();
+        assert!(store.due_bridge_jobs(i64::MAX, 10).unwrap().is_empty());
+        let mut record = store.key(&confirmed.hash()).unwrap().unwrap();
+        record.confirmed_at = Some(1);
+        store
+            .db
+            .insert(key_key(&confirmed.hash()), record.encode())
+            .unwrap();
+        store.add_domain(&confirmed.hash(), &domain, ip, 7).unwrap();
+        let released = store.bridge("www.x.org").unwrap().unwrap();
+        assert!(released.key_confirmed);
+        assert_eq!(released.phase, BridgePhase::Queued);
+        assert_eq!(released.next_attempt_at, Some(7));
+        assert_eq!(released.sectigo_id, Some(396), "what was known is kept");
+        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn the_bridge_backfill_knows_which_domains_have_a_confirmed_key() {
         use crate::domain::normalize;
         let dir = tempfile::tempdir().unwrap();

@@ -346,13 +346,14 @@ impl Store {
         } else {
             None
         };
-        let mut queued = self.bridge_enabled() && existing.is_none();
+        let queued = self.bridge_enabled() && existing.is_none();
         // A confirmed key adding a domain an unconfirmed key holds lifts the wait for it.
-        if let Some(record) = existing
-            && key.confirmed_at.is_some()
-        {
-            queued |= bridge_state::mark_key_confirmed(&mut batch, host, record, now);
-        }
+        let released = match existing {
+            Some(record) if key.confirmed_at.is_some() => {
+                bridge_state::mark_key_confirmed(&mut batch, host, record, now)
+            }
+            _ => false,
+        };
         if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
@@ -365,7 +366,7 @@ impl Store {
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
         self.db.apply_batch(batch)?;
-        if queued {
+        if queued || released {
             self.bridge_wakeup.notify_one();
         }
         Ok(AddOutcome::Added)
