@@ -120,9 +120,11 @@ impl Log {
             return result;
         }
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         self.stats
             .flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("certline_flush_seconds").record(elapsed.as_secs_f64());
         Ok(())
     }
 
@@ -153,9 +155,14 @@ impl Log {
         Ok(previous)
     }
 
-    /// Makes sled hold everything the log holds, then deletes the covered segments.
-    fn checkpoint(&self) -> Result<(), FlushError> {
+    /// Makes sled hold everything the log holds, then deletes the covered segments. With an
+    /// empty segment there is nothing to cover, unless `always` (shutdown) asks for a flush.
+    fn checkpoint(&self, always: bool) -> Result<(), FlushError> {
         if lock(&self.segment).len == 0 {
+            if always {
+                self.db.flush().map_err(FlushError::from_display)?;
+                self.db_file.sync_data().map_err(FlushError::from_display)?;
+            }
             return Ok(());
         }
         // Every record in a segment up to `covered` was applied to sled before it was
@@ -263,7 +270,7 @@ impl GroupCommit {
             while log.checkpointing.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            log.checkpoint()
+            log.checkpoint(true)
         })
         .await
     }
@@ -336,7 +343,7 @@ async fn run_flusher(
             let log = log.clone();
             // In the background: acknowledgements go on while sled flushes.
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = log.checkpoint() {
+                if let Err(e) = log.checkpoint(false) {
                     tracing::error!(error = %e, "checkpoint failed; the log is kept and replayed at start");
                 }
                 log.checkpointing.store(false, Ordering::SeqCst);

@@ -13,6 +13,10 @@
 //! | `A` | sequence (8 bytes, big-endian; nanoseconds since the epoch, kept increasing) | [`AuditEvent`] |
 //! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
 //! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
+//! | `E` | lower-cased e-mail + `0x00` + key hash | nothing: the keys claimed by an address |
+//! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
+//! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
+//! | `M` | a name | store metadata (migrations done, the readiness probe) |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -28,16 +32,20 @@
 //! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
 
 mod bridge_state;
+mod claims;
 pub mod durable;
+mod inventory;
 pub mod records;
 pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
+pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
+pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
-    DomainRecord, KeyDomain, KeyRecord, Record, UnixTime,
+    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -55,6 +63,10 @@ const DOMAIN: u8 = b'N';
 const AUDIT: u8 = b'A';
 const BRIDGE: u8 = b'S';
 const OUTBOX: u8 = b'O';
+const EMAIL: u8 = b'E';
+const NEW_EMAILS: u8 = b'I';
+const LINK_TOKEN: u8 = b'T';
+const META: u8 = b'M';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -87,6 +99,8 @@ pub enum ClaimOutcome {
     ClaimedByOther,
     /// The key was revoked.
     Revoked,
+    /// A claim cap (KeyChest's abuse limits, `[claims]`) refused a new claim.
+    Capped(CapExceeded),
 }
 
 /// What `add` did.
@@ -175,14 +189,16 @@ impl Store {
             }
             None => 0,
         };
-        Ok(Self {
+        let store = Self {
             db,
             write_lock: Mutex::new(()),
             commits,
             bridge_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
-        })
+        };
+        store.migrate_email_index()?;
+        Ok(store)
     }
 
     /// Applies a batch: to sled atomically, and to the write-ahead log in the same order.
@@ -227,14 +243,17 @@ impl Store {
         self.get(&key_key(hash))
     }
 
-    /// Records a freshly minted key, optionally already claimed by `email`.
+    /// Records a freshly minted key, optionally already claimed by `email` (subject to the
+    /// claim `caps`; then nothing is written and the outcome says which cap refused it).
+    /// Returns [`ClaimOutcome::Claimed`] when the key was recorded.
     pub fn create_key(
         &self,
         hash: &KeyHash,
         email: Option<&str>,
+        caps: &ClaimCaps,
         ip: IpAddr,
         now: UnixTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ClaimOutcome, StoreError> {
         let record = KeyRecord {
             created_at: now,
             creator_ip: ip,
@@ -245,6 +264,12 @@ impl Store {
             domain_count: 0,
         };
         let mut batch = WriteBatch::default();
+        let _guard = self.lock();
+        if let Some(email) = email
+            && let Err(cap) = self.claim_checks(&mut batch, hash, email, caps, ip, now)?
+        {
+            return Ok(ClaimOutcome::Capped(cap));
+        }
         batch.insert(key_key(hash), record.encode());
         self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
         if let Some(email) = email {
@@ -253,17 +278,19 @@ impl Store {
             };
             self.audit(&mut batch, now, ip, hash, kind)?;
         }
-        let _guard = self.lock();
-        self.write(batch)
+        self.write(batch)?;
+        Ok(ClaimOutcome::Claimed)
     }
 
     /// Binds a key to an e-mail address, creating the key (a client made it itself) when
-    /// `may_create`. E-mail addresses are compared case-insensitively.
+    /// `may_create`. E-mail addresses are compared case-insensitively. A new claim is subject
+    /// to the claim `caps` ([`ClaimOutcome::Capped`]).
     pub fn claim_key(
         &self,
         hash: &KeyHash,
         may_create: bool,
         email: &str,
+        caps: &ClaimCaps,
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
@@ -299,6 +326,9 @@ impl Store {
             },
         };
         let mut batch = WriteBatch::default();
+        if let Err(cap) = self.claim_checks(&mut batch, hash, email, caps, ip, now)? {
+            return Ok(ClaimOutcome::Capped(cap));
+        }
         batch.insert(key_key(hash), record.encode());
         if is_new {
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
@@ -360,7 +390,19 @@ impl Store {
         // acknowledged registration can never miss the bridge. Sectigo knows host names, not
         // ports: `www.example.org:8443` is bridged as `www.example.org`.
         let host = domain.host();
-        let queued = self.bridge_enabled() && self.bridge(host)?.is_none();
+        let existing = if self.bridge_enabled() {
+            self.bridge(host)?
+        } else {
+            None
+        };
+        let queued = self.bridge_enabled() && existing.is_none();
+        // A confirmed key adding a domain an unconfirmed key holds lifts the wait for it.
+        let released = match existing {
+            Some(record) if key.confirmed_at.is_some() => {
+                bridge_state::mark_key_confirmed(&mut batch, host, record, now)
+            }
+            _ => false,
+        };
         if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
@@ -373,7 +415,7 @@ impl Store {
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
         self.write(batch)?;
-        if queued {
+        if queued || released {
             self.bridge_wakeup.notify_one();
         }
         Ok(AddOutcome::Added)
