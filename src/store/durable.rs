@@ -137,8 +137,20 @@ impl Log {
             return Err(FlushError("injected failure (test)".into()));
         }
         let mut segment = lock(&self.segment);
-        wal::append_durably(&mut segment.file, bytes).map_err(FlushError::from_display)?;
-        segment.len += bytes.len() as u64;
+        let mut block = wal::block(segment.number, bytes);
+        if segment.len + block.len() as u64 > wal::SEGMENT_BYTES {
+            // Full: continue in the next segment (a recycled one, usually: a rename).
+            let number = segment.number + 1;
+            let file = wal::create_segment(&self.dir, number).map_err(FlushError::from_display)?;
+            *segment = Segment {
+                number,
+                file,
+                len: 0,
+            };
+            block = wal::block(number, bytes);
+        }
+        wal::write_durably(&segment.file, segment.len, &block).map_err(FlushError::from_display)?;
+        segment.len += block.len() as u64;
         Ok(())
     }
 
@@ -170,11 +182,12 @@ impl Log {
         let covered = self.rotate().map_err(FlushError::from_display)?;
         self.db.flush().map_err(FlushError::from_display)?;
         self.db_file.sync_data().map_err(FlushError::from_display)?;
-        for (number, path) in wal::segments(&self.dir).map_err(FlushError::from_display)? {
-            if number <= covered {
-                std::fs::remove_file(path).map_err(FlushError::from_display)?;
-            }
-        }
+        let covered: Vec<_> = wal::segments(&self.dir)
+            .map_err(FlushError::from_display)?
+            .into_iter()
+            .filter(|(number, _)| *number <= covered)
+            .collect();
+        wal::retire_segments(&self.dir, &covered).map_err(FlushError::from_display)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -150,8 +150,8 @@ impl Store {
         std::fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
         let segments = wal::segments(&wal_dir).map_err(io(&wal_dir))?;
         let mut replayed = 0usize;
-        for (_, path) in &segments {
-            for batch in wal::read_segment(path).map_err(io(path))? {
+        for (number, path) in &segments {
+            for batch in wal::read_segment(path, *number).map_err(io(path))? {
                 db.apply_batch(batch.to_sled())?;
                 replayed += 1;
             }
@@ -159,9 +159,7 @@ impl Store {
         if !segments.is_empty() {
             db.flush()?;
             db_file.sync_data().map_err(io(&db_path))?;
-            for (_, path) in &segments {
-                std::fs::remove_file(path).map_err(io(path))?;
-            }
+            wal::retire_segments(&wal_dir, &segments).map_err(io(&wal_dir))?;
             tracing::info!(
                 records = replayed,
                 segments = segments.len(),
