@@ -10,10 +10,16 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use thiserror::Error;
 
-const MIN_LEN: usize = 16;
+/// The shortest key a client may create by claiming it (KeyChest's rule).
+pub const MIN_NEW_KEY_LEN: usize = 16;
 const MAX_LEN: usize = 64;
 
-/// A syntactically valid API key: 16–64 characters of `[A-Za-z0-9-]`.
+/// A syntactically valid API key: 1–64 characters of `[A-Za-z0-9-]`.
+///
+/// Presented keys are checked only for their alphabet and length, so a key an operator
+/// migrated from KeyChest (whose examples show keys like `28a7e10-1fea`) keeps working; a key
+/// a client *creates* by claiming it must also be at least [`MIN_NEW_KEY_LEN`] characters
+/// ([`ApiKey::is_long_enough_to_create`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
 
@@ -25,13 +31,18 @@ pub struct InvalidApiKey;
 impl ApiKey {
     /// Checks a key as a client sent it. Keys are case-sensitive.
     pub fn parse(s: &str) -> Result<Self, InvalidApiKey> {
-        let ok = (MIN_LEN..=MAX_LEN).contains(&s.len())
+        let ok = (1..=MAX_LEN).contains(&s.len())
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidApiKey)
         }
+    }
+
+    /// May a client create this key by claiming it? Short keys are guessable.
+    pub fn is_long_enough_to_create(&self) -> bool {
+        self.0.len() >= MIN_NEW_KEY_LEN
     }
 
     /// A fresh key: 128 bits from the operating system's CSPRNG as 8-4-4-4-12 hex, like the
@@ -107,8 +118,14 @@ mod tests {
 
     #[test]
     fn format_rules() {
-        assert!(ApiKey::parse("28a7e10-1fea-4c2b").is_ok());
-        assert_eq!(ApiKey::parse("28a7e10-1fea"), Err(InvalidApiKey));
+        assert!(
+            ApiKey::parse("28a7e10-1fea-4c2b")
+                .unwrap()
+                .is_long_enough_to_create()
+        );
+        let short = ApiKey::parse("28a7e10-1fea").unwrap();
+        assert!(!short.is_long_enough_to_create());
+        assert_eq!(ApiKey::parse(""), Err(InvalidApiKey));
         assert_eq!(ApiKey::parse(&"a".repeat(65)), Err(InvalidApiKey));
         assert!(ApiKey::parse(&"a".repeat(64)).is_ok());
         assert_eq!(ApiKey::parse("abcdefgh_ijklmnop"), Err(InvalidApiKey));

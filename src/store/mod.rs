@@ -11,6 +11,8 @@
 //! | `D` | key hash + normalised domain | [`KeyDomain`] |
 //! | `N` | normalised domain | [`DomainRecord`] |
 //! | `A` | sled id (8 bytes, big-endian) | [`AuditEvent`] |
+//! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
+//! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -24,16 +26,21 @@
 //! Write methods change sled's in-memory state only. The caller must `commit().await` before
 //! acknowledging; see [`durable`].
 
+mod bridge_state;
 pub mod durable;
 pub mod records;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
-pub use records::{AuditEvent, AuditKind, DomainRecord, KeyDomain, KeyRecord, Record, UnixTime};
+pub use records::{
+    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DomainRecord, KeyDomain,
+    KeyRecord, Record, UnixTime,
+};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -41,6 +48,8 @@ const KEY: u8 = b'K';
 const KEY_DOMAIN: u8 = b'D';
 const DOMAIN: u8 = b'N';
 const AUDIT: u8 = b'A';
+const BRIDGE: u8 = b'S';
+const OUTBOX: u8 = b'O';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -65,6 +74,8 @@ pub enum StoreError {
 pub enum ClaimOutcome {
     /// The key is now bound to the e-mail (it may have been created by this claim).
     Claimed,
+    /// The key does not exist, and the caller did not allow creating it.
+    Unknown,
     /// The key was already bound to this e-mail.
     AlreadyClaimed,
     /// The key is bound to another e-mail.
@@ -88,6 +99,9 @@ pub struct Store {
     db: sled::Db,
     write_lock: Mutex<()>,
     commits: GroupCommit,
+    bridge_enabled: AtomicBool,
+    /// Woken when a domain is queued for the bridge, so the worker need not poll.
+    bridge_wakeup: tokio::sync::Notify,
 }
 
 impl Store {
@@ -122,6 +136,8 @@ impl Store {
             db,
             write_lock: Mutex::new(()),
             commits,
+            bridge_enabled: AtomicBool::new(false),
+            bridge_wakeup: tokio::sync::Notify::new(),
         })
     }
 
@@ -130,14 +146,25 @@ impl Store {
         Ok(self.commits.commit().await?)
     }
 
-    /// Flushes and syncs now, whatever the mode (shutdown).
+    /// Flushes and syncs now, whatever the mode.
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(self.commits.flush_now().await?)
+    }
+
+    /// Flushes a last time and stops the background flusher (shutdown). Later commits fail;
+    /// the database closes when the last handle on the store is dropped.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        Ok(self.commits.close().await?)
     }
 
     /// The group-commit machinery, for its counters and test fault injection.
     pub fn group_commit(&self) -> &GroupCommit {
         &self.commits
+    }
+
+    /// Resolves when a domain has been queued for the bridge since the last call.
+    pub async fn bridge_queued(&self) {
+        self.bridge_wakeup.notified().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -181,11 +208,12 @@ impl Store {
         Ok(self.db.apply_batch(batch)?)
     }
 
-    /// Binds a key to an e-mail address, creating the key if a client made it itself.
-    /// E-mail addresses are compared case-insensitively.
+    /// Binds a key to an e-mail address, creating the key (a client made it itself) when
+    /// `may_create`. E-mail addresses are compared case-insensitively.
     pub fn claim_key(
         &self,
         hash: &KeyHash,
+        may_create: bool,
         email: &str,
         ip: IpAddr,
         now: UnixTime,
@@ -210,6 +238,7 @@ impl Store {
                 claimed_at: Some(now),
                 ..r
             },
+            None if !may_create => return Ok(ClaimOutcome::Unknown),
             None => KeyRecord {
                 created_at: now,
                 creator_ip: ip,
@@ -277,20 +306,27 @@ impl Store {
         batch.insert(key_key(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
         let d_key = domain_key(&name);
-        if !self.db.contains_key(&d_key)? {
+        let new_domain = !self.db.contains_key(&d_key)?;
+        // A domain is queued for the bridge in the same batch that registers it, so an
+        // acknowledged registration can never miss the bridge. Sectigo knows host names, not
+        // ports: `www.example.org:8443` is bridged as `www.example.org`.
+        let host = domain.host();
+        let queued = self.bridge_enabled() && self.bridge(host)?.is_none();
+        if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
             };
             batch.insert(d_key, record.encode());
         }
-        self.audit(
-            &mut batch,
-            now,
-            ip,
-            hash,
-            AuditKind::DomainAdded { domain: name },
-        )?;
+        if queued {
+            bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
+        }
+        let kind = AuditKind::DomainAdded { domain: name };
+        self.audit(&mut batch, now, ip, hash, kind)?;
         self.db.apply_batch(batch)?;
+        if queued {
+            self.bridge_wakeup.notify_one();
+        }
         Ok(AddOutcome::Added)
     }
 

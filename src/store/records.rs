@@ -135,3 +135,112 @@ mod tests {
         assert!(KeyRecord::decode(&[7, 1, 2]).is_err());
     }
 }
+
+/// Where a domain stands with the Sectigo bridge. Written after every bridge step, so a
+/// restart resumes at the step it stopped at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeRecord {
+    /// The step to run next, or a resting state.
+    pub phase: BridgePhase,
+    /// When the worker should next look at this domain (`None`: never, until requeued).
+    pub next_attempt_at: Option<UnixTime>,
+    /// Consecutive transient failures of the current step (drives the backoff).
+    pub attempts: u32,
+    /// Sectigo's id for the domain, once known.
+    pub sectigo_id: Option<u64>,
+    /// certline created the domain in Sectigo (rather than finding it there).
+    pub created_by_certline: bool,
+    /// DCV status as Sectigo reported it (`VALIDATED`, `NOT_VALIDATED`, `EXPIRED`, …).
+    pub dcv_status: Option<String>,
+    /// DCV expiry date, `yyyy-mm-dd`.
+    pub dcv_expires: Option<String>,
+    /// CT-log monitoring as last seen or set.
+    pub ct_monitoring: Option<bool>,
+    /// When the domain last completed a full sync.
+    pub checked_at: Option<UnixTime>,
+    /// The last failure, kept until a later sync succeeds.
+    pub last_error: Option<BridgeError>,
+    /// At least one key holding the domain is confirmed (for the require-confirmed policy).
+    pub key_confirmed: bool,
+}
+
+/// The bridge's state machine (design.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BridgePhase {
+    /// Registered; nothing sent yet.
+    Queued,
+    /// Find the domain in Sectigo's inventory by name.
+    Lookup,
+    /// Create it (policy allowed; lookup found nothing).
+    Create,
+    /// Read its details (delegations, CT monitoring, DCV fields).
+    Details,
+    /// Switch CT-log monitoring on.
+    Monitoring,
+    /// Read its DCV status.
+    DcvStatus,
+    /// Everything is in place; rechecked on a schedule.
+    Synced,
+    /// Outside the operator's allowed suffixes (or an IP literal): never sent to Sectigo.
+    NotForwarded,
+    /// Not in Sectigo, and the policy does not allow creating it.
+    NotInSectigo,
+    /// The policy wants a confirmed key first.
+    AwaitingConfirmation,
+    /// Sectigo refused a step for good; `last_error` says why.
+    Failed,
+}
+
+impl BridgePhase {
+    /// The name shown by `status` and the inventory.
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgePhase::Queued => "queued",
+            BridgePhase::Lookup => "lookup",
+            BridgePhase::Create => "create",
+            BridgePhase::Details => "details",
+            BridgePhase::Monitoring => "monitoring",
+            BridgePhase::DcvStatus => "dcv_status",
+            BridgePhase::Synced => "synced",
+            BridgePhase::NotForwarded => "not_forwarded",
+            BridgePhase::NotInSectigo => "not_in_sectigo",
+            BridgePhase::AwaitingConfirmation => "awaiting_confirmation",
+            BridgePhase::Failed => "failed",
+        }
+    }
+}
+
+/// A failed bridge step, as Sectigo (or the network) reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeError {
+    /// The phase that failed.
+    pub step: BridgePhase,
+    /// Sectigo's error code (`-732`, …), when it gave one.
+    pub code: Option<i64>,
+    /// Sectigo's description, or what went wrong on the way.
+    pub text: String,
+    /// Whether the step will be retried.
+    pub transient: bool,
+    pub at: UnixTime,
+}
+
+impl BridgeRecord {
+    /// A freshly registered domain, due now.
+    pub fn queued(now: UnixTime, key_confirmed: bool) -> Self {
+        Self {
+            phase: BridgePhase::Queued,
+            next_attempt_at: Some(now),
+            attempts: 0,
+            sectigo_id: None,
+            created_by_certline: false,
+            dcv_status: None,
+            dcv_expires: None,
+            ct_monitoring: None,
+            checked_at: None,
+            last_error: None,
+            key_confirmed,
+        }
+    }
+}
+
+versioned!(BridgeRecord, StoredBridgeRecord);

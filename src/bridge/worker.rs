@@ -1,0 +1,431 @@
+//! The bridge worker: consumes the store's outbox and drives each domain through the state
+//! machine of design.md §6, one step at a time, saving the state after every step so a
+//! restart (even after kill -9) resumes where it stopped.
+//!
+//! ```text
+//! queued → policy ─ not allowed ─→ not_forwarded / awaiting_confirmation
+//!            └→ lookup ─ found ──────────────→ details (+ CT monitoring PUT) → dcv_status → synced
+//!                 └ absent ─ may create ─→ create ┘ (-700 → lookup again)
+//!                 └ absent ─ may not ────→ not_in_sectigo (rechecked on schedule)
+//! synced → (recheck due) → details → …
+//! ```
+//!
+//! Failures are sorted by [`SectigoError`]: transient ones (timeouts, resets, 5xx, 429,
+//! undecodable bodies) retry the same step with exponential backoff and jitter, honouring
+//! `Retry-After`; a 401 pauses the whole bridge (one probe every `unauthorized_retry_secs`
+//! until the credentials work again); any other 4xx is final for the step and its Sectigo
+//! code and description are kept for `status` and the inventory. Concurrency and request rate
+//! toward Sectigo are bounded inside [`SectigoClient`]; the worker runs at most
+//! `max_concurrency` domains at once on top of that.
+
+use super::config::{BackoffConfig, SectigoConfig};
+use super::policy::{Policy, Skip};
+use super::sectigo::{CreateOutcome, SectigoClient, SectigoError};
+use crate::store::{BridgeError, BridgePhase, BridgeRecord, Store, StoreError, UnixTime};
+use chrono::Utc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long the worker sleeps at most between outbox scans when nothing wakes it.
+const IDLE_SCAN: Duration = Duration::from_secs(30);
+
+/// What the rest of certline may see of the bridge (the `status` command, the admin API).
+#[derive(Debug, Default)]
+pub struct BridgeHandle {
+    paused: AtomicBool,
+}
+
+impl BridgeHandle {
+    /// Is the bridge paused because Sectigo rejected certline's credentials?
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+}
+
+/// The worker. Build it with [`Worker::new`], run it with [`Worker::run`].
+pub struct Worker {
+    store: Arc<Store>,
+    client: SectigoClient,
+    policy: Policy,
+    backoff: BackoffConfig,
+    recheck_interval: Duration,
+    unauthorized_retry: Duration,
+    max_concurrency: usize,
+    handle: Arc<BridgeHandle>,
+    in_flight: Mutex<HashSet<String>>,
+    finished: Notify,
+}
+
+/// What one step achieved.
+enum Step {
+    /// The record moved to another phase; run the next step now.
+    Continue,
+    /// The record is at rest until its `next_attempt_at`.
+    Rest,
+}
+
+impl Worker {
+    /// A worker over `store`, talking to Sectigo with `client` under `config`'s policy.
+    pub fn new(store: Arc<Store>, client: SectigoClient, config: &SectigoConfig) -> Self {
+        Self {
+            store,
+            client,
+            policy: Policy::from_config(config),
+            backoff: config.backoff.clone(),
+            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
+            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            max_concurrency: config.max_concurrency.max(1),
+            handle: Arc::new(BridgeHandle::default()),
+            in_flight: Mutex::new(HashSet::new()),
+            finished: Notify::new(),
+        }
+    }
+
+    /// The handle other parts of certline read the bridge's state through.
+    pub fn handle(&self) -> Arc<BridgeHandle> {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled; in-flight domains finish their current step.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        match self.store.backfill_bridge(now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(domains = n, "queued domains registered before the bridge"),
+            Err(e) => tracing::error!(error = %e, "could not queue older domains for the bridge"),
+        }
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.max_concurrency));
+        while !shutdown.is_cancelled() {
+            if self.handle.is_paused() {
+                // Paused: one domain at a time probes whether the credentials work again.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.unauthorized_retry) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                let probe = self.store.due_bridge_jobs(i64::MAX, 1);
+                if let Ok(Some((domain, record))) = probe.map(|v| v.into_iter().next()) {
+                    self.clone().process(domain, record).await;
+                }
+                continue;
+            }
+            let started = self.start_due(&tracker, &permits, &shutdown).await;
+            if started == 0 {
+                let wait = self.time_to_next_due().min(IDLE_SCAN);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.store.bridge_queued() => {}
+                    _ = self.finished.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Starts every due domain that is not already in flight, up to the concurrency limit.
+    async fn start_due(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let due = match self.store.due_bridge_jobs(now(), self.max_concurrency + 64) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the bridge outbox failed");
+                return 0;
+            }
+        };
+        let mut started = 0;
+        for (domain, record) in due {
+            if self.handle.is_paused() || shutdown.is_cancelled() {
+                break;
+            }
+            if !self.lock_in_flight().insert(domain.clone()) {
+                continue;
+            }
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => {
+                    self.lock_in_flight().remove(&domain);
+                    break;
+                }
+            };
+            let this = self.clone();
+            tracker.spawn(async move {
+                this.clone().process(domain.clone(), record).await;
+                this.lock_in_flight().remove(&domain);
+                drop(permit);
+                this.finished.notify_one();
+            });
+            started += 1;
+        }
+        started
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn time_to_next_due(&self) -> Duration {
+        match self.store.next_bridge_due() {
+            Ok(Some(due)) => Duration::from_secs((due - now()).max(1) as u64),
+            _ => IDLE_SCAN,
+        }
+    }
+
+    /// Runs one domain's steps until it rests (synced, waiting, failed) or a step fails.
+    async fn process(self: Arc<Self>, domain: String, mut record: BridgeRecord) {
+        loop {
+            let before = record.phase;
+            let result = self.step(&domain, &mut record).await;
+            let rest = match result {
+                Ok(Step::Continue) => false,
+                Ok(Step::Rest) => true,
+                Err(failure) => {
+                    self.record_failure(&domain, &mut record, failure);
+                    true
+                }
+            };
+            if let Err(e) = self.save(&domain, &record) {
+                tracing::error!(%domain, error = %e, "saving bridge state failed");
+                return;
+            }
+            if rest {
+                break;
+            }
+            tracing::debug!(%domain, from = before.name(), to = record.phase.name(), "bridge step");
+        }
+        if let Err(e) = self.store.commit().await {
+            tracing::error!(%domain, error = %e, "flushing bridge state failed");
+        }
+    }
+
+    fn save(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+        self.store.save_bridge(domain, record)
+    }
+
+    /// One step of the state machine.
+    async fn step(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
+        let now = now();
+        match r.phase {
+            BridgePhase::Queued
+            | BridgePhase::NotForwarded
+            | BridgePhase::AwaitingConfirmation
+            | BridgePhase::NotInSectigo
+            | BridgePhase::Failed => match self.policy.decide(domain, r.key_confirmed) {
+                Ok(()) => {
+                    r.phase = if r.sectigo_id.is_some() {
+                        BridgePhase::Details
+                    } else {
+                        BridgePhase::Lookup
+                    };
+                    Ok(Step::Continue)
+                }
+                Err(skip) => {
+                    r.phase = match skip {
+                        Skip::KeyNotConfirmed => BridgePhase::AwaitingConfirmation,
+                        Skip::SuffixNotAllowed | Skip::IpLiteral => BridgePhase::NotForwarded,
+                    };
+                    // Re-evaluated when the configuration or the key changes (start-up and
+                    // confirmation requeue it), never by polling.
+                    r.next_attempt_at = None;
+                    Ok(Step::Rest)
+                }
+            },
+            BridgePhase::Lookup => match self
+                .call(BridgePhase::Lookup, self.client.find_domain(domain))
+                .await?
+            {
+                Some(found) => {
+                    r.sectigo_id = Some(found.id);
+                    r.phase = BridgePhase::Details;
+                    Ok(Step::Continue)
+                }
+                None if self.policy.may_create(domain) => {
+                    r.phase = BridgePhase::Create;
+                    Ok(Step::Continue)
+                }
+                None => {
+                    r.phase = BridgePhase::NotInSectigo;
+                    r.checked_at = Some(now);
+                    r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                    Ok(Step::Rest)
+                }
+            },
+            BridgePhase::Create => {
+                let Some(request) = self.policy.create_request(domain) else {
+                    r.phase = BridgePhase::Lookup;
+                    return Ok(Step::Continue);
+                };
+                match self
+                    .call(BridgePhase::Create, self.client.create_domain(&request))
+                    .await?
+                {
+                    CreateOutcome::Created { id } => {
+                        tracing::info!(%domain, id, "created in Sectigo");
+                        r.sectigo_id = Some(id);
+                        r.created_by_certline = true;
+                        r.phase = BridgePhase::Details;
+                    }
+                    // An earlier attempt got through but its answer was lost: find the id.
+                    CreateOutcome::AlreadyExists => r.phase = BridgePhase::Lookup,
+                }
+                Ok(Step::Continue)
+            }
+            BridgePhase::Details | BridgePhase::Monitoring => {
+                let Some(id) = r.sectigo_id else {
+                    r.phase = BridgePhase::Lookup;
+                    return Ok(Step::Continue);
+                };
+                let info = match self.client.domain_info(id).await {
+                    Ok(info) => info,
+                    // Deleted in Sectigo since we saw it: look it up (or create it) again.
+                    Err(SectigoError::Api { status: 404, .. }) => {
+                        r.sectigo_id = None;
+                        r.phase = BridgePhase::Lookup;
+                        return Ok(Step::Continue);
+                    }
+                    Err(e) => return Err(Failure::new(BridgePhase::Details, e)),
+                };
+                r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
+                if let Some(update) = self.policy.monitoring_update(&info) {
+                    self.call(
+                        BridgePhase::Monitoring,
+                        self.client.set_ct_monitoring(id, &update),
+                    )
+                    .await?;
+                    r.ct_monitoring = Some(update.enabled);
+                }
+                r.phase = BridgePhase::DcvStatus;
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvStatus => {
+                match self.client.dcv_status(domain).await {
+                    Ok(dcv) => {
+                        r.dcv_status = dcv.status.map(|s| s.as_str().to_owned());
+                        r.dcv_expires = dcv.expiration_date.map(|d| d.to_string());
+                        r.last_error = None;
+                    }
+                    // Sectigo validates only registrable domains (-723) and may not know a
+                    // subdomain's DCV (-727): the domain is in the inventory all the same, so
+                    // it is synced, with the refusal kept for the operator to see.
+                    Err(e @ SectigoError::Api { .. }) => {
+                        r.dcv_status = None;
+                        r.last_error =
+                            Some(Failure::new(BridgePhase::DcvStatus, e).into_error(now));
+                    }
+                    Err(e) => return Err(Failure::new(BridgePhase::DcvStatus, e)),
+                }
+                self.synced(r, now);
+                Ok(Step::Rest)
+            }
+            BridgePhase::Synced => {
+                r.phase = BridgePhase::Details;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Marks a record synced and schedules its recheck: sooner when DCV expires soon.
+    fn synced(&self, r: &mut BridgeRecord, now: UnixTime) {
+        let today = Utc::now().date_naive();
+        let expires = r
+            .dcv_expires
+            .as_deref()
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        let after = self.policy.recheck_after(expires, today);
+        r.phase = BridgePhase::Synced;
+        r.attempts = 0;
+        r.checked_at = Some(now);
+        r.next_attempt_at = Some(now + after.as_secs() as i64);
+        self.handle.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Awaits a Sectigo call, tagging its error with the step.
+    async fn call<T>(
+        &self,
+        step: BridgePhase,
+        call: impl Future<Output = Result<T, SectigoError>>,
+    ) -> Result<T, Failure> {
+        let result = call.await;
+        if result.is_ok() && self.handle.is_paused() {
+            tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
+            self.handle.paused.store(false, Ordering::SeqCst);
+        }
+        result.map_err(|e| Failure::new(step, e))
+    }
+
+    /// Applies a failed step to the record: when to try again, and what to show.
+    fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
+        let now = now();
+        let error = &failure.error;
+        match error {
+            SectigoError::Unauthorized { .. } => {
+                if !self.handle.paused.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        error = %error,
+                        retry_secs = self.unauthorized_retry.as_secs(),
+                        "BRIDGE PAUSED: Sectigo rejected certline's credentials; no domain is \
+                         forwarded until [sectigo.auth] is fixed (certline retries by itself)"
+                    );
+                }
+                r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
+            }
+            e if e.is_retryable() => {
+                let jitter = rand::random_range(0.5..=1.0);
+                let delay = self.backoff.delay(r.attempts, jitter, e.retry_after());
+                r.attempts = r.attempts.saturating_add(1);
+                r.next_attempt_at = Some(now + delay.as_secs().max(1) as i64);
+                tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
+                    retry_in_secs = delay.as_secs(), error = %e, "bridge step failed; will retry");
+            }
+            e => {
+                tracing::warn!(%domain, step = failure.step.name(), error = %e,
+                    "Sectigo refused a bridge step; kept as failed until the next recheck");
+                r.phase = BridgePhase::Failed;
+                r.attempts = 0;
+                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+            }
+        }
+        r.last_error = Some(failure.into_error(now));
+    }
+}
+
+/// A failed step.
+struct Failure {
+    step: BridgePhase,
+    error: SectigoError,
+}
+
+impl Failure {
+    fn new(step: BridgePhase, error: SectigoError) -> Self {
+        Self { step, error }
+    }
+
+    fn into_error(self, at: UnixTime) -> BridgeError {
+        let (code, text) = match &self.error {
+            SectigoError::Api {
+                code, description, ..
+            } => (*code, description.clone()),
+            other => (other.code(), other.to_string()),
+        };
+        BridgeError {
+            step: self.step,
+            code,
+            text,
+            transient: self.error.is_retryable(),
+            at,
+        }
+    }
+}
+
+fn now() -> UnixTime {
+    Utc::now().timestamp()
+}
