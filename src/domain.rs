@@ -66,7 +66,11 @@ impl FromStr for Domain {
 pub fn normalize(input: &str) -> Result<Domain, InvalidDomain> {
     let mut s = input.trim();
     for scheme in ["https://", "http://"] {
-        if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get`, not indexing: the input is arbitrary UTF-8, and a byte count may end inside
+        // a character (`http://ß` once panicked here).
+        if s.get(..scheme.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
+        {
             s = &s[scheme.len()..];
             break;
         }
@@ -192,6 +196,21 @@ mod tests {
         ] {
             assert_eq!(n(bad), Err(InvalidDomain), "{bad:?}");
         }
+    }
+
+    /// Regression: a multi-byte character where a scheme prefix would end made `normalize`
+    /// panic (slicing inside a character), which killed the connection without a reply.
+    /// Found by the `round_trip` fuzz target and the domain property test.
+    #[test]
+    fn a_character_across_the_scheme_prefix_boundary_is_not_a_panic() {
+        assert_eq!(n("http://ß"), n("ß"));
+        assert_eq!(n("HTTPS://ß.example"), n("ß.example"));
+        assert_eq!(n("httpsßß").unwrap(), "xn--https-pqaa");
+        assert_eq!(n("http:/ü"), Err(InvalidDomain));
+        assert_eq!(
+            n("'\u{2}.`\tbücher.mwww.example.org2222"),
+            Err(InvalidDomain)
+        );
     }
 
     #[test]
