@@ -308,6 +308,36 @@ async fn nul_bytes_control_characters_and_invalid_utf8_get_400() {
     target.stop();
 }
 
+/// Regressions found by fuzzing and property tests, over the wire: a multi-byte character
+/// where an `http://` prefix would end made domain normalisation panic, which dropped the
+/// connection with no reply (and no reply to what was pipelined behind it); and a blank line
+/// holding a CR the framer does not strip got a 400 instead of being ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_once_killed_the_connection_or_got_a_stray_reply() {
+    let target = Target::start(BASE);
+    let mut stream = connect_from(HOSTILE, target.addr()).await.unwrap();
+    for domain in ["http://\u{df}_", "https://\u{fc}\u{fc}_", "http://a\u{df}"] {
+        let line = format!("command add apikey 0000000000000000 domain {domain}\ncommand ping\n");
+        stream.write_all(line.as_bytes()).await.unwrap();
+        let mut reply = client::read_reply(&mut stream).await;
+        if !reply.ends_with(PONG.as_bytes()) {
+            reply.extend(client::read_reply(&mut stream).await);
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply == format!("status error 406 invalid domain\n{PONG}")
+                || reply == format!("status error 401 unknown api key\n{PONG}"),
+            "for {domain:?}: {reply:?}"
+        );
+    }
+    assert_eq!(
+        ask(&mut stream, b"\r\r\n \r\t\r\ncommand ping\n").await,
+        PONG
+    );
+    drop(stream);
+    target.stop();
+}
+
 /// A line of `n` single-letter tokens `a b c … a b c …` with distinct keys where possible.
 fn tokens_line(n: usize) -> Vec<u8> {
     let mut line = Vec::new();
