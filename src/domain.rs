@@ -115,8 +115,14 @@ fn split_port(s: &str) -> Result<(&str, u16), InvalidDomain> {
     let Some(colon) = colon else {
         return Ok((s, DEFAULT_PORT));
     };
+    // After `[…]` anything but `:` is invalid. Checked before slicing: `colon + 1` is a
+    // character boundary only if the byte at `colon` is the ASCII `:` (`[::1]ü` once
+    // panicked here).
+    if s.as_bytes()[colon] != b':' {
+        return Err(InvalidDomain);
+    }
     let (host, port) = (&s[..colon], &s[colon + 1..]);
-    if s.as_bytes()[colon] != b':' || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(InvalidDomain);
     }
     match port.parse::<u16>() {
@@ -211,6 +217,22 @@ mod tests {
             n("'\u{2}.`\tbücher.mwww.example.org2222"),
             Err(InvalidDomain)
         );
+    }
+
+    /// Regression: a multi-byte character right after a bracketed IPv6 literal made
+    /// `split_port` slice inside it (a panic that killed the connection). Found by the
+    /// `round_trip` fuzz target.
+    #[test]
+    fn a_character_after_an_ipv6_literal_is_invalid_not_a_panic() {
+        for bad in [
+            "[::1]ü",
+            "[::ffff:192.0.2.1]üch)r/G E\u{1}x",
+            "[2001:db8::1]ß:443",
+            "[::1]é1",
+        ] {
+            assert_eq!(n(bad), Err(InvalidDomain), "{bad:?}");
+        }
+        assert_eq!(n("[::1]:8443").unwrap(), "[::1]:8443");
     }
 
     #[test]

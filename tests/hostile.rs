@@ -309,14 +309,21 @@ async fn nul_bytes_control_characters_and_invalid_utf8_get_400() {
 }
 
 /// Regressions found by fuzzing and property tests, over the wire: a multi-byte character
-/// where an `http://` prefix would end made domain normalisation panic, which dropped the
-/// connection with no reply (and no reply to what was pipelined behind it); and a blank line
+/// where an `http://` prefix would end, or right after `[IPv6]`, made domain normalisation
+/// panic, which dropped the connection with no reply (and no reply to what was pipelined
+/// behind it); and a blank line
 /// holding a CR the framer does not strip got a 400 instead of being ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_once_killed_the_connection_or_got_a_stray_reply() {
     let target = Target::start(BASE);
     let mut stream = connect_from(HOSTILE, target.addr()).await.unwrap();
-    for domain in ["http://\u{df}_", "https://\u{fc}\u{fc}_", "http://a\u{df}"] {
+    for domain in [
+        "http://\u{df}_",
+        "https://\u{fc}\u{fc}_",
+        "http://a\u{df}",
+        "[::1]\u{fc}",
+        "[::ffff:192.0.2.1]\u{fc}ch)r/G",
+    ] {
         let line = format!("command add apikey 0000000000000000 domain {domain}\ncommand ping\n");
         stream.write_all(line.as_bytes()).await.unwrap();
         let mut reply = client::read_reply(&mut stream).await;
