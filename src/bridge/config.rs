@@ -170,6 +170,44 @@ pub struct SectigoConfig {
     /// anonymous key cannot make certline act in SCM.
     #[serde(default = "default_true")]
     pub require_confirmed_key: bool,
+
+    /// DCV automation for forwarded domains whose DCV is missing, expired or expiring within
+    /// `dcv_expiry_window_days`: `none` (report only), `cname` or `txt`.
+    #[serde(default)]
+    pub dcv_method: DcvMethod,
+
+    /// An executable that publishes (and later removes) the DNS record DCV needs, in the
+    /// spirit of certbot's `--manual-auth-hook`. Without one, such domains wait in
+    /// `dcv_action_required` and `status` shows the record to publish.
+    #[serde(default)]
+    pub dcv_hook: Option<PathBuf>,
+
+    /// How long one run of the DNS hook may take before it is killed and retried.
+    #[serde(default = "default_dcv_hook_timeout_secs")]
+    pub dcv_hook_timeout_secs: u64,
+
+    /// The longest wait between two DCV status polls (Sectigo's `nextCheck` is honoured
+    /// when it is sooner... or later, up to this).
+    #[serde(default = "default_dcv_max_poll_secs")]
+    pub dcv_max_poll_secs: u64,
+
+    /// A submitted DCV that is not validated after this long is reported failed (and
+    /// started again at the next recheck).
+    #[serde(default = "default_dcv_max_wait_hours")]
+    pub dcv_max_wait_hours: u64,
+}
+
+/// Which DNS DCV method certline drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DcvMethod {
+    /// certline reads DCV status but never starts a validation.
+    #[default]
+    None,
+    /// `_<hex>.<domain> CNAME <hex>.<hex>.sectigo.com`: start, publish, submit.
+    Cname,
+    /// `_pki-validation.<domain> TXT "<value>"`: submit, publish.
+    Txt,
 }
 
 /// How the client authenticates; `mode` selects the variant.
@@ -285,6 +323,17 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
 impl SectigoConfig {
     /// Checks the section for combinations that cannot work, before anything talks to SCM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(hook) = &self.dcv_hook
+            && !hook.is_file()
+        {
+            return Err(invalid(
+                "sectigo.dcv_hook",
+                format!(
+                    "{} is not a file; give the path of an executable",
+                    hook.display()
+                ),
+            ));
+        }
         let base = Url::parse(&self.base_url).map_err(|e| {
             invalid(
                 "sectigo.base_url",
@@ -599,6 +648,15 @@ fn default_backoff_initial_secs() -> u64 {
 }
 fn default_backoff_max_secs() -> u64 {
     6 * 3600
+}
+fn default_dcv_hook_timeout_secs() -> u64 {
+    60
+}
+fn default_dcv_max_poll_secs() -> u64 {
+    3600
+}
+fn default_dcv_max_wait_hours() -> u64 {
+    72
 }
 fn default_unauthorized_retry_secs() -> u64 {
     300

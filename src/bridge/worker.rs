@@ -8,6 +8,12 @@
 //!                 └ absent ─ may create ─→ create ┘ (-700 → lookup again)
 //!                 └ absent ─ may not ────→ not_in_sectigo (rechecked on schedule)
 //! synced → (recheck due) → details → …
+//!
+//! DCV (when `dcv_method` is cname/txt and DCV is missing, expired or expiring soon):
+//! dcv_status → cname: dcv_start → dcv_publish → dcv_submit → dcv_wait → dcv_cleanup → synced
+//!            → txt:   dcv_submit → dcv_publish → dcv_wait → dcv_cleanup → synced
+//! without a DNS hook, dcv_publish becomes dcv_action_required (the record is shown by
+//! `status`; certline keeps submitting/polling on a schedule until Sectigo validates).
 //! ```
 //!
 //! Failures are sorted by [`SectigoError`]: transient ones (timeouts, resets, 5xx, 429,
@@ -18,12 +24,19 @@
 //! toward Sectigo are bounded inside [`SectigoClient`]; the worker runs at most
 //! `max_concurrency` domains at once on top of that.
 
-use super::config::{BackoffConfig, SectigoConfig};
+use super::config::{BackoffConfig, DcvMethod, SectigoConfig};
+use super::dns_hook::{self, DnsRecord, HookAction, HookError};
 use super::policy::{Policy, Skip};
-use super::sectigo::{CreateOutcome, SectigoClient, SectigoError};
-use crate::store::{BridgeError, BridgePhase, BridgeRecord, Store, StoreError, UnixTime};
+use super::sectigo::{
+    CreateOutcome, DcvStatus, OrderStatus, SectigoClient, SectigoError, ValidationStatus,
+};
+use crate::store::{
+    AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, Store,
+    StoreError, UnixTime,
+};
 use chrono::Utc;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,9 +69,20 @@ pub struct Worker {
     recheck_interval: Duration,
     unauthorized_retry: Duration,
     max_concurrency: usize,
+    dcv: DcvSettings,
     handle: Arc<BridgeHandle>,
     in_flight: Mutex<HashSet<String>>,
     finished: Notify,
+}
+
+/// DCV automation settings, from `[sectigo]`.
+struct DcvSettings {
+    method: DcvMethod,
+    hook: Option<PathBuf>,
+    hook_timeout: Duration,
+    max_poll: Duration,
+    max_wait: Duration,
+    expiry_window_days: i64,
 }
 
 /// What one step achieved.
@@ -80,6 +104,14 @@ impl Worker {
             recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
             unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
             max_concurrency: config.max_concurrency.max(1),
+            dcv: DcvSettings {
+                method: config.dcv_method,
+                hook: config.dcv_hook.clone(),
+                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
+                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
+                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
+                expiry_window_days: i64::from(config.dcv_expiry_window_days),
+            },
             handle: Arc::new(BridgeHandle::default()),
             in_flight: Mutex::new(HashSet::new()),
             finished: Notify::new(),
@@ -107,9 +139,15 @@ impl Worker {
                     _ = tokio::time::sleep(self.unauthorized_retry) => {}
                     _ = shutdown.cancelled() => break,
                 }
+                // The probe is due now by definition: it is the earliest domain waiting.
                 let probe = self.store.due_bridge_jobs(i64::MAX, 1);
-                if let Ok(Some((domain, record))) = probe.map(|v| v.into_iter().next()) {
-                    self.clone().process(domain, record).await;
+                if let Ok(Some((domain, mut record))) = probe.map(|v| v.into_iter().next())
+                    && !self.lock_in_flight().contains(&domain)
+                {
+                    record.next_attempt_at = Some(now());
+                    if self.store.save_bridge(&domain, &record).is_ok() {
+                        self.clone().process(domain).await;
+                    }
                 }
                 continue;
             }
@@ -143,7 +181,7 @@ impl Worker {
             }
         };
         let mut started = 0;
-        for (domain, record) in due {
+        for (domain, _) in due {
             if self.handle.is_paused() || shutdown.is_cancelled() {
                 break;
             }
@@ -159,7 +197,7 @@ impl Worker {
             };
             let this = self.clone();
             tracker.spawn(async move {
-                this.clone().process(domain.clone(), record).await;
+                this.clone().process(domain.clone()).await;
                 this.lock_in_flight().remove(&domain);
                 drop(permit);
                 this.finished.notify_one();
@@ -181,7 +219,19 @@ impl Worker {
     }
 
     /// Runs one domain's steps until it rests (synced, waiting, failed) or a step fails.
-    async fn process(self: Arc<Self>, domain: String, mut record: BridgeRecord) {
+    ///
+    /// The record is read afresh here, not taken from the outbox scan that found it: by the
+    /// time a worker slot is free, another task may have moved the domain on, and acting on a
+    /// stale copy would repeat steps (a second DNS publish, say).
+    async fn process(self: Arc<Self>, domain: String) {
+        let mut record = match self.store.bridge(&domain) {
+            Ok(Some(r)) if r.next_attempt_at.is_some_and(|due| due <= now()) => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(%domain, error = %e, "reading bridge state failed");
+                return;
+            }
+        };
         loop {
             let before = record.phase;
             let result = self.step(&domain, &mut record).await;
@@ -292,7 +342,7 @@ impl Worker {
                         r.phase = BridgePhase::Lookup;
                         return Ok(Step::Continue);
                     }
-                    Err(e) => return Err(Failure::new(BridgePhase::Details, e)),
+                    Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
                 };
                 r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
                 if let Some(update) = self.policy.monitoring_update(&info) {
@@ -309,9 +359,24 @@ impl Worker {
             BridgePhase::DcvStatus => {
                 match self.client.dcv_status(domain).await {
                     Ok(dcv) => {
-                        r.dcv_status = dcv.status.map(|s| s.as_str().to_owned());
-                        r.dcv_expires = dcv.expiration_date.map(|d| d.to_string());
+                        note_dcv(r, &dcv);
                         r.last_error = None;
+                        if let Some(record_type) = self.dcv_due(r) {
+                            r.dcv = Some(DcvProgress {
+                                record_type,
+                                host: None,
+                                point: None,
+                                published: false,
+                                submitted_at: None,
+                                started_at: now,
+                            });
+                            r.phase = match record_type {
+                                DcvRecordType::Cname => BridgePhase::DcvStart,
+                                DcvRecordType::Txt => BridgePhase::DcvSubmit,
+                            };
+                            self.audit(domain, "dcv-begin", record_type.as_str(), now);
+                            return Ok(Step::Continue);
+                        }
                     }
                     // Sectigo validates only registrable domains (-723) and may not know a
                     // subdomain's DCV (-727): the domain is in the inventory all the same, so
@@ -319,10 +384,155 @@ impl Worker {
                     Err(e @ SectigoError::Api { .. }) => {
                         r.dcv_status = None;
                         r.last_error =
-                            Some(Failure::new(BridgePhase::DcvStatus, e).into_error(now));
+                            Some(Failure::sectigo(BridgePhase::DcvStatus, e).into_error(now));
                     }
-                    Err(e) => return Err(Failure::new(BridgePhase::DcvStatus, e)),
+                    Err(e) => return Err(Failure::sectigo(BridgePhase::DcvStatus, e)),
                 }
+                self.synced(r, now);
+                Ok(Step::Rest)
+            }
+            BridgePhase::DcvStart => {
+                let challenge = self
+                    .call(BridgePhase::DcvStart, self.client.start_cname(domain))
+                    .await?;
+                let progress = r
+                    .dcv
+                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Cname, now));
+                progress.host = Some(challenge.host);
+                progress.point = Some(challenge.point);
+                r.phase = BridgePhase::DcvPublish;
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvSubmit => {
+                let Some(progress) = r.dcv.as_mut() else {
+                    r.phase = BridgePhase::DcvStatus;
+                    return Ok(Step::Continue);
+                };
+                match progress.record_type {
+                    DcvRecordType::Cname => {
+                        self.call(BridgePhase::DcvSubmit, self.client.submit_cname(domain))
+                            .await?;
+                        progress.submitted_at = Some(now);
+                        r.phase = BridgePhase::DcvWait;
+                    }
+                    DcvRecordType::Txt => {
+                        let answer = self
+                            .call(BridgePhase::DcvSubmit, self.client.submit_txt(domain))
+                            .await?;
+                        progress.host = Some(answer.host);
+                        progress.point = Some(answer.point);
+                        progress.submitted_at = Some(now);
+                        r.phase = BridgePhase::DcvPublish;
+                    }
+                }
+                self.audit(domain, "dcv-submit", progress.record_type.as_str(), now);
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvPublish | BridgePhase::DcvActionRequired => {
+                let Some(progress) = r.dcv.as_mut() else {
+                    r.phase = BridgePhase::DcvStatus;
+                    return Ok(Step::Continue);
+                };
+                let due_again = r.phase == BridgePhase::DcvActionRequired;
+                match &self.dcv.hook {
+                    Some(hook) if !progress.published => {
+                        let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
+                            r.phase = BridgePhase::DcvStatus;
+                            return Ok(Step::Continue);
+                        };
+                        let record = DnsRecord {
+                            domain,
+                            record_type: progress.record_type,
+                            host,
+                            value,
+                        };
+                        dns_hook::run(hook, HookAction::Publish, &record, self.dcv.hook_timeout)
+                            .await
+                            .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
+                        self.audit(domain, "dcv-publish", host, now);
+                        progress.published = true;
+                    }
+                    Some(_) => {}
+                    // No hook: a person publishes. Show the record and come back later; once
+                    // due again, assume it may be there and let Sectigo check.
+                    None if !due_again => {
+                        r.phase = BridgePhase::DcvActionRequired;
+                        r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+                        return Ok(Step::Rest);
+                    }
+                    None => progress.published = true,
+                }
+                r.phase = match (progress.record_type, progress.submitted_at) {
+                    (DcvRecordType::Cname, None) => BridgePhase::DcvSubmit,
+                    _ => BridgePhase::DcvWait,
+                };
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvWait => {
+                let dcv = self
+                    .call(BridgePhase::DcvWait, self.client.dcv_status(domain))
+                    .await?;
+                note_dcv(r, &dcv);
+                if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r)
+                {
+                    r.phase = BridgePhase::DcvCleanup;
+                    return Ok(Step::Continue);
+                }
+                let progress = r
+                    .dcv
+                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Txt, now));
+                if matches!(dcv.order_status, Some(OrderStatus::Rejected)) {
+                    return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
+                }
+                let submitted = progress.submitted_at.unwrap_or(progress.started_at);
+                if now - submitted > self.dcv.max_wait.as_secs() as i64 {
+                    return Err(Failure::final_dcv(&format!(
+                        "DCV not validated within {} hours of submission",
+                        self.dcv.max_wait.as_secs() / 3600
+                    )));
+                }
+                // Sectigo says when it checks next; poll then (within our bounds).
+                let wait = dcv
+                    .next_check
+                    .map(|t| (t.timestamp() - now).max(1) as u64)
+                    .unwrap_or(self.dcv.max_poll.as_secs())
+                    .min(self.dcv.max_poll.as_secs());
+                r.next_attempt_at = Some(now + wait as i64);
+                if self.dcv.hook.is_none() {
+                    r.phase = BridgePhase::DcvActionRequired;
+                }
+                Ok(Step::Rest)
+            }
+            BridgePhase::DcvCleanup => {
+                if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
+                    && let (Some(host), Some(value), true) =
+                        (&progress.host, &progress.point, progress.published)
+                {
+                    let record = DnsRecord {
+                        domain,
+                        record_type: progress.record_type,
+                        host,
+                        value,
+                    };
+                    // The domain is validated: a failed cleanup leaves a stale record, which
+                    // is worth a log line but not a retry loop.
+                    match dns_hook::run(hook, HookAction::Cleanup, &record, self.dcv.hook_timeout)
+                        .await
+                    {
+                        Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
+                        Err(e) => {
+                            tracing::warn!(%domain, error = %e, "DNS hook cleanup failed");
+                            self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now);
+                        }
+                    }
+                }
+                r.dcv = None;
+                self.audit(
+                    domain,
+                    "dcv-validated",
+                    r.dcv_expires.as_deref().unwrap_or("-"),
+                    now,
+                );
                 self.synced(r, now);
                 Ok(Step::Rest)
             }
@@ -348,6 +558,42 @@ impl Worker {
         self.handle.paused.store(false, Ordering::SeqCst);
     }
 
+    /// Which DCV run a domain needs now, if any: the operator's method, when DCV is missing,
+    /// expired, or expires within the window.
+    fn dcv_due(&self, r: &BridgeRecord) -> Option<DcvRecordType> {
+        let record_type = match self.dcv.method {
+            DcvMethod::None => return None,
+            DcvMethod::Cname => DcvRecordType::Cname,
+            DcvMethod::Txt => DcvRecordType::Txt,
+        };
+        let validated = r.dcv_status.as_deref() == Some("VALIDATED");
+        (!validated || self.expires_soon(r)).then_some(record_type)
+    }
+
+    fn expires_soon(&self, r: &BridgeRecord) -> bool {
+        let today = Utc::now().date_naive();
+        match r
+            .dcv_expires
+            .as_deref()
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
+        {
+            Some(expires) => (expires - today).num_days() <= self.dcv.expiry_window_days,
+            None => false,
+        }
+    }
+
+    /// Audit-trail entry for a bridge action; a failure to write it is logged, not fatal.
+    fn audit(&self, domain: &str, step: &str, detail: &str, now: UnixTime) {
+        let kind = AuditKind::Bridge {
+            domain: domain.to_owned(),
+            step: step.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if let Err(e) = self.store.record_event(kind, now) {
+            tracing::error!(%domain, error = %e, "writing the audit trail failed");
+        }
+    }
+
     /// Awaits a Sectigo call, tagging its error with the step.
     async fn call<T>(
         &self,
@@ -359,15 +605,14 @@ impl Worker {
             tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
             self.handle.paused.store(false, Ordering::SeqCst);
         }
-        result.map_err(|e| Failure::new(step, e))
+        result.map_err(|e| Failure::sectigo(step, e))
     }
 
     /// Applies a failed step to the record: when to try again, and what to show.
     fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
         let now = now();
-        let error = &failure.error;
-        match error {
-            SectigoError::Unauthorized { .. } => {
+        match &failure.cause {
+            Cause::Sectigo(error @ SectigoError::Unauthorized { .. }) => {
                 if !self.handle.paused.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         error = %error,
@@ -378,19 +623,26 @@ impl Worker {
                 }
                 r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
             }
-            e if e.is_retryable() => {
+            cause if cause.is_retryable() => {
                 let jitter = rand::random_range(0.5..=1.0);
-                let delay = self.backoff.delay(r.attempts, jitter, e.retry_after());
+                let delay = self.backoff.delay(r.attempts, jitter, cause.retry_after());
                 r.attempts = r.attempts.saturating_add(1);
                 r.next_attempt_at = Some(now + delay.as_secs().max(1) as i64);
                 tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
-                    retry_in_secs = delay.as_secs(), error = %e, "bridge step failed; will retry");
+                    retry_in_secs = delay.as_secs(), error = %cause, "bridge step failed; will retry");
+                if let Cause::Hook(e) = cause {
+                    self.audit(domain, "dns-hook-failed", &e.to_string(), now);
+                }
             }
-            e => {
-                tracing::warn!(%domain, step = failure.step.name(), error = %e,
-                    "Sectigo refused a bridge step; kept as failed until the next recheck");
+            cause => {
+                tracing::warn!(%domain, step = failure.step.name(), error = %cause,
+                    "bridge step refused; kept as failed until the next recheck");
+                if r.dcv.is_some() {
+                    self.audit(domain, "dcv-failed", &cause.to_string(), now);
+                }
                 r.phase = BridgePhase::Failed;
                 r.attempts = 0;
+                r.dcv = None;
                 r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
             }
         }
@@ -398,32 +650,87 @@ impl Worker {
     }
 }
 
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+enum Cause {
+    #[error(transparent)]
+    Sectigo(SectigoError),
+    #[error(transparent)]
+    Hook(HookError),
+    /// DCV ended without validation (rejected, or not validated in time). Final for the run.
+    #[error("{0}")]
+    DcvGaveUp(String),
+}
+
+impl Cause {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Cause::Sectigo(e) => e.is_retryable(),
+            // A hook that failed or hung may work next time (DNS API down, rate limits).
+            Cause::Hook(_) => true,
+            Cause::DcvGaveUp(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Cause::Sectigo(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
 /// A failed step.
 struct Failure {
     step: BridgePhase,
-    error: SectigoError,
+    cause: Cause,
 }
 
 impl Failure {
-    fn new(step: BridgePhase, error: SectigoError) -> Self {
-        Self { step, error }
+    fn sectigo(step: BridgePhase, error: SectigoError) -> Self {
+        Self {
+            step,
+            cause: Cause::Sectigo(error),
+        }
+    }
+
+    fn hook(step: BridgePhase, error: HookError) -> Self {
+        Self {
+            step,
+            cause: Cause::Hook(error),
+        }
+    }
+
+    fn final_dcv(text: &str) -> Self {
+        Self {
+            step: BridgePhase::DcvWait,
+            cause: Cause::DcvGaveUp(text.to_owned()),
+        }
     }
 
     fn into_error(self, at: UnixTime) -> BridgeError {
-        let (code, text) = match &self.error {
-            SectigoError::Api {
+        let transient = self.cause.is_retryable();
+        let (code, text) = match &self.cause {
+            Cause::Sectigo(SectigoError::Api {
                 code, description, ..
-            } => (*code, description.clone()),
-            other => (other.code(), other.to_string()),
+            }) => (*code, description.clone()),
+            Cause::Sectigo(other) => (other.code(), other.to_string()),
+            other => (None, other.to_string()),
         };
         BridgeError {
             step: self.step,
             code,
             text,
-            transient: self.error.is_retryable(),
+            transient,
             at,
         }
     }
+}
+
+/// Copies what a DCV status says into the record.
+fn note_dcv(r: &mut BridgeRecord, dcv: &DcvStatus) {
+    r.dcv_status = dcv.status.as_ref().map(|s| s.as_str().to_owned());
+    r.dcv_expires = dcv.expiration_date.map(|d| d.to_string());
 }
 
 fn now() -> UnixTime {

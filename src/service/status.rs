@@ -55,6 +55,17 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
     if let Some(checked) = r.checked_at {
         let _ = write!(out, " checked={}", rfc3339(checked));
     }
+    if let Some(dcv) = &r.dcv
+        && let (Some(host), Some(value)) = (&dcv.host, &dcv.point)
+    {
+        let _ = write!(
+            out,
+            " dcv_record_type={} dcv_host={} dcv_value={}",
+            dcv.record_type.as_str(),
+            token(host),
+            quoted(value)
+        );
+    }
     let waiting = !matches!(r.phase, BridgePhase::Synced);
     if let (true, Some(next)) = (waiting, r.next_attempt_at) {
         let _ = write!(out, " next_attempt={}", rfc3339(next));
@@ -76,6 +87,26 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
             .collect();
         let _ = write!(out, " error=\"{text}\"");
     }
+}
+
+/// A value shown exactly, in double quotes: `\` and `"` are escaped with a backslash, so
+/// `"a\\b"` stands for `a\b`. Non-printable characters (never seen in Sectigo's values)
+/// become `?`.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().take(256) {
+        match c {
+            '\\' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A value from Sectigo made safe for a space-separated field.

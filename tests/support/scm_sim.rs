@@ -160,6 +160,11 @@ struct State {
     dcv_enabled: bool,
     delegations_need_approval: bool,
     published: HashMap<String, Vec<String>>,
+    /// A directory a test's DNS hook writes records into: the file named after the record's
+    /// host (lower case, no trailing dot) holds its value, byte for byte.
+    zone_dir: Option<std::path::PathBuf>,
+    /// The `nextCheck` the simulator announces after each check (Sectigo shows 2 hours).
+    next_check_interval: chrono::Duration,
     faults: Faults,
     counters: Counters,
     rng: StdRng,
@@ -210,6 +215,8 @@ impl ScmSim {
             dcv_enabled: true,
             delegations_need_approval: false,
             published: HashMap::new(),
+            zone_dir: None,
+            next_check_interval: chrono::Duration::hours(2),
             faults: Faults::default(),
             counters: Counters::default(),
             rng: StdRng::seed_from_u64(0x5ec7_1600),
@@ -353,6 +360,37 @@ impl ScmSim {
     /// Removes every record at `host`.
     pub fn unpublish_dns(&self, host: &str) {
         self.st().published.remove(&dns_key(host));
+    }
+
+    /// Makes the DCV check also look for records in `dir`, where a test's DNS hook writes
+    /// them: the file `dir/<host>` (host lower-cased, without the trailing dot) holds the
+    /// record's value, compared byte for byte.
+    pub fn set_zone_dir(&self, dir: &std::path::Path) {
+        self.st().zone_dir = Some(dir.to_path_buf());
+    }
+
+    /// Sets the `nextCheck` interval the simulator announces for submitted orders.
+    pub fn set_next_check_interval(&self, interval: Duration) {
+        self.st().next_check_interval =
+            chrono::Duration::from_std(interval).expect("interval fits");
+    }
+
+    /// Marks a domain's DCV expired (it was validated once, and that ran out).
+    pub fn set_dcv_expired(&self, name: &str) {
+        let mut s = self.st();
+        let id = find_by_name(&s, name).expect("domain exists");
+        let today = Utc::now().date_naive();
+        let d = &mut s.domains.get_mut(&id).expect("exists").dcv;
+        d.status = "EXPIRED";
+        d.method = Some("CNAME_CSR_HASH");
+        d.validation_date = today.checked_sub_days(chrono::Days::new(400));
+        d.expiration_date = today.checked_sub_days(chrono::Days::new(35));
+    }
+
+    /// The DCV status of a domain as the simulator holds it.
+    pub fn dcv_status_of(&self, name: &str) -> Option<String> {
+        let s = self.st();
+        find_by_name(&s, name).map(|id| s.domains[&id].dcv.status.to_string())
     }
 
     /// Runs the DCV check once, now (the background check also runs every 20 ms).
@@ -748,7 +786,10 @@ fn dispatch(
         Route::Monitoring(id) => monitoring(s, *id, body),
         Route::DcvList => dcv_list(s, query),
         Route::DcvStatus => with_dcv_domain(s, body, |s, id| {
-            json_response(200, &dcv_status_json(&s.domains[&id].dcv))
+            json_response(
+                200,
+                &dcv_status_json(&s.domains[&id].dcv, s.next_check_interval),
+            )
         }),
         Route::StartCname => with_dcv_domain(s, body, |s, id| {
             let a: u128 = s.rng.random();
@@ -1110,7 +1151,7 @@ fn txt_value(rng: &mut StdRng) -> String {
     v
 }
 
-fn dcv_status_json(d: &Dcv) -> Value {
+fn dcv_status_json(d: &Dcv, next_check_interval: chrono::Duration) -> Value {
     let mut v = json!({"status": d.status, "orderStatus": d.order_status});
     let date = |x: Option<NaiveDate>| x.map(|x| Value::String(x.to_string()));
     if let Some(x) = date(d.validation_date) {
@@ -1130,8 +1171,7 @@ fn dcv_status_json(d: &Dcv) -> Value {
         let last = d.last_check.unwrap_or_else(Utc::now);
         v["lastCheck"] = json!(last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         v["nextCheck"] = json!(
-            (last + chrono::Duration::hours(2))
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            (last + next_check_interval).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
     }
     v
@@ -1180,6 +1220,7 @@ async fn dcv_checker(state: Arc<Mutex<State>>, stop: CancellationToken) {
 fn run_dcv_checks(s: &mut State) {
     let now = Utc::now();
     let published = &s.published;
+    let zone_dir = s.zone_dir.clone();
     for d in s.domains.values_mut() {
         if d.dcv.order_status != "SUBMITTED" {
             continue;
@@ -1188,9 +1229,12 @@ fn run_dcv_checks(s: &mut State) {
         let (Some(host), Some(point)) = (&d.dcv.host, &d.dcv.point) else {
             continue;
         };
-        let Some(values) = published.get(&dns_key(host)) else {
-            continue;
-        };
+        let mut values = published.get(&dns_key(host)).cloned().unwrap_or_default();
+        if let Some(dir) = &zone_dir
+            && let Ok(bytes) = std::fs::read(dir.join(dns_key(host)))
+        {
+            values.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
         let found = match d.dcv.order_mode {
             Some("CNAME") => values.iter().any(|v| dns_key(v) == dns_key(point)),
             _ => values.iter().any(|v| v == point),
