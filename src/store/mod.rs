@@ -582,7 +582,19 @@ mod tests {
             // No checkpoint during the test: the log segments stay and are replayed.
             checkpoint: Duration::from_secs(3600),
         };
-        Store::open(dir, DurabilityMode::Durable, timing).unwrap()
+        // sled's background threads let go of the previous handle's file lock a moment
+        // after it is dropped; a real restart is another process and does not wait.
+        let mut attempts = 0;
+        loop {
+            match Store::open(dir, DurabilityMode::Durable, timing) {
+                Ok(store) => return store,
+                Err(StoreError::Open { .. }) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => panic!("opening the store: {e}"),
+            }
+        }
     }
 
     /// Regression: the state kill -9 can leave. sled wrote out a registration on its own
