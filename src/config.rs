@@ -180,7 +180,7 @@ impl Default for Durability {
         Self {
             mode: DurabilityMode::Durable,
             relaxed_flush_ms: 1000,
-            checkpoint_ms: 2000,
+            checkpoint_ms: 30_000,
         }
     }
 }

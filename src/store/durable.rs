@@ -139,7 +139,7 @@ impl Log {
         let mut segment = lock(&self.segment);
         let mut block = wal::block(segment.number, bytes);
         if segment.len + block.len() as u64 > wal::SEGMENT_BYTES {
-            // Full: continue in the next segment (a recycled one, usually: a rename).
+            // Full: continue in the next segment (a spare one, usually: a rename).
             let number = segment.number + 1;
             let file = wal::create_segment(&self.dir, number).map_err(FlushError::from_display)?;
             *segment = Segment {
@@ -148,6 +148,7 @@ impl Log {
                 len: 0,
             };
             block = wal::block(number, bytes);
+            self.prepare_spare();
         }
         wal::write_durably(&segment.file, segment.len, &block).map_err(FlushError::from_display)?;
         segment.len += block.len() as u64;
@@ -164,7 +165,19 @@ impl Log {
             file,
             len: 0,
         };
+        drop(segment);
+        self.prepare_spare();
         Ok(previous)
+    }
+
+    /// Prepares the next segment in the background.
+    fn prepare_spare(&self) {
+        let dir = self.dir.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = wal::ensure_spare(&dir) {
+                tracing::warn!(error = %e, "could not prepare a spare log segment");
+            }
+        });
     }
 
     /// Makes sled hold everything the log holds, then deletes the covered segments. With an
@@ -215,6 +228,7 @@ impl GroupCommit {
         timing: Timing,
     ) -> std::io::Result<Self> {
         let file = wal::create_segment(&dir, next_segment)?;
+        wal::ensure_spare(&dir)?;
         let log = Arc::new(Log {
             pending: Mutex::new(Vec::new()),
             segment: Mutex::new(Segment {

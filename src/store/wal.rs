@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 /// The size of a log segment.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 /// How many covered segments are kept for reuse instead of deleted.
-const RECYCLE_KEEP: usize = 2;
+const RECYCLE_KEEP: usize = 4;
 const BLOCK_MAGIC: &[u8; 4] = b"CLW1";
 const BLOCK_HEADER: usize = 20;
 
@@ -217,27 +217,46 @@ pub(super) fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatc
     Ok(out)
 }
 
-/// Makes segment `number` ready for writing: a recycled segment renamed, or a new file of
-/// [`SEGMENT_BYTES`] zeros. Its directory entry is made durable.
+/// Makes segment `number` ready for writing: a spare renamed (see [`ensure_spare`]), or, if
+/// none is ready, a new file of [`SEGMENT_BYTES`] zeros. Its directory entry is made durable.
 pub(super) fn create_segment(dir: &Path, number: u64) -> io::Result<File> {
     let path = segment_path(dir, number);
-    if let Some(spare) = recycled(dir)?.into_iter().next() {
-        fs::rename(spare, &path)?;
-    } else {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()?;
+    match recycled(dir)?.into_iter().next() {
+        Some(spare) => fs::rename(spare, &path)?,
+        None => zero_filled(&path)?,
     }
     let file = OpenOptions::new().write(true).open(&path)?;
     File::open(dir)?.sync_all()?;
     Ok(file)
+}
+
+/// Makes sure a spare segment is waiting, so that the next rotation is a rename rather than
+/// 8 MiB of zeros written while writers wait. Runs off the write path.
+pub(super) fn ensure_spare(dir: &Path) -> io::Result<()> {
+    if !recycled(dir)?.is_empty() {
+        return Ok(());
+    }
+    let tmp = dir.join("spare.tmp");
+    zero_filled(&tmp)?;
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    fs::rename(&tmp, dir.join(format!("recycle-spare-{unique}.log")))?;
+    File::open(dir)?.sync_all()
+}
+
+fn zero_filled(path: &Path) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()
 }
 
 /// Keeps up to two covered segments for reuse and deletes the rest.
