@@ -27,6 +27,9 @@ pub struct Config {
     pub rate_limit: RateLimits,
     pub durability: Durability,
     pub log: Log,
+    /// Threads serving connections; 0 means one per CPU core. The store's disk waits run on
+    /// their own threads either way.
+    pub worker_threads: usize,
     /// The Sectigo bridge; absent means off (certline only stores registrations).
     pub sectigo: Option<SectigoConfig>,
     /// The operator's HTTP face (health, metrics, inventory, claim links); absent means off.
@@ -145,6 +148,7 @@ impl Default for Config {
             admin: None,
             smtp: None,
             claims: Claims::default(),
+            worker_threads: 0,
         }
     }
 }

@@ -141,7 +141,13 @@ fn main() -> anyhow::Result<()> {
                 config.data_dir = data;
             }
             init_tracing(&config);
-            tokio::runtime::Runtime::new()
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.enable_all();
+            if config.worker_threads > 0 {
+                runtime.worker_threads(config.worker_threads);
+            }
+            runtime
+                .build()
                 .context("starting the tokio runtime")?
                 .block_on(serve(config))
         }
