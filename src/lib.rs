@@ -1,0 +1,29 @@
+//! certline: a KeyChest-compatible TCP line-protocol server that registers hosts' domains
+//! and bridges them into Sectigo Certificate Manager.
+//!
+//! # Map
+//!
+//! ```text
+//!  client ── TCP :10023 ── server ── protocol ── service ── store (sled)
+//!                          (accept,   (frame,     (one fn    (keys, domains,
+//!                           limits,    parse,      per        audit; group
+//!                           shutdown)  reply)      command)   commit)
+//! ```
+//!
+//! - [`protocol`]: bytes ↔ requests and replies; no I/O. The contract is `protocol.md`.
+//! - [`server`]: sockets, limits, timeouts, shutdown.
+//! - [`service`]: the rules of each command.
+//! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
+//! - [`domain`], [`apikey`]: the two value types the protocol carries.
+//! - [`config`]: the TOML configuration with its defaults.
+
+pub mod apikey;
+pub mod config;
+pub mod domain;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,204 @@
+//! One client connection: read a request, answer it, repeat (protocol.md §2).
+//!
+//! The loop answers every complete line already buffered (pipelining, in order), then waits
+//! for more bytes: for the idle timeout when nothing is pending, for the quiet period when a
+//! line has started but not ended. When the quiet period passes, the partial line is a
+//! request: that is how `echo -ne "command apikey" >&3` gets its answer without a newline.
+//!
+//! Memory per idle connection stays small because the read buffer is released whenever it is
+//! empty, and the task waits for readability before allocating one again.
+
+use super::Shared;
+use crate::protocol::parse::is_blank;
+use crate::protocol::{ErrorCode, Frame, LineFramer, Reply, parse_request};
+use crate::service::Context;
+use bytes::BytesMut;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+/// How many bytes one read may add. With the line cap, this bounds the buffer.
+const READ_CHUNK: usize = 2048;
+
+/// Serves one connection until it closes.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let framer = LineFramer::new(shared.config.limits.max_line_bytes);
+    let mut conn = Connection {
+        stream,
+        peer,
+        buf: BytesMut::new(),
+        framer,
+        shared,
+        draining: false,
+    };
+    if let Err(e) = conn.run().await {
+        tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    framer: LineFramer,
+    shared: Arc<Shared>,
+    /// Shutdown has begun: the next request gets 503 and the connection closes.
+    draining: bool,
+}
+
+/// What waiting for input produced.
+enum Input {
+    Bytes,
+    Eof,
+    Timeout,
+}
+
+/// Whether to keep the connection after a reply.
+enum Next {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    async fn run(&mut self) -> io::Result<()> {
+        loop {
+            while let Some(frame) = self.framer.decode(&mut self.buf)? {
+                if let Next::Close = self.answer_frame(frame).await? {
+                    return Ok(());
+                }
+            }
+            let waiting_for_line_end = !self.buf.is_empty();
+            let wait = if waiting_for_line_end {
+                self.shared.config.quiet_period()
+            } else {
+                self.shared.config.idle_timeout()
+            };
+            match self.read_more(wait).await? {
+                Input::Bytes => {}
+                Input::Eof => {
+                    if let Some(frame) = self.framer.decode_eof(&mut self.buf)? {
+                        self.answer_frame(frame).await?;
+                    }
+                    let _ = self.stream.shutdown().await;
+                    return Ok(());
+                }
+                Input::Timeout if waiting_for_line_end => {
+                    if let Some(frame) = self.framer.take_partial(&mut self.buf)
+                        && let Next::Close = self.answer_frame(frame).await?
+                    {
+                        return Ok(());
+                    }
+                }
+                Input::Timeout => {
+                    tracing::debug!(peer = %self.peer, draining = self.draining, "closing idle connection");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits up to `wait` for bytes. When shutdown begins meanwhile, the wait is cut to one
+    /// quiet period: long enough for a request that is on its way to arrive and get its 503.
+    async fn read_more(&mut self, wait: Duration) -> io::Result<Input> {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        let mut deadline = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                ready = self.stream.readable() => ready?,
+                _ = tokio::time::sleep_until(deadline) => return Ok(Input::Timeout),
+                _ = self.shared.shutdown.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    deadline = deadline.min(Instant::now() + self.shared.config.quiet_period());
+                    continue;
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(Input::Eof),
+                Ok(_) => return Ok(Input::Bytes),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn answer_frame(&mut self, frame: Frame) -> io::Result<Next> {
+        let line = match frame {
+            Frame::TooLong => {
+                tracing::info!(peer = %self.peer, "request over the line cap; closing");
+                self.send(&Reply::error(ErrorCode::TooLong, "request too long"))
+                    .await?;
+                self.close_gracefully().await;
+                return Ok(Next::Close);
+            }
+            Frame::Line(line) => line,
+        };
+        if is_blank(&line) {
+            return Ok(Next::Continue);
+        }
+        if self.draining || self.shared.shutdown.is_cancelled() {
+            self.send(&Reply::error(ErrorCode::Unavailable, "shutting down"))
+                .await?;
+            self.close_gracefully().await;
+            return Ok(Next::Close);
+        }
+        let reply = match parse_request(&line) {
+            Ok(request) => {
+                let command = request.command_name();
+                let reply = self
+                    .shared
+                    .service
+                    .handle(request, Context::now(self.peer.ip()))
+                    .await;
+                tracing::debug!(peer = %self.peer, command, code = reply.code(), "request");
+                reply
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "malformed request");
+                let code = ErrorCode::from_u16(e.code()).unwrap_or(ErrorCode::BadRequest);
+                Reply::error(code, e.to_string())
+            }
+        };
+        self.send(&reply).await?;
+        Ok(Next::Continue)
+    }
+
+    /// One reply, one buffer, one write.
+    async fn send(&mut self, reply: &Reply) -> io::Result<()> {
+        self.stream.write_all(&reply.to_bytes()).await
+    }
+
+    async fn close_gracefully(&mut self) {
+        let linger = self.shared.config.linger();
+        let _ = self.stream.shutdown().await;
+        discard_until_eof(&mut self.stream, linger).await;
+    }
+}
+
+/// Ends a connection without handing the client a reset before it has read our last reply:
+/// shut down our sending side, then discard input until the client closes or `linger`
+/// passes. (Closing a socket with unread input makes the kernel send RST, which can destroy
+/// the reply in the client's receive path.)
+pub async fn close_gracefully(mut stream: TcpStream, linger: Duration) {
+    let _ = stream.shutdown().await;
+    discard_until_eof(&mut stream, linger).await;
+}
+
+async fn discard_until_eof(stream: &mut TcpStream, linger: Duration) {
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(linger, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

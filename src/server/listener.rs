@@ -1,0 +1,116 @@
+//! The accept loop: enforces the total and per-address connection caps, answering the
+//! connection that is one too many with `status error 503 too many connections` rather than
+//! leaving it hanging.
+
+use super::Shared;
+use super::connection;
+use crate::protocol::{ErrorCode, Reply};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// Open connections per source address.
+#[derive(Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection's place in the per-address count; gives it back on drop.
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts until shutdown.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTracker) {
+    let limits = &shared.config.limits;
+    let total = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusals (the 503 path) are bounded too, so a flood cannot pile up lingering sockets.
+    let refusals = Arc::new(Semaphore::new(256));
+    let per_ip = Arc::new(PerIp::default());
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting connections");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => {
+                tracing::info!("shutdown: no longer accepting connections");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning; existing clients go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = total
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(per_ip.try_acquire(peer.ip(), limits.max_connections_per_ip));
+        match slot {
+            Some((permit, ip_slot)) => {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    connection::serve(stream, peer, shared).await;
+                    drop((permit, ip_slot));
+                });
+            }
+            None => {
+                tracing::debug!(%peer, "connection refused: over the connection cap");
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    let linger = shared.config.linger().min(Duration::from_millis(250));
+                    tracker.spawn(async move {
+                        refuse(stream, peer, linger).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, peer: SocketAddr, linger: Duration) {
+    let reply = Reply::error(ErrorCode::Unavailable, "too many connections").to_bytes();
+    if stream.write_all(&reply).await.is_ok() {
+        connection::close_gracefully(stream, linger).await;
+    } else {
+        tracing::debug!(%peer, "could not send the 503");
+    }
+}

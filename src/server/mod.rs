@@ -1,0 +1,113 @@
+//! The TCP face: accept connections within limits ([`listener`]), serve each one
+//! ([`connection`]), and shut down gracefully.
+
+pub mod connection;
+pub mod listener;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::store::{Store, StoreError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The server could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("listening on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub config: Config,
+    pub service: Service,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the store and binds the listener. Must be called inside a tokio runtime.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let store = Store::open(
+            &config.data_dir,
+            config.durability.mode,
+            Duration::from_millis(config.durability.relaxed_flush_ms),
+        )?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let service = Service::new(Arc::new(store), &config.rate_limit);
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                service,
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The store, shared with the running server.
+    pub fn store(&self) -> Arc<Store> {
+        self.shared.service.store().clone()
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then lets open connections finish their
+    /// current request (up to `limits.shutdown_grace_ms`) and flushes the store.
+    pub async fn run(self) -> Result<(), StoreError> {
+        let tracker = TaskTracker::new();
+        let shared = self.shared.clone();
+        tracker.spawn(prune_rate_limiters(shared.clone()));
+        listener::accept_loop(self.listener, shared.clone(), &tracker).await;
+        tracker.close();
+        let grace = Duration::from_millis(shared.config.limits.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period; closing them");
+        }
+        shared.service.store().flush().await?;
+        tracing::info!("store flushed; stopped");
+        Ok(())
+    }
+}
+
+async fn prune_rate_limiters(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.service.limiters().prune(),
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Per-source-address token buckets for `apikey` and `claim`, the two commands that create
+//! state for anyone who connects. Built on `governor`'s keyed limiter (GCRA).
+
+use crate::config::RateLimits;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::IpAddr;
+
+/// The limiters, one bucket per command and address.
+pub struct RateLimiters {
+    apikey: DefaultKeyedRateLimiter<IpAddr>,
+    claim: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl RateLimiters {
+    /// Limiters with the configured rates.
+    pub fn new(config: &RateLimits) -> Self {
+        let quota = |per_minute, burst| Quota::per_minute(per_minute).allow_burst(burst);
+        Self {
+            apikey: RateLimiter::keyed(quota(config.apikey_per_minute, config.apikey_burst)),
+            claim: RateLimiter::keyed(quota(config.claim_per_minute, config.claim_burst)),
+        }
+    }
+
+    /// May `ip` mint a key now? Takes a token if so.
+    pub fn allow_apikey(&self, ip: IpAddr) -> bool {
+        self.apikey.check_key(&ip).is_ok()
+    }
+
+    /// May `ip` claim a key now? Takes a token if so.
+    pub fn allow_claim(&self, ip: IpAddr) -> bool {
+        self.claim.check_key(&ip).is_ok()
+    }
+
+    /// Forgets addresses whose buckets are full again, so a scan from many addresses does
+    /// not grow memory without bound. Called periodically by the server.
+    pub fn prune(&self) {
+        self.apikey.retain_recent();
+        self.claim.retain_recent();
+        self.apikey.shrink_to_fit();
+        self.claim.shrink_to_fit();
+    }
+}

@@ -1,0 +1,23 @@
+//! `command remove apikey K domain D`: unregister a domain from a key (protocol.md §7).
+
+use super::{Context, Service, ServiceError, parse_domain};
+use crate::protocol::Reply;
+
+pub(super) async fn run(
+    svc: &Service,
+    apikey: &str,
+    domain: &str,
+    ctx: Context,
+) -> Result<Reply, ServiceError> {
+    let key = Service::parse_key(apikey)?;
+    let domain = parse_domain(domain)?;
+    let (hash, _) = svc.authorize(&key)?;
+    let removed = svc.store.remove_domain(&hash, &domain, ctx.peer, ctx.now)?;
+    svc.store.commit().await?;
+    let text = if removed {
+        "domain removed"
+    } else {
+        "domain was not registered"
+    };
+    Ok(Reply::ok_with_data(domain.to_string(), text))
+}

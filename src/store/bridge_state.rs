@@ -1,0 +1,137 @@
+//! The bridge's durable queue: one [`BridgeRecord`] per domain (prefix `S`) and an index of
+//! due times (prefix `O`, key = due time (8 bytes, big-endian) + domain), which is the outbox
+//! the worker consumes in time order.
+//!
+//! A domain's first registration writes its record and outbox entry in the same batch as the
+//! registration itself, so no acknowledged domain can miss the bridge. Every later change
+//! moves the outbox entry together with the record, atomically.
+
+use super::{
+    BRIDGE, DOMAIN, OUTBOX, Store, StoreError,
+    records::{BridgeRecord, Record, UnixTime},
+};
+use std::sync::atomic::Ordering;
+
+impl Store {
+    /// Turns bridge bookkeeping on: from now on, new domains are queued for the bridge.
+    /// Called once at start-up when a `[sectigo]` section is configured.
+    pub fn enable_bridge(&self) {
+        self.bridge_enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Is the bridge bookkeeping on?
+    pub fn bridge_enabled(&self) -> bool {
+        self.bridge_enabled.load(Ordering::SeqCst)
+    }
+
+    /// The bridge record of a domain.
+    pub fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+        self.get(&bridge_key(domain))
+    }
+
+    /// Up to `limit` domains due at or before `now`, earliest first.
+    pub fn due_bridge_jobs(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([OUTBOX]) {
+            let (k, _) = entry?;
+            let due = i64::from_be_bytes(k[1..9].try_into().expect("outbox key has a time"));
+            if due > now || out.len() >= limit {
+                break;
+            }
+            let domain = String::from_utf8_lossy(&k[9..]).into_owned();
+            if let Some(record) = self.bridge(&domain)? {
+                out.push((domain, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time in the outbox, if any.
+    pub fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
+        match self.db.scan_prefix([OUTBOX]).next() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                Ok(Some(i64::from_be_bytes(
+                    k[1..9].try_into().expect("outbox key has a time"),
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// How many domains are waiting in the outbox (for metrics). A scan: call rarely.
+    pub fn outbox_len(&self) -> usize {
+        self.db.scan_prefix([OUTBOX]).count()
+    }
+
+    /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
+    pub fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        if let Some(old) = self.bridge(domain)?
+            && let Some(due) = old.next_attempt_at
+        {
+            batch.remove(outbox_key(due, domain));
+        }
+        batch.insert(bridge_key(domain), record.encode());
+        if let Some(due) = record.next_attempt_at {
+            batch.insert(outbox_key(due, domain), &[][..]);
+        }
+        Ok(self.db.apply_batch(batch)?)
+    }
+
+    /// Queues every registered domain that has no bridge record yet (domains registered
+    /// while the bridge was not configured). Returns how many were queued.
+    pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for entry in self.db.scan_prefix([DOMAIN]) {
+            let (k, _) = entry?;
+            let domain = String::from_utf8_lossy(&k[1..]).into_owned();
+            let _guard = self.lock();
+            if self.db.contains_key(bridge_key(&domain))? {
+                continue;
+            }
+            let record = BridgeRecord::queued(now, false);
+            let mut batch = sled::Batch::default();
+            batch.insert(bridge_key(&domain), record.encode());
+            batch.insert(outbox_key(now, &domain), &[][..]);
+            self.db.apply_batch(batch)?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+}
+
+/// Adds a new domain's bridge record and outbox entry to a registration batch.
+pub(super) fn queue_new_domain(
+    batch: &mut sled::Batch,
+    domain: &str,
+    now: UnixTime,
+    key_confirmed: bool,
+) {
+    batch.insert(
+        bridge_key(domain),
+        BridgeRecord::queued(now, key_confirmed).encode(),
+    );
+    batch.insert(outbox_key(now, domain), &[][..]);
+}
+
+fn bridge_key(domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + domain.len());
+    k.push(BRIDGE);
+    k.extend_from_slice(domain.as_bytes());
+    k
+}
+
+fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + domain.len());
+    k.push(OUTBOX);
+    // Times before 1970 do not occur; clamping keeps the byte order equal to time order.
+    k.extend_from_slice(&due.max(0).to_be_bytes());
+    k.extend_from_slice(domain.as_bytes());
+    k
+}

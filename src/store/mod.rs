@@ -1,0 +1,439 @@
+//! The durable store: API keys (by hash), the domains registered under each key, per-domain
+//! state, and an audit trail, in one embedded sled database.
+//!
+//! # Layout
+//!
+//! Everything lives in sled's default tree, with a one-byte prefix per record kind:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `K` | key hash (32 bytes) | [`KeyRecord`] |
+//! | `D` | key hash + normalised domain | [`KeyDomain`] |
+//! | `N` | normalised domain | [`DomainRecord`] |
+//! | `A` | sled id (8 bytes, big-endian) | [`AuditEvent`] |
+//! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
+//! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
+//!
+//! One tree rather than one per kind because sled applies a batch atomically only within one
+//! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
+//! is a single `apply_batch`, so a crash can never leave half of it. Read-check-write
+//! sequences (claim, add) run under one short write lock instead of sled transactions, which
+//! the sled docs warn make every later operation pay a global read lock. The lock is held for
+//! microseconds (in-memory sled work); the disk wait happens outside it, in [`Store::commit`].
+//!
+//! # Durability
+//!
+//! Write methods change sled's in-memory state only. The caller must `commit().await` before
+//! acknowledging; see [`durable`].
+
+mod bridge_state;
+pub mod durable;
+pub mod records;
+
+use crate::apikey::KeyHash;
+use crate::domain::Domain;
+pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
+pub use records::{
+    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DomainRecord, KeyDomain,
+    KeyRecord, Record, UnixTime,
+};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use thiserror::Error;
+
+const KEY: u8 = b'K';
+const KEY_DOMAIN: u8 = b'D';
+const DOMAIN: u8 = b'N';
+const AUDIT: u8 = b'A';
+const BRIDGE: u8 = b'S';
+const OUTBOX: u8 = b'O';
+
+/// Store failures. All of them become `500 storage failure` on the wire.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("opening the database at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(#[from] postcard::Error),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("opening {path} for fsync: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What `claim` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The key is now bound to the e-mail (it may have been created by this claim).
+    Claimed,
+    /// The key does not exist, and the caller did not allow creating it.
+    Unknown,
+    /// The key was already bound to this e-mail.
+    AlreadyClaimed,
+    /// The key is bound to another e-mail.
+    ClaimedByOther,
+    /// The key was revoked.
+    Revoked,
+}
+
+/// What `add` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddOutcome {
+    Added,
+    AlreadyRegistered,
+    /// The key does not exist (the caller checks first; this closes the gap between the
+    /// check and the write).
+    UnknownKey,
+}
+
+/// The embedded store. Share it behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    write_lock: Mutex<()>,
+    commits: GroupCommit,
+    bridge_enabled: AtomicBool,
+    /// Woken when a domain is queued for the bridge, so the worker need not poll.
+    bridge_wakeup: tokio::sync::Notify,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and starts its flusher. Must be called inside
+    /// a tokio runtime.
+    pub fn open(
+        dir: &Path,
+        mode: DurabilityMode,
+        relaxed_flush: Duration,
+    ) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // We flush ourselves (group commit or the relaxed timer); sled's own timer would
+            // only add unsynchronised flushes.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let db_path = dir.join("db");
+        let db_file = std::fs::File::open(&db_path).map_err(|source| StoreError::Io {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+        // The directory entries of sled's files must survive a power cut too.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        let commits = GroupCommit::start(db.clone(), db_file, mode, relaxed_flush);
+        Ok(Self {
+            db,
+            write_lock: Mutex::new(()),
+            commits,
+            bridge_enabled: AtomicBool::new(false),
+            bridge_wakeup: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Waits until every change made before the call is durable (see [`durable`]).
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        Ok(self.commits.commit().await?)
+    }
+
+    /// Flushes and syncs now, whatever the mode (shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.commits.flush_now().await?)
+    }
+
+    /// The group-commit machinery, for its counters and test fault injection.
+    pub fn group_commit(&self) -> &GroupCommit {
+        &self.commits
+    }
+
+    /// Resolves when a domain has been queued for the bridge since the last call.
+    pub async fn bridge_queued(&self) {
+        self.bridge_wakeup.notified().await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave sled half-written (batches are atomic),
+        // so a poisoned lock is safe to keep using.
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record of a key, if the key is known.
+    pub fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.get(&key_key(hash))
+    }
+
+    /// Records a freshly minted key, optionally already claimed by `email`.
+    pub fn create_key(
+        &self,
+        hash: &KeyHash,
+        email: Option<&str>,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let record = KeyRecord {
+            created_at: now,
+            creator_ip: ip,
+            email: email.map(str::to_owned),
+            claimed_at: email.map(|_| now),
+            confirmed_at: None,
+            revoked_at: None,
+            domain_count: 0,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key_key(hash), record.encode());
+        self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
+        if let Some(email) = email {
+            let kind = AuditKind::KeyClaimed {
+                email: email.to_owned(),
+            };
+            self.audit(&mut batch, now, ip, hash, kind)?;
+        }
+        let _guard = self.lock();
+        Ok(self.db.apply_batch(batch)?)
+    }
+
+    /// Binds a key to an e-mail address, creating the key (a client made it itself) when
+    /// `may_create`. E-mail addresses are compared case-insensitively.
+    pub fn claim_key(
+        &self,
+        hash: &KeyHash,
+        may_create: bool,
+        email: &str,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let _guard = self.lock();
+        let existing = self.key(hash)?;
+        let is_new = existing.is_none();
+        let record = match existing {
+            Some(r) if r.revoked_at.is_some() => return Ok(ClaimOutcome::Revoked),
+            Some(KeyRecord {
+                email: Some(ref owner),
+                ..
+            }) => {
+                return Ok(if owner.eq_ignore_ascii_case(email) {
+                    ClaimOutcome::AlreadyClaimed
+                } else {
+                    ClaimOutcome::ClaimedByOther
+                });
+            }
+            Some(r) => KeyRecord {
+                email: Some(email.to_owned()),
+                claimed_at: Some(now),
+                ..r
+            },
+            None if !may_create => return Ok(ClaimOutcome::Unknown),
+            None => KeyRecord {
+                created_at: now,
+                creator_ip: ip,
+                email: Some(email.to_owned()),
+                claimed_at: Some(now),
+                confirmed_at: None,
+                revoked_at: None,
+                domain_count: 0,
+            },
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key_key(hash), record.encode());
+        if is_new {
+            self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
+        }
+        let kind = AuditKind::KeyClaimed {
+            email: email.to_owned(),
+        };
+        self.audit(&mut batch, now, ip, hash, kind)?;
+        self.db.apply_batch(batch)?;
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Marks a key revoked: it can no longer add, list or claim. Idempotent. Returns whether
+    /// the key exists.
+    pub fn revoke_key(
+        &self,
+        hash: &KeyHash,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.lock();
+        let Some(mut record) = self.key(hash)? else {
+            return Ok(false);
+        };
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(now);
+            let mut batch = sled::Batch::default();
+            batch.insert(key_key(hash), record.encode());
+            self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
+            self.db.apply_batch(batch)?;
+        }
+        Ok(true)
+    }
+
+    /// Registers `domain` under a key the caller has checked exists and is not revoked.
+    pub fn add_domain(
+        &self,
+        hash: &KeyHash,
+        domain: &Domain,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<AddOutcome, StoreError> {
+        let name = domain.to_string();
+        let kd_key = key_domain_key(hash, &name);
+        let _guard = self.lock();
+        if self.db.contains_key(&kd_key)? {
+            return Ok(AddOutcome::AlreadyRegistered);
+        }
+        let Some(mut key) = self.key(hash)? else {
+            return Ok(AddOutcome::UnknownKey);
+        };
+        key.domain_count += 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(key_key(hash), key.encode());
+        batch.insert(kd_key, KeyDomain { added_at: now }.encode());
+        let d_key = domain_key(&name);
+        let new_domain = !self.db.contains_key(&d_key)?;
+        // A domain is queued for the bridge in the same batch that registers it, so an
+        // acknowledged registration can never miss the bridge.
+        let queued = new_domain && self.bridge_enabled();
+        if new_domain {
+            let record = DomainRecord {
+                first_added_at: now,
+            };
+            batch.insert(d_key, record.encode());
+        }
+        if queued {
+            bridge_state::queue_new_domain(&mut batch, &name, now, key.confirmed_at.is_some());
+        }
+        let kind = AuditKind::DomainAdded { domain: name };
+        self.audit(&mut batch, now, ip, hash, kind)?;
+        self.db.apply_batch(batch)?;
+        if queued {
+            self.bridge_wakeup.notify_one();
+        }
+        Ok(AddOutcome::Added)
+    }
+
+    /// Unregisters `domain` from a key. Returns whether it was registered. The domain's own
+    /// record (and its Sectigo state) stays: other keys may hold it, and certline never
+    /// deletes from Sectigo.
+    pub fn remove_domain(
+        &self,
+        hash: &KeyHash,
+        domain: &Domain,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let name = domain.to_string();
+        let kd_key = key_domain_key(hash, &name);
+        let _guard = self.lock();
+        if !self.db.contains_key(&kd_key)? {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(mut key) = self.key(hash)? {
+            key.domain_count = key.domain_count.saturating_sub(1);
+            batch.insert(key_key(hash), key.encode());
+        }
+        batch.remove(kd_key);
+        let kind = AuditKind::DomainRemoved { domain: name };
+        self.audit(&mut batch, now, ip, hash, kind)?;
+        self.db.apply_batch(batch)?;
+        Ok(true)
+    }
+
+    /// When `domain` was registered under the key, if it is.
+    pub fn key_domain(
+        &self,
+        hash: &KeyHash,
+        domain: &Domain,
+    ) -> Result<Option<KeyDomain>, StoreError> {
+        self.get(&key_domain_key(hash, &domain.to_string()))
+    }
+
+    /// The domains registered under a key, in lexicographic order, skipping `offset`.
+    pub fn key_domains(
+        &self,
+        hash: &KeyHash,
+        offset: usize,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        let prefix = key_domain_key(hash, "");
+        let skip = prefix.len();
+        self.db.scan_prefix(prefix).skip(offset).map(move |entry| {
+            let (k, _) = entry?;
+            Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
+        })
+    }
+
+    /// The shared record of a domain, if any key registered it.
+    pub fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
+        self.get(&domain_key(name))
+    }
+
+    /// The audit trail, oldest first.
+    pub fn audit_events(&self) -> impl Iterator<Item = Result<AuditEvent, StoreError>> + '_ {
+        self.db.scan_prefix([AUDIT]).map(|entry| {
+            let (_, v) = entry?;
+            Ok(AuditEvent::decode(&v)?)
+        })
+    }
+
+    fn get<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
+        match self.db.get(key)? {
+            Some(bytes) => Ok(Some(R::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn audit(
+        &self,
+        batch: &mut sled::Batch,
+        at: UnixTime,
+        ip: IpAddr,
+        hash: &KeyHash,
+        kind: AuditKind,
+    ) -> Result<(), StoreError> {
+        let key_id = hash.id();
+        tracing::info!(event = kind.name(), key = %key_id, %ip, ?kind, "audit");
+        let mut key = vec![AUDIT];
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let event = AuditEvent {
+            at,
+            ip,
+            key_id,
+            kind,
+        };
+        batch.insert(key, event.encode());
+        Ok(())
+    }
+}
+
+fn key_key(hash: &KeyHash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(KEY);
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+fn key_domain_key(hash: &KeyHash, domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33 + domain.len());
+    k.push(KEY_DOMAIN);
+    k.extend_from_slice(&hash.0);
+    k.extend_from_slice(domain.as_bytes());
+    k
+}
+
+fn domain_key(domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + domain.len());
+    k.push(DOMAIN);
+    k.extend_from_slice(domain.as_bytes());
+    k
+}

@@ -1,0 +1,246 @@
+//! The records kept in the store, as versioned serde types.
+//!
+//! Records are encoded with postcard (compact, not self-describing), wrapped in a
+//! per-record-type enum whose variant index is the schema version. A new field means a new
+//! variant and a conversion in `into_current`, never a silent reinterpretation of old bytes.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::net::IpAddr;
+
+/// Seconds since the Unix epoch, UTC.
+pub type UnixTime = i64;
+
+/// What the store knows about one API key (keyed by its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub created_at: UnixTime,
+    pub creator_ip: IpAddr,
+    pub email: Option<String>,
+    pub claimed_at: Option<UnixTime>,
+    pub confirmed_at: Option<UnixTime>,
+    pub revoked_at: Option<UnixTime>,
+    /// How many domains are registered under this key; kept with every add/remove so `list`
+    /// can report a total without a scan.
+    pub domain_count: u64,
+}
+
+/// One domain registered under one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDomain {
+    pub added_at: UnixTime,
+}
+
+/// What the store knows about a domain, whichever keys registered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub first_added_at: UnixTime,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at: UnixTime,
+    pub ip: IpAddr,
+    /// The key id (first 12 hex digits of the key's hash).
+    pub key_id: String,
+    pub kind: AuditKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditKind {
+    KeyCreated,
+    KeyClaimed { email: String },
+    KeyRevoked,
+    DomainAdded { domain: String },
+    DomainRemoved { domain: String },
+}
+
+impl AuditKind {
+    /// A short name for logs (KeyChest's event names where it had one).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditKind::KeyCreated => "new-apikey",
+            AuditKind::KeyClaimed { .. } => "claim-apikey",
+            AuditKind::KeyRevoked => "revoke-apikey",
+            AuditKind::DomainAdded { .. } => "new-domain",
+            AuditKind::DomainRemoved { .. } => "remove-domain",
+        }
+    }
+}
+
+/// A record type with a versioned on-disk form.
+pub trait Record: Sized {
+    /// The enum of all on-disk versions.
+    type Stored: Serialize + DeserializeOwned;
+    fn into_stored(self) -> Self::Stored;
+    fn from_stored(stored: Self::Stored) -> Self;
+
+    fn encode(&self) -> Vec<u8>
+    where
+        Self: Clone,
+    {
+        postcard::to_allocvec(&self.clone().into_stored())
+            .expect("serialising a record to memory cannot fail")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).map(Self::from_stored)
+    }
+}
+
+macro_rules! versioned {
+    ($record:ident, $stored:ident) => {
+        #[derive(Serialize, Deserialize)]
+        pub enum $stored {
+            V1($record),
+        }
+        impl Record for $record {
+            type Stored = $stored;
+            fn into_stored(self) -> $stored {
+                $stored::V1(self)
+            }
+            fn from_stored(stored: $stored) -> Self {
+                match stored {
+                    $stored::V1(r) => r,
+                }
+            }
+        }
+    };
+}
+
+versioned!(KeyRecord, StoredKeyRecord);
+versioned!(KeyDomain, StoredKeyDomain);
+versioned!(DomainRecord, StoredDomainRecord);
+versioned!(AuditEvent, StoredAuditEvent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_carry_their_version() {
+        let r = KeyRecord {
+            created_at: 1,
+            creator_ip: "127.0.0.1".parse().unwrap(),
+            email: Some("a@b.org".into()),
+            claimed_at: Some(2),
+            confirmed_at: None,
+            revoked_at: None,
+            domain_count: 3,
+        };
+        let bytes = r.encode();
+        assert_eq!(bytes[0], 0, "variant index 0 is version 1");
+        assert_eq!(KeyRecord::decode(&bytes).unwrap(), r);
+        assert!(KeyRecord::decode(&[7, 1, 2]).is_err());
+    }
+}
+
+/// Where a domain stands with the Sectigo bridge. Written after every bridge step, so a
+/// restart resumes at the step it stopped at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeRecord {
+    /// The step to run next, or a resting state.
+    pub phase: BridgePhase,
+    /// When the worker should next look at this domain (`None`: never, until requeued).
+    pub next_attempt_at: Option<UnixTime>,
+    /// Consecutive transient failures of the current step (drives the backoff).
+    pub attempts: u32,
+    /// Sectigo's id for the domain, once known.
+    pub sectigo_id: Option<u64>,
+    /// certline created the domain in Sectigo (rather than finding it there).
+    pub created_by_certline: bool,
+    /// DCV status as Sectigo reported it (`VALIDATED`, `NOT_VALIDATED`, `EXPIRED`, …).
+    pub dcv_status: Option<String>,
+    /// DCV expiry date, `yyyy-mm-dd`.
+    pub dcv_expires: Option<String>,
+    /// CT-log monitoring as last seen or set.
+    pub ct_monitoring: Option<bool>,
+    /// When the domain last completed a full sync.
+    pub checked_at: Option<UnixTime>,
+    /// The last failure, kept until a later sync succeeds.
+    pub last_error: Option<BridgeError>,
+    /// At least one key holding the domain is confirmed (for the require-confirmed policy).
+    pub key_confirmed: bool,
+}
+
+/// The bridge's state machine (design.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BridgePhase {
+    /// Registered; nothing sent yet.
+    Queued,
+    /// Find the domain in Sectigo's inventory by name.
+    Lookup,
+    /// Create it (policy allowed; lookup found nothing).
+    Create,
+    /// Read its details (delegations, CT monitoring, DCV fields).
+    Details,
+    /// Switch CT-log monitoring on.
+    Monitoring,
+    /// Read its DCV status.
+    DcvStatus,
+    /// Everything is in place; rechecked on a schedule.
+    Synced,
+    /// Outside the operator's allowed suffixes (or an IP literal): never sent to Sectigo.
+    NotForwarded,
+    /// Not in Sectigo, and the policy does not allow creating it.
+    NotInSectigo,
+    /// The policy wants a confirmed key first.
+    AwaitingConfirmation,
+    /// Sectigo refused a step for good; `last_error` says why.
+    Failed,
+}
+
+impl BridgePhase {
+    /// The name shown by `status` and the inventory.
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgePhase::Queued => "queued",
+            BridgePhase::Lookup => "lookup",
+            BridgePhase::Create => "create",
+            BridgePhase::Details => "details",
+            BridgePhase::Monitoring => "monitoring",
+            BridgePhase::DcvStatus => "dcv_status",
+            BridgePhase::Synced => "synced",
+            BridgePhase::NotForwarded => "not_forwarded",
+            BridgePhase::NotInSectigo => "not_in_sectigo",
+            BridgePhase::AwaitingConfirmation => "awaiting_confirmation",
+            BridgePhase::Failed => "failed",
+        }
+    }
+}
+
+/// A failed bridge step, as Sectigo (or the network) reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeError {
+    /// The phase that failed.
+    pub step: BridgePhase,
+    /// Sectigo's error code (`-732`, …), when it gave one.
+    pub code: Option<i64>,
+    /// Sectigo's description, or what went wrong on the way.
+    pub text: String,
+    /// Whether the step will be retried.
+    pub transient: bool,
+    pub at: UnixTime,
+}
+
+impl BridgeRecord {
+    /// A freshly registered domain, due now.
+    pub fn queued(now: UnixTime, key_confirmed: bool) -> Self {
+        Self {
+            phase: BridgePhase::Queued,
+            next_attempt_at: Some(now),
+            attempts: 0,
+            sectigo_id: None,
+            created_by_certline: false,
+            dcv_status: None,
+            dcv_expires: None,
+            ct_monitoring: None,
+            checked_at: None,
+            last_error: None,
+            key_confirmed,
+        }
+    }
+}
+
+versioned!(BridgeRecord, StoredBridgeRecord);

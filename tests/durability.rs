@@ -1,0 +1,119 @@
+//! `ok` means on disk: restarts, concurrency and kill -9 against the real binary.
+
+mod support;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use support::client::{call, new_key};
+use support::server::Binary;
+
+/// Every domain registered under `key`, following `next=` across pages.
+async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut offset = 0u64;
+    loop {
+        let reply = call(addr, &format!("command list apikey {key} offset {offset}")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let data = reply.data.unwrap();
+        let domains = data.split(" domains=").nth(1).unwrap();
+        out.extend(
+            domains
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+        );
+        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
+            Some(next) => offset = next.parse().unwrap(),
+            None => return out,
+        }
+    }
+}
+
+fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("certline.toml");
+    std::fs::write(
+        &path,
+        "[rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n",
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_restart_keeps_keys_claims_and_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Binary::start(&data, None);
+    let key = new_key(server.addr).await;
+    assert!(
+        call(
+            server.addr,
+            &format!("command claim apikey {key} email a@b.org")
+        )
+        .await
+        .is_ok()
+    );
+    assert!(
+        call(
+            server.addr,
+            &format!("command add apikey {key} domain a.example.org")
+        )
+        .await
+        .is_ok()
+    );
+    assert!(server.terminate().success(), "SIGTERM exits cleanly");
+
+    let server = Binary::start(&data, None);
+    assert_eq!(
+        call(
+            server.addr,
+            &format!("command claim apikey {key} email A@b.org")
+        )
+        .await
+        .text,
+        "api key already claimed"
+    );
+    assert_eq!(
+        all_domains(server.addr, &key).await,
+        BTreeSet::from(["a.example.org".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_clients_then_kill_9_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = config_file(dir.path());
+    let server = Binary::start(&data, Some(&config));
+    let addr = server.addr;
+
+    let mut tasks = Vec::new();
+    for client in 0..200 {
+        tasks.push(tokio::spawn(async move {
+            let key = new_key(addr).await;
+            let mut acked = Vec::new();
+            for i in 0..5 {
+                let domain = format!("c{client}-{i}.example.org");
+                let reply = call(addr, &format!("command add apikey {key} domain {domain}")).await;
+                assert!(reply.is_ok(), "{reply:?}");
+                acked.push(domain);
+            }
+            (key, acked)
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    // Every client has its `ok`: kill at once, with no chance to flush on the way out.
+    server.kill9();
+
+    let server = Binary::start(&data, Some(&config));
+    let mut total = 0;
+    for (key, domains) in &acked {
+        let stored = all_domains(server.addr, key).await;
+        let want: BTreeSet<String> = domains.iter().cloned().collect();
+        assert_eq!(stored, want, "key {key}");
+        total += stored.len();
+    }
+    assert_eq!(total, 1000);
+}

@@ -1,0 +1,5 @@
+//! Shared test support: a server harness (in-process and as a child process) and a line client.
+#![allow(dead_code)] // each test binary uses a different part of the support code
+
+pub mod client;
+pub mod server;

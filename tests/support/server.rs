@@ -1,0 +1,136 @@
+//! Starting certline for a test: in-process (fast, gives access to the store) or as the real
+//! binary in a child process (for signals, kill -9 and restarts).
+
+use certline::{Config, Server, store::Store};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A test configuration: loopback, port 0, short timers, generous rate limits unless a test
+/// says otherwise.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::from_toml(
+        r#"
+        listen = "127.0.0.1:0"
+        [rate_limit]
+        apikey_per_minute = 100000
+        apikey_burst = 100000
+        claim_per_minute = 100000
+        claim_burst = 100000
+        "#,
+    )
+    .expect("test config parses");
+    config.data_dir = data_dir.to_path_buf();
+    config
+}
+
+/// A server running inside the test process.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl InProcess {
+    /// Starts a server with [`test_config`] on a fresh temporary directory.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(&dir.path().join("data"));
+        let mut s = Self::start_with(config).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server with the given configuration.
+    pub async fn start_with(config: Config) -> Self {
+        let server = Server::bind(config).await.expect("server starts");
+        let addr = server.local_addr();
+        let store = server.store();
+        let shutdown = server.shutdown_token();
+        let task = tokio::spawn(async move { server.run().await.expect("server runs") });
+        Self {
+            addr,
+            store,
+            shutdown,
+            task,
+            _dir: None,
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> Option<tempfile::TempDir> {
+        self.shutdown.cancel();
+        self.task.await.expect("server task");
+        drop(self.store);
+        self._dir
+    }
+}
+
+/// The real `certline` binary in a child process.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Binary {
+    /// Runs `certline serve --listen 127.0.0.1:0 --data DATA [--config CONFIG]` and waits for
+    /// its `listening on` line.
+    pub fn start(data_dir: &Path, config: Option<&Path>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_certline"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd.spawn().expect("spawn certline");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
