@@ -617,11 +617,16 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
     let mut summary = serde_json::Map::new();
 
     // Throughput and latency: one line per (pairing, connection mode, connections).
-    let mut groups: BTreeMap<(String, String, u64), Vec<&Value>> = BTreeMap::new();
+    // Sorted strict before relaxed, persistent before connect-per-request, then by connections.
+    let mut groups: BTreeMap<(u8, String, bool, String, u64), Vec<&Value>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r["kind"] == "throughput") {
+        let pair = tag(r, "pair");
+        let mode = r["mode"].as_str().unwrap_or("");
         let key = (
-            tag(r, "pair").to_string(),
-            r["mode"].as_str().unwrap_or("").to_string(),
+            u8::from(pair != "strict"),
+            pair.to_string(),
+            mode != "persistent",
+            mode.to_string(),
             r["connections"].as_u64().unwrap_or(0),
         );
         groups.entry(key).or_default().push(r);
@@ -632,7 +637,7 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut tp = Vec::new();
-    for ((pair, mode, conns), runs) in &groups {
+    for ((_, pair, _, mode, conns), runs) in &groups {
         let pick = |target: &str, f: &dyn Fn(&Value) -> Option<f64>| {
             median(
                 runs.iter()
