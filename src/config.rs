@@ -3,6 +3,7 @@
 //!
 //! Every limit the wire protocol mentions is here (protocol.md §9).
 
+use crate::bridge::SectigoConfig;
 use crate::store::DurabilityMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub struct Config {
     pub rate_limit: RateLimits,
     pub durability: Durability,
     pub log: Log,
+    /// The Sectigo bridge; absent means off (certline only stores registrations).
+    pub sectigo: Option<SectigoConfig>,
 }
 
 /// Bounds on connections and requests.
@@ -92,6 +95,7 @@ impl Default for Config {
             rate_limit: RateLimits::default(),
             durability: Durability::default(),
             log: Log::default(),
+            sectigo: None,
         }
     }
 }
@@ -201,6 +205,11 @@ impl Config {
         }
         if self.durability.relaxed_flush_ms == 0 {
             return invalid("durability.relaxed_flush_ms must be at least 1");
+        }
+        if let Some(sectigo) = &self.sectigo {
+            sectigo
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
     }

@@ -15,9 +15,11 @@
 //! - [`service`]: the rules of each command.
 //! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
+//! - [`bridge`]: the Sectigo Certificate Manager client, policy and worker.
 //! - [`config`]: the TOML configuration with its defaults.
 
 pub mod apikey;
+pub mod bridge;
 pub mod config;
 pub mod domain;
 pub mod protocol;

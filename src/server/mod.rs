@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod listener;
 
+use crate::bridge::{SectigoClient, Worker};
 use crate::config::Config;
 use crate::service::Service;
 use crate::store::{Store, StoreError};
@@ -25,6 +26,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the [sectigo] section: {0}")]
+    Sectigo(String),
 }
 
 /// What every connection task shares.
@@ -39,6 +42,7 @@ pub struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    worker: Option<Arc<Worker>>,
 }
 
 impl Server {
@@ -56,7 +60,27 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let service = Service::new(Arc::new(store), &config.rate_limit);
+        let store = Arc::new(store);
+        let worker = match &config.sectigo {
+            Some(sectigo) => {
+                let options = sectigo
+                    .client_options()
+                    .map_err(|e| StartError::Sectigo(e.to_string()))?;
+                let client =
+                    SectigoClient::new(options).map_err(|e| StartError::Sectigo(e.to_string()))?;
+                store.enable_bridge();
+                tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
+                Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
+            }
+            None => {
+                tracing::info!("no [sectigo] section: the Sectigo bridge is off");
+                None
+            }
+        };
+        let mut service = Service::new(store, &config.rate_limit);
+        if let Some(worker) = &worker {
+            service = service.with_bridge(worker.handle());
+        }
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -64,6 +88,7 @@ impl Server {
                 service,
                 shutdown: CancellationToken::new(),
             }),
+            worker,
         })
     }
 
@@ -90,13 +115,16 @@ impl Server {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
         tracker.spawn(prune_rate_limiters(shared.clone()));
+        if let Some(worker) = self.worker {
+            tracker.spawn(worker.run(shared.shutdown.clone()));
+        }
         listener::accept_loop(self.listener, shared.clone(), &tracker).await;
         tracker.close();
         let grace = Duration::from_millis(shared.config.limits.shutdown_grace_ms);
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the shutdown grace period; closing them");
         }
-        shared.service.store().flush().await?;
+        shared.service.store().close().await?;
         tracing::info!("store flushed; stopped");
         Ok(())
     }

@@ -13,6 +13,7 @@ mod remove;
 mod status;
 
 use crate::apikey::{ApiKey, KeyHash};
+use crate::bridge::BridgeHandle;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::store::{KeyRecord, Store, StoreError, UnixTime};
 use rate_limit::RateLimiters;
@@ -99,6 +100,8 @@ impl ServiceError {
 pub struct Service {
     store: Arc<Store>,
     limiters: RateLimiters,
+    /// Present when the Sectigo bridge is configured.
+    bridge: Option<Arc<BridgeHandle>>,
 }
 
 impl Service {
@@ -107,7 +110,14 @@ impl Service {
         Self {
             store,
             limiters: RateLimiters::new(limits),
+            bridge: None,
         }
+    }
+
+    /// Reports the Sectigo bridge's state in `status`.
+    pub fn with_bridge(mut self, bridge: Arc<BridgeHandle>) -> Self {
+        self.bridge = Some(bridge);
+        self
     }
 
     /// The store, for the server's shutdown flush and for tests.

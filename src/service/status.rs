@@ -1,8 +1,14 @@
-//! `command status apikey K domain D`: what certline knows about a domain (protocol.md §7).
+//! `command status apikey K domain D`: what certline knows about a domain, including where it
+//! stands with Sectigo (protocol.md §7).
 
 use super::{Service, ServiceError, parse_domain};
 use crate::protocol::Reply;
+use crate::store::{BridgePhase, BridgeRecord};
 use chrono::{DateTime, SecondsFormat};
+use std::fmt::Write;
+
+/// The longest Sectigo error text shown; the reply must stay under 1000 bytes.
+const MAX_ERROR_TEXT: usize = 300;
 
 pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Reply, ServiceError> {
     let key = Service::parse_key(apikey)?;
@@ -12,12 +18,103 @@ pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Rep
         .store
         .key_domain(&hash, &domain)?
         .ok_or(ServiceError::NotRegistered)?;
-    let data = format!(
-        "domain={} registered={} sectigo=off",
-        domain,
-        rfc3339(entry.added_at)
-    );
+    let mut data = format!("domain={} registered={}", domain, rfc3339(entry.added_at));
+    match &svc.bridge {
+        None => data.push_str(" sectigo=off"),
+        Some(bridge) => {
+            let record = svc.store.bridge(domain.host())?;
+            describe_bridge(&mut data, record.as_ref(), bridge.is_paused());
+        }
+    }
     Ok(Reply::ok_with_data(data, "ok"))
+}
+
+/// Appends the bridge fields, in protocol.md's order.
+fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool) {
+    let Some(r) = record else {
+        // Registered before the bridge was switched on; the worker queues it at start.
+        out.push_str(" sectigo=queued");
+        return;
+    };
+    let _ = write!(out, " sectigo={}", r.phase.name());
+    if paused {
+        out.push_str(" bridge=paused");
+    }
+    if let Some(id) = r.sectigo_id {
+        let _ = write!(out, " id={id}");
+    }
+    if let Some(dcv) = &r.dcv_status {
+        let _ = write!(out, " dcv={}", token(dcv));
+    }
+    if let Some(expires) = &r.dcv_expires {
+        let _ = write!(out, " dcv_expires={}", token(expires));
+    }
+    if let Some(ct) = r.ct_monitoring {
+        let _ = write!(out, " ct={}", if ct { "on" } else { "off" });
+    }
+    if let Some(checked) = r.checked_at {
+        let _ = write!(out, " checked={}", rfc3339(checked));
+    }
+    if let Some(dcv) = &r.dcv
+        && let (Some(host), Some(value)) = (&dcv.host, &dcv.point)
+    {
+        let _ = write!(
+            out,
+            " dcv_record_type={} dcv_host={} dcv_value={}",
+            dcv.record_type.as_str(),
+            token(host),
+            quoted(value)
+        );
+    }
+    let waiting = !matches!(r.phase, BridgePhase::Synced);
+    if let (true, Some(next)) = (waiting, r.next_attempt_at) {
+        let _ = write!(out, " next_attempt={}", rfc3339(next));
+    }
+    if let Some(e) = &r.last_error {
+        let _ = write!(out, " error_step={}", e.step.name());
+        if let Some(code) = e.code {
+            let _ = write!(out, " error_code={code}");
+        }
+        let text: String = e
+            .text
+            .chars()
+            .take(MAX_ERROR_TEXT)
+            .map(|c| match c {
+                '"' => '\'',
+                c if c.is_ascii_graphic() || c == ' ' => c,
+                _ => '?',
+            })
+            .collect();
+        let _ = write!(out, " error=\"{text}\"");
+    }
+}
+
+/// A value shown exactly, in double quotes: `\` and `"` are escaped with a backslash, so
+/// `"a\\b"` stands for `a\b`. Non-printable characters (never seen in Sectigo's values)
+/// become `?`.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().take(256) {
+        match c {
+            '\\' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A value from Sectigo made safe for a space-separated field.
+fn token(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
 }
 
 /// `2026-11-23T10:00:00Z`.

@@ -8,7 +8,7 @@
 
 use super::{
     BRIDGE, DOMAIN, OUTBOX, Store, StoreError,
-    records::{BridgeRecord, Record, UnixTime},
+    records::{BridgePhase, BridgeRecord, Record, UnixTime},
 };
 use std::sync::atomic::Ordering;
 
@@ -84,23 +84,39 @@ impl Store {
         Ok(self.db.apply_batch(batch)?)
     }
 
-    /// Queues every registered domain that has no bridge record yet (domains registered
-    /// while the bridge was not configured). Returns how many were queued.
+    /// Run when the bridge starts: queues every registered domain that has no bridge record
+    /// yet (registered while the bridge was not configured), and requeues the domains whose
+    /// rest depends on the configuration (outside the allowed suffixes, awaiting a confirmed
+    /// key), since the configuration may have changed. Returns how many were queued.
     pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
         for entry in self.db.scan_prefix([DOMAIN]) {
             let (k, _) = entry?;
-            let domain = String::from_utf8_lossy(&k[1..]).into_owned();
+            let Ok(domain) = crate::domain::normalize(&String::from_utf8_lossy(&k[1..])) else {
+                continue;
+            };
+            let host = domain.host();
             let _guard = self.lock();
-            if self.db.contains_key(bridge_key(&domain))? {
+            if self.db.contains_key(bridge_key(host))? {
                 continue;
             }
-            let record = BridgeRecord::queued(now, false);
             let mut batch = sled::Batch::default();
-            batch.insert(bridge_key(&domain), record.encode());
-            batch.insert(outbox_key(now, &domain), &[][..]);
+            queue_new_domain(&mut batch, host, now, false);
             self.db.apply_batch(batch)?;
             queued += 1;
+        }
+        for entry in self.db.scan_prefix([BRIDGE]) {
+            let (k, v) = entry?;
+            let mut record = BridgeRecord::decode(&v)?;
+            if matches!(
+                record.phase,
+                BridgePhase::NotForwarded | BridgePhase::AwaitingConfirmation
+            ) {
+                record.phase = BridgePhase::Queued;
+                record.next_attempt_at = Some(now);
+                self.save_bridge(&String::from_utf8_lossy(&k[1..]), &record)?;
+                queued += 1;
+            }
         }
         Ok(queued)
     }

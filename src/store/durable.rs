@@ -50,6 +50,9 @@ pub struct GroupCommit {
     mode: DurabilityMode,
     waiters: mpsc::UnboundedSender<Waiter>,
     flusher: Flusher,
+    /// Stops the flusher task (which holds a handle on the database) at close.
+    stop: tokio_util::sync::CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What runs one flush round; cloned into blocking tasks.
@@ -107,19 +110,34 @@ impl GroupCommit {
             stats: Arc::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        match mode {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = match mode {
             DurabilityMode::Durable => {
-                tokio::spawn(run_group_commit(flusher.clone(), rx));
+                tokio::spawn(run_group_commit(flusher.clone(), rx, stop.clone()))
             }
             DurabilityMode::Relaxed => {
-                tokio::spawn(run_periodic(flusher.clone(), relaxed_flush, rx));
+                tokio::spawn(run_periodic(flusher.clone(), relaxed_flush, stop.clone()))
             }
-        }
+        };
         Self {
             mode,
             waiters: tx,
             flusher,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
         }
+    }
+
+    /// Flushes a last time and stops the flusher task, so that once the store is dropped
+    /// the database is closed (and its lock released) at once.
+    pub async fn close(&self) -> Result<(), FlushError> {
+        let result = self.flush_now().await;
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
     }
 
     /// Returns once every write applied before the call is on disk (durable mode), or at
@@ -158,9 +176,20 @@ impl GroupCommit {
     }
 }
 
-async fn run_group_commit(flusher: Flusher, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+async fn run_group_commit(
+    flusher: Flusher,
+    mut rx: mpsc::UnboundedReceiver<Waiter>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
         batch.push(first);
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -180,14 +209,18 @@ async fn run_group_commit(flusher: Flusher, mut rx: mpsc::UnboundedReceiver<Wait
     }
 }
 
-/// Flushes every `every` until the store is dropped (its sender closes the channel).
-async fn run_periodic(flusher: Flusher, every: Duration, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+/// Flushes every `every` until the store is closed.
+async fn run_periodic(
+    flusher: Flusher,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            closed = rx.recv() => if closed.is_none() { return },
+            _ = stop.cancelled() => return,
         }
         if let Err(e) = flusher.flush().await {
             tracing::error!(error = %e, "periodic flush failed (relaxed mode)");

@@ -34,8 +34,8 @@ use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
 pub use records::{
-    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DomainRecord, KeyDomain,
-    KeyRecord, Record, UnixTime,
+    AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
+    DomainRecord, KeyDomain, KeyRecord, Record, UnixTime,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -146,9 +146,15 @@ impl Store {
         Ok(self.commits.commit().await?)
     }
 
-    /// Flushes and syncs now, whatever the mode (shutdown).
+    /// Flushes and syncs now, whatever the mode.
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(self.commits.flush_now().await?)
+    }
+
+    /// Flushes a last time and stops the background flusher (shutdown). Later commits fail;
+    /// the database closes when the last handle on the store is dropped.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        Ok(self.commits.close().await?)
     }
 
     /// The group-commit machinery, for its counters and test fault injection.
@@ -302,8 +308,10 @@ impl Store {
         let d_key = domain_key(&name);
         let new_domain = !self.db.contains_key(&d_key)?;
         // A domain is queued for the bridge in the same batch that registers it, so an
-        // acknowledged registration can never miss the bridge.
-        let queued = new_domain && self.bridge_enabled();
+        // acknowledged registration can never miss the bridge. Sectigo knows host names, not
+        // ports: `www.example.org:8443` is bridged as `www.example.org`.
+        let host = domain.host();
+        let queued = self.bridge_enabled() && self.bridge(host)?.is_none();
         if new_domain {
             let record = DomainRecord {
                 first_added_at: now,
@@ -311,7 +319,7 @@ impl Store {
             batch.insert(d_key, record.encode());
         }
         if queued {
-            bridge_state::queue_new_domain(&mut batch, &name, now, key.confirmed_at.is_some());
+            bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
         }
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
@@ -378,6 +386,20 @@ impl Store {
         self.get(&domain_key(name))
     }
 
+    /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
+    /// The source address is unspecified and the key id is `-`.
+    pub fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        self.audit_raw(
+            &mut batch,
+            now,
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            "-".to_owned(),
+            kind,
+        )?;
+        Ok(self.db.apply_batch(batch)?)
+    }
+
     /// The audit trail, oldest first.
     pub fn audit_events(&self) -> impl Iterator<Item = Result<AuditEvent, StoreError>> + '_ {
         self.db.scan_prefix([AUDIT]).map(|entry| {
@@ -401,7 +423,17 @@ impl Store {
         hash: &KeyHash,
         kind: AuditKind,
     ) -> Result<(), StoreError> {
-        let key_id = hash.id();
+        self.audit_raw(batch, at, ip, hash.id(), kind)
+    }
+
+    fn audit_raw(
+        &self,
+        batch: &mut sled::Batch,
+        at: UnixTime,
+        ip: IpAddr,
+        key_id: String,
+        kind: AuditKind,
+    ) -> Result<(), StoreError> {
         tracing::info!(event = kind.name(), key = %key_id, %ip, ?kind, "audit");
         let mut key = vec![AUDIT];
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());

@@ -50,10 +50,23 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditKind {
     KeyCreated,
-    KeyClaimed { email: String },
+    KeyClaimed {
+        email: String,
+    },
     KeyRevoked,
-    DomainAdded { domain: String },
-    DomainRemoved { domain: String },
+    DomainAdded {
+        domain: String,
+    },
+    DomainRemoved {
+        domain: String,
+    },
+    /// A step of the Sectigo bridge that changes something outside certline (a create, a
+    /// DCV submission, a DNS hook run), with its outcome.
+    Bridge {
+        domain: String,
+        step: String,
+        detail: String,
+    },
 }
 
 impl AuditKind {
@@ -65,6 +78,7 @@ impl AuditKind {
             AuditKind::KeyRevoked => "revoke-apikey",
             AuditKind::DomainAdded { .. } => "new-domain",
             AuditKind::DomainRemoved { .. } => "remove-domain",
+            AuditKind::Bridge { .. } => "bridge",
         }
     }
 }
@@ -162,6 +176,56 @@ pub struct BridgeRecord {
     pub last_error: Option<BridgeError>,
     /// At least one key holding the domain is confirmed (for the require-confirmed policy).
     pub key_confirmed: bool,
+    /// A DCV run in progress (DNS validation driven by certline).
+    pub dcv: Option<DcvProgress>,
+}
+
+/// A DNS DCV run: the record Sectigo asked for and how far certline got with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcvProgress {
+    /// `CNAME` or `TXT`.
+    pub record_type: DcvRecordType,
+    /// The record's name, as Sectigo gave it (with its trailing dot).
+    pub host: Option<String>,
+    /// The record's value, byte for byte as Sectigo gave it.
+    pub point: Option<String>,
+    /// The DNS hook (or the operator) published the record.
+    pub published: bool,
+    /// When certline submitted the order to Sectigo.
+    pub submitted_at: Option<UnixTime>,
+    /// When this run started.
+    pub started_at: UnixTime,
+}
+
+impl DcvProgress {
+    /// A run that has just begun.
+    pub fn new(record_type: DcvRecordType, now: UnixTime) -> Self {
+        Self {
+            record_type,
+            host: None,
+            point: None,
+            published: false,
+            submitted_at: None,
+            started_at: now,
+        }
+    }
+}
+
+/// The DNS record type a DCV run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DcvRecordType {
+    Cname,
+    Txt,
+}
+
+impl DcvRecordType {
+    /// `CNAME` or `TXT`, as DNS spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DcvRecordType::Cname => "CNAME",
+            DcvRecordType::Txt => "TXT",
+        }
+    }
 }
 
 /// The bridge's state machine (design.md §6).
@@ -189,6 +253,18 @@ pub enum BridgePhase {
     AwaitingConfirmation,
     /// Sectigo refused a step for good; `last_error` says why.
     Failed,
+    /// DCV (CNAME): ask Sectigo which record to publish.
+    DcvStart,
+    /// DCV: publish the record through the DNS hook.
+    DcvPublish,
+    /// DCV: tell Sectigo to check (CNAME after publishing; TXT first, which names the record).
+    DcvSubmit,
+    /// DCV: poll Sectigo until the domain is validated.
+    DcvWait,
+    /// DCV: remove the published record through the hook.
+    DcvCleanup,
+    /// DCV needs a person: no DNS hook is configured; `status` shows the record to publish.
+    DcvActionRequired,
 }
 
 impl BridgePhase {
@@ -206,6 +282,12 @@ impl BridgePhase {
             BridgePhase::NotInSectigo => "not_in_sectigo",
             BridgePhase::AwaitingConfirmation => "awaiting_confirmation",
             BridgePhase::Failed => "failed",
+            BridgePhase::DcvStart => "dcv_start",
+            BridgePhase::DcvPublish => "dcv_publish",
+            BridgePhase::DcvSubmit => "dcv_submit",
+            BridgePhase::DcvWait => "dcv_wait",
+            BridgePhase::DcvCleanup => "dcv_cleanup",
+            BridgePhase::DcvActionRequired => "dcv_action_required",
         }
     }
 }
@@ -239,6 +321,7 @@ impl BridgeRecord {
             checked_at: None,
             last_error: None,
             key_confirmed,
+            dcv: None,
         }
     }
 }

@@ -2,4 +2,5 @@
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
 pub mod client;
+pub mod scm_sim;
 pub mod server;

@@ -83,12 +83,32 @@ impl Binary {
     /// Runs `certline serve --listen 127.0.0.1:0 --data DATA [--config CONFIG]` and waits for
     /// its `listening on` line.
     pub fn start(data_dir: &Path, config: Option<&Path>) -> Self {
+        Self::start_logged(data_dir, config, "warn", None)
+    }
+
+    /// Like [`Binary::start`], with a log filter and, optionally, stderr captured in a file.
+    pub fn start_logged(
+        data_dir: &Path,
+        config: Option<&Path>,
+        rust_log: &str,
+        log_file: Option<&Path>,
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_certline"));
+        let stderr = match log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }

@@ -1,0 +1,738 @@
+//! The bridge worker: consumes the store's outbox and drives each domain through the state
+//! machine of design.md §6, one step at a time, saving the state after every step so a
+//! restart (even after kill -9) resumes where it stopped.
+//!
+//! ```text
+//! queued → policy ─ not allowed ─→ not_forwarded / awaiting_confirmation
+//!            └→ lookup ─ found ──────────────→ details (+ CT monitoring PUT) → dcv_status → synced
+//!                 └ absent ─ may create ─→ create ┘ (-700 → lookup again)
+//!                 └ absent ─ may not ────→ not_in_sectigo (rechecked on schedule)
+//! synced → (recheck due) → details → …
+//!
+//! DCV (when `dcv_method` is cname/txt and DCV is missing, expired or expiring soon):
+//! dcv_status → cname: dcv_start → dcv_publish → dcv_submit → dcv_wait → dcv_cleanup → synced
+//!            → txt:   dcv_submit → dcv_publish → dcv_wait → dcv_cleanup → synced
+//! without a DNS hook, dcv_publish becomes dcv_action_required (the record is shown by
+//! `status`; certline keeps submitting/polling on a schedule until Sectigo validates).
+//! ```
+//!
+//! Failures are sorted by [`SectigoError`]: transient ones (timeouts, resets, 5xx, 429,
+//! undecodable bodies) retry the same step with exponential backoff and jitter, honouring
+//! `Retry-After`; a 401 pauses the whole bridge (one probe every `unauthorized_retry_secs`
+//! until the credentials work again); any other 4xx is final for the step and its Sectigo
+//! code and description are kept for `status` and the inventory. Concurrency and request rate
+//! toward Sectigo are bounded inside [`SectigoClient`]; the worker runs at most
+//! `max_concurrency` domains at once on top of that.
+
+use super::config::{BackoffConfig, DcvMethod, SectigoConfig};
+use super::dns_hook::{self, DnsRecord, HookAction, HookError};
+use super::policy::{Policy, Skip};
+use super::sectigo::{
+    CreateOutcome, DcvStatus, OrderStatus, SectigoClient, SectigoError, ValidationStatus,
+};
+use crate::store::{
+    AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, Store,
+    StoreError, UnixTime,
+};
+use chrono::Utc;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long the worker sleeps at most between outbox scans when nothing wakes it.
+const IDLE_SCAN: Duration = Duration::from_secs(30);
+
+/// What the rest of certline may see of the bridge (the `status` command, the admin API).
+#[derive(Debug, Default)]
+pub struct BridgeHandle {
+    paused: AtomicBool,
+}
+
+impl BridgeHandle {
+    /// Is the bridge paused because Sectigo rejected certline's credentials?
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+}
+
+/// The worker. Build it with [`Worker::new`], run it with [`Worker::run`].
+pub struct Worker {
+    store: Arc<Store>,
+    client: SectigoClient,
+    policy: Policy,
+    backoff: BackoffConfig,
+    recheck_interval: Duration,
+    unauthorized_retry: Duration,
+    max_concurrency: usize,
+    dcv: DcvSettings,
+    handle: Arc<BridgeHandle>,
+    in_flight: Mutex<HashSet<String>>,
+    finished: Notify,
+}
+
+/// DCV automation settings, from `[sectigo]`.
+struct DcvSettings {
+    method: DcvMethod,
+    hook: Option<PathBuf>,
+    hook_timeout: Duration,
+    max_poll: Duration,
+    max_wait: Duration,
+    expiry_window_days: i64,
+}
+
+/// What one step achieved.
+enum Step {
+    /// The record moved to another phase; run the next step now.
+    Continue,
+    /// The record is at rest until its `next_attempt_at`.
+    Rest,
+}
+
+impl Worker {
+    /// A worker over `store`, talking to Sectigo with `client` under `config`'s policy.
+    pub fn new(store: Arc<Store>, client: SectigoClient, config: &SectigoConfig) -> Self {
+        Self {
+            store,
+            client,
+            policy: Policy::from_config(config),
+            backoff: config.backoff.clone(),
+            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
+            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            max_concurrency: config.max_concurrency.max(1),
+            dcv: DcvSettings {
+                method: config.dcv_method,
+                hook: config.dcv_hook.clone(),
+                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
+                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
+                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
+                expiry_window_days: i64::from(config.dcv_expiry_window_days),
+            },
+            handle: Arc::new(BridgeHandle::default()),
+            in_flight: Mutex::new(HashSet::new()),
+            finished: Notify::new(),
+        }
+    }
+
+    /// The handle other parts of certline read the bridge's state through.
+    pub fn handle(&self) -> Arc<BridgeHandle> {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled; in-flight domains finish their current step.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        match self.store.backfill_bridge(now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(domains = n, "queued domains registered before the bridge"),
+            Err(e) => tracing::error!(error = %e, "could not queue older domains for the bridge"),
+        }
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.max_concurrency));
+        while !shutdown.is_cancelled() {
+            if self.handle.is_paused() {
+                // Paused: one domain at a time probes whether the credentials work again.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.unauthorized_retry) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                // The probe is due now by definition: it is the earliest domain waiting.
+                let probe = self.store.due_bridge_jobs(i64::MAX, 1);
+                if let Ok(Some((domain, mut record))) = probe.map(|v| v.into_iter().next())
+                    && !self.lock_in_flight().contains(&domain)
+                {
+                    record.next_attempt_at = Some(now());
+                    if self.store.save_bridge(&domain, &record).is_ok() {
+                        self.clone().process(domain).await;
+                    }
+                }
+                continue;
+            }
+            let started = self.start_due(&tracker, &permits, &shutdown).await;
+            if started == 0 {
+                let wait = self.time_to_next_due().min(IDLE_SCAN);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.store.bridge_queued() => {}
+                    _ = self.finished.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Starts every due domain that is not already in flight, up to the concurrency limit.
+    async fn start_due(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let due = match self.store.due_bridge_jobs(now(), self.max_concurrency + 64) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the bridge outbox failed");
+                return 0;
+            }
+        };
+        let mut started = 0;
+        for (domain, _) in due {
+            if self.handle.is_paused() || shutdown.is_cancelled() {
+                break;
+            }
+            if !self.lock_in_flight().insert(domain.clone()) {
+                continue;
+            }
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => {
+                    self.lock_in_flight().remove(&domain);
+                    break;
+                }
+            };
+            let this = self.clone();
+            tracker.spawn(async move {
+                this.clone().process(domain.clone()).await;
+                this.lock_in_flight().remove(&domain);
+                drop(permit);
+                this.finished.notify_one();
+            });
+            started += 1;
+        }
+        started
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn time_to_next_due(&self) -> Duration {
+        match self.store.next_bridge_due() {
+            Ok(Some(due)) => Duration::from_secs((due - now()).max(1) as u64),
+            _ => IDLE_SCAN,
+        }
+    }
+
+    /// Runs one domain's steps until it rests (synced, waiting, failed) or a step fails.
+    ///
+    /// The record is read afresh here, not taken from the outbox scan that found it: by the
+    /// time a worker slot is free, another task may have moved the domain on, and acting on a
+    /// stale copy would repeat steps (a second DNS publish, say).
+    async fn process(self: Arc<Self>, domain: String) {
+        let mut record = match self.store.bridge(&domain) {
+            Ok(Some(r)) if r.next_attempt_at.is_some_and(|due| due <= now()) => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(%domain, error = %e, "reading bridge state failed");
+                return;
+            }
+        };
+        loop {
+            let before = record.phase;
+            let result = self.step(&domain, &mut record).await;
+            let rest = match result {
+                Ok(Step::Continue) => false,
+                Ok(Step::Rest) => true,
+                Err(failure) => {
+                    self.record_failure(&domain, &mut record, failure);
+                    true
+                }
+            };
+            if let Err(e) = self.save(&domain, &record) {
+                tracing::error!(%domain, error = %e, "saving bridge state failed");
+                return;
+            }
+            if rest {
+                break;
+            }
+            tracing::debug!(%domain, from = before.name(), to = record.phase.name(), "bridge step");
+        }
+        if let Err(e) = self.store.commit().await {
+            tracing::error!(%domain, error = %e, "flushing bridge state failed");
+        }
+    }
+
+    fn save(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+        self.store.save_bridge(domain, record)
+    }
+
+    /// One step of the state machine.
+    async fn step(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
+        let now = now();
+        match r.phase {
+            BridgePhase::Queued
+            | BridgePhase::NotForwarded
+            | BridgePhase::AwaitingConfirmation
+            | BridgePhase::NotInSectigo
+            | BridgePhase::Failed => match self.policy.decide(domain, r.key_confirmed) {
+                Ok(()) => {
+                    r.phase = if r.sectigo_id.is_some() {
+                        BridgePhase::Details
+                    } else {
+                        BridgePhase::Lookup
+                    };
+                    Ok(Step::Continue)
+                }
+                Err(skip) => {
+                    r.phase = match skip {
+                        Skip::KeyNotConfirmed => BridgePhase::AwaitingConfirmation,
+                        Skip::SuffixNotAllowed | Skip::IpLiteral => BridgePhase::NotForwarded,
+                    };
+                    // Re-evaluated when the configuration or the key changes (start-up and
+                    // confirmation requeue it), never by polling.
+                    r.next_attempt_at = None;
+                    Ok(Step::Rest)
+                }
+            },
+            BridgePhase::Lookup => match self
+                .call(BridgePhase::Lookup, self.client.find_domain(domain))
+                .await?
+            {
+                Some(found) => {
+                    r.sectigo_id = Some(found.id);
+                    r.phase = BridgePhase::Details;
+                    Ok(Step::Continue)
+                }
+                None if self.policy.may_create(domain) => {
+                    r.phase = BridgePhase::Create;
+                    Ok(Step::Continue)
+                }
+                None => {
+                    r.phase = BridgePhase::NotInSectigo;
+                    r.checked_at = Some(now);
+                    r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                    Ok(Step::Rest)
+                }
+            },
+            BridgePhase::Create => {
+                let Some(request) = self.policy.create_request(domain) else {
+                    r.phase = BridgePhase::Lookup;
+                    return Ok(Step::Continue);
+                };
+                match self
+                    .call(BridgePhase::Create, self.client.create_domain(&request))
+                    .await?
+                {
+                    CreateOutcome::Created { id } => {
+                        tracing::info!(%domain, id, "created in Sectigo");
+                        r.sectigo_id = Some(id);
+                        r.created_by_certline = true;
+                        r.phase = BridgePhase::Details;
+                    }
+                    // An earlier attempt got through but its answer was lost: find the id.
+                    CreateOutcome::AlreadyExists => r.phase = BridgePhase::Lookup,
+                }
+                Ok(Step::Continue)
+            }
+            BridgePhase::Details | BridgePhase::Monitoring => {
+                let Some(id) = r.sectigo_id else {
+                    r.phase = BridgePhase::Lookup;
+                    return Ok(Step::Continue);
+                };
+                let info = match self.client.domain_info(id).await {
+                    Ok(info) => info,
+                    // Deleted in Sectigo since we saw it: look it up (or create it) again.
+                    Err(SectigoError::Api { status: 404, .. }) => {
+                        r.sectigo_id = None;
+                        r.phase = BridgePhase::Lookup;
+                        return Ok(Step::Continue);
+                    }
+                    Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
+                };
+                r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
+                if let Some(update) = self.policy.monitoring_update(&info) {
+                    self.call(
+                        BridgePhase::Monitoring,
+                        self.client.set_ct_monitoring(id, &update),
+                    )
+                    .await?;
+                    r.ct_monitoring = Some(update.enabled);
+                }
+                r.phase = BridgePhase::DcvStatus;
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvStatus => {
+                match self.client.dcv_status(domain).await {
+                    Ok(dcv) => {
+                        note_dcv(r, &dcv);
+                        r.last_error = None;
+                        if let Some(record_type) = self.dcv_due(r) {
+                            r.dcv = Some(DcvProgress {
+                                record_type,
+                                host: None,
+                                point: None,
+                                published: false,
+                                submitted_at: None,
+                                started_at: now,
+                            });
+                            r.phase = match record_type {
+                                DcvRecordType::Cname => BridgePhase::DcvStart,
+                                DcvRecordType::Txt => BridgePhase::DcvSubmit,
+                            };
+                            self.audit(domain, "dcv-begin", record_type.as_str(), now);
+                            return Ok(Step::Continue);
+                        }
+                    }
+                    // Sectigo validates only registrable domains (-723) and may not know a
+                    // subdomain's DCV (-727): the domain is in the inventory all the same, so
+                    // it is synced, with the refusal kept for the operator to see.
+                    Err(e @ SectigoError::Api { .. }) => {
+                        r.dcv_status = None;
+                        r.last_error =
+                            Some(Failure::sectigo(BridgePhase::DcvStatus, e).into_error(now));
+                    }
+                    Err(e) => return Err(Failure::sectigo(BridgePhase::DcvStatus, e)),
+                }
+                self.synced(r, now);
+                Ok(Step::Rest)
+            }
+            BridgePhase::DcvStart => {
+                let challenge = self
+                    .call(BridgePhase::DcvStart, self.client.start_cname(domain))
+                    .await?;
+                let progress = r
+                    .dcv
+                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Cname, now));
+                progress.host = Some(challenge.host);
+                progress.point = Some(challenge.point);
+                r.phase = BridgePhase::DcvPublish;
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvSubmit => {
+                let Some(progress) = r.dcv.as_mut() else {
+                    r.phase = BridgePhase::DcvStatus;
+                    return Ok(Step::Continue);
+                };
+                match progress.record_type {
+                    DcvRecordType::Cname => {
+                        self.call(BridgePhase::DcvSubmit, self.client.submit_cname(domain))
+                            .await?;
+                        progress.submitted_at = Some(now);
+                        r.phase = BridgePhase::DcvWait;
+                    }
+                    DcvRecordType::Txt => {
+                        let answer = self
+                            .call(BridgePhase::DcvSubmit, self.client.submit_txt(domain))
+                            .await?;
+                        progress.host = Some(answer.host);
+                        progress.point = Some(answer.point);
+                        progress.submitted_at = Some(now);
+                        r.phase = BridgePhase::DcvPublish;
+                    }
+                }
+                self.audit(domain, "dcv-submit", progress.record_type.as_str(), now);
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvPublish | BridgePhase::DcvActionRequired => {
+                let Some(progress) = r.dcv.as_mut() else {
+                    r.phase = BridgePhase::DcvStatus;
+                    return Ok(Step::Continue);
+                };
+                let due_again = r.phase == BridgePhase::DcvActionRequired;
+                match &self.dcv.hook {
+                    Some(hook) if !progress.published => {
+                        let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
+                            r.phase = BridgePhase::DcvStatus;
+                            return Ok(Step::Continue);
+                        };
+                        let record = DnsRecord {
+                            domain,
+                            record_type: progress.record_type,
+                            host,
+                            value,
+                        };
+                        dns_hook::run(hook, HookAction::Publish, &record, self.dcv.hook_timeout)
+                            .await
+                            .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
+                        self.audit(domain, "dcv-publish", host, now);
+                        progress.published = true;
+                    }
+                    Some(_) => {}
+                    // No hook: a person publishes. Show the record and come back later; once
+                    // due again, assume it may be there and let Sectigo check.
+                    None if !due_again => {
+                        r.phase = BridgePhase::DcvActionRequired;
+                        r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+                        return Ok(Step::Rest);
+                    }
+                    None => progress.published = true,
+                }
+                r.phase = match (progress.record_type, progress.submitted_at) {
+                    (DcvRecordType::Cname, None) => BridgePhase::DcvSubmit,
+                    _ => BridgePhase::DcvWait,
+                };
+                Ok(Step::Continue)
+            }
+            BridgePhase::DcvWait => {
+                let dcv = self
+                    .call(BridgePhase::DcvWait, self.client.dcv_status(domain))
+                    .await?;
+                note_dcv(r, &dcv);
+                if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r)
+                {
+                    r.phase = BridgePhase::DcvCleanup;
+                    return Ok(Step::Continue);
+                }
+                let progress = r
+                    .dcv
+                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Txt, now));
+                if matches!(dcv.order_status, Some(OrderStatus::Rejected)) {
+                    return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
+                }
+                let submitted = progress.submitted_at.unwrap_or(progress.started_at);
+                if now - submitted > self.dcv.max_wait.as_secs() as i64 {
+                    return Err(Failure::final_dcv(&format!(
+                        "DCV not validated within {} hours of submission",
+                        self.dcv.max_wait.as_secs() / 3600
+                    )));
+                }
+                // Sectigo says when it checks next; poll then (within our bounds).
+                let wait = dcv
+                    .next_check
+                    .map(|t| (t.timestamp() - now).max(1) as u64)
+                    .unwrap_or(self.dcv.max_poll.as_secs())
+                    .min(self.dcv.max_poll.as_secs());
+                r.next_attempt_at = Some(now + wait as i64);
+                if self.dcv.hook.is_none() {
+                    r.phase = BridgePhase::DcvActionRequired;
+                }
+                Ok(Step::Rest)
+            }
+            BridgePhase::DcvCleanup => {
+                if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
+                    && let (Some(host), Some(value), true) =
+                        (&progress.host, &progress.point, progress.published)
+                {
+                    let record = DnsRecord {
+                        domain,
+                        record_type: progress.record_type,
+                        host,
+                        value,
+                    };
+                    // The domain is validated: a failed cleanup leaves a stale record, which
+                    // is worth a log line but not a retry loop.
+                    match dns_hook::run(hook, HookAction::Cleanup, &record, self.dcv.hook_timeout)
+                        .await
+                    {
+                        Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
+                        Err(e) => {
+                            tracing::warn!(%domain, error = %e, "DNS hook cleanup failed");
+                            self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now);
+                        }
+                    }
+                }
+                r.dcv = None;
+                self.audit(
+                    domain,
+                    "dcv-validated",
+                    r.dcv_expires.as_deref().unwrap_or("-"),
+                    now,
+                );
+                self.synced(r, now);
+                Ok(Step::Rest)
+            }
+            BridgePhase::Synced => {
+                r.phase = BridgePhase::Details;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Marks a record synced and schedules its recheck: sooner when DCV expires soon.
+    fn synced(&self, r: &mut BridgeRecord, now: UnixTime) {
+        let today = Utc::now().date_naive();
+        let expires = r
+            .dcv_expires
+            .as_deref()
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        let after = self.policy.recheck_after(expires, today);
+        r.phase = BridgePhase::Synced;
+        r.attempts = 0;
+        r.checked_at = Some(now);
+        r.next_attempt_at = Some(now + after.as_secs() as i64);
+        self.handle.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Which DCV run a domain needs now, if any: the operator's method, when DCV is missing,
+    /// expired, or expires within the window.
+    fn dcv_due(&self, r: &BridgeRecord) -> Option<DcvRecordType> {
+        let record_type = match self.dcv.method {
+            DcvMethod::None => return None,
+            DcvMethod::Cname => DcvRecordType::Cname,
+            DcvMethod::Txt => DcvRecordType::Txt,
+        };
+        let validated = r.dcv_status.as_deref() == Some("VALIDATED");
+        (!validated || self.expires_soon(r)).then_some(record_type)
+    }
+
+    fn expires_soon(&self, r: &BridgeRecord) -> bool {
+        let today = Utc::now().date_naive();
+        match r
+            .dcv_expires
+            .as_deref()
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
+        {
+            Some(expires) => (expires - today).num_days() <= self.dcv.expiry_window_days,
+            None => false,
+        }
+    }
+
+    /// Audit-trail entry for a bridge action; a failure to write it is logged, not fatal.
+    fn audit(&self, domain: &str, step: &str, detail: &str, now: UnixTime) {
+        let kind = AuditKind::Bridge {
+            domain: domain.to_owned(),
+            step: step.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if let Err(e) = self.store.record_event(kind, now) {
+            tracing::error!(%domain, error = %e, "writing the audit trail failed");
+        }
+    }
+
+    /// Awaits a Sectigo call, tagging its error with the step.
+    async fn call<T>(
+        &self,
+        step: BridgePhase,
+        call: impl Future<Output = Result<T, SectigoError>>,
+    ) -> Result<T, Failure> {
+        let result = call.await;
+        if result.is_ok() && self.handle.is_paused() {
+            tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
+            self.handle.paused.store(false, Ordering::SeqCst);
+        }
+        result.map_err(|e| Failure::sectigo(step, e))
+    }
+
+    /// Applies a failed step to the record: when to try again, and what to show.
+    fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
+        let now = now();
+        match &failure.cause {
+            Cause::Sectigo(error @ SectigoError::Unauthorized { .. }) => {
+                if !self.handle.paused.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        error = %error,
+                        retry_secs = self.unauthorized_retry.as_secs(),
+                        "BRIDGE PAUSED: Sectigo rejected certline's credentials; no domain is \
+                         forwarded until [sectigo.auth] is fixed (certline retries by itself)"
+                    );
+                }
+                r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
+            }
+            cause if cause.is_retryable() => {
+                let jitter = rand::random_range(0.5..=1.0);
+                let delay = self.backoff.delay(r.attempts, jitter, cause.retry_after());
+                r.attempts = r.attempts.saturating_add(1);
+                r.next_attempt_at = Some(now + delay.as_secs().max(1) as i64);
+                tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
+                    retry_in_secs = delay.as_secs(), error = %cause, "bridge step failed; will retry");
+                if let Cause::Hook(e) = cause {
+                    self.audit(domain, "dns-hook-failed", &e.to_string(), now);
+                }
+            }
+            cause => {
+                tracing::warn!(%domain, step = failure.step.name(), error = %cause,
+                    "bridge step refused; kept as failed until the next recheck");
+                if r.dcv.is_some() {
+                    self.audit(domain, "dcv-failed", &cause.to_string(), now);
+                }
+                r.phase = BridgePhase::Failed;
+                r.attempts = 0;
+                r.dcv = None;
+                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+            }
+        }
+        r.last_error = Some(failure.into_error(now));
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+enum Cause {
+    #[error(transparent)]
+    Sectigo(SectigoError),
+    #[error(transparent)]
+    Hook(HookError),
+    /// DCV ended without validation (rejected, or not validated in time). Final for the run.
+    #[error("{0}")]
+    DcvGaveUp(String),
+}
+
+impl Cause {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Cause::Sectigo(e) => e.is_retryable(),
+            // A hook that failed or hung may work next time (DNS API down, rate limits).
+            Cause::Hook(_) => true,
+            Cause::DcvGaveUp(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Cause::Sectigo(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// A failed step.
+struct Failure {
+    step: BridgePhase,
+    cause: Cause,
+}
+
+impl Failure {
+    fn sectigo(step: BridgePhase, error: SectigoError) -> Self {
+        Self {
+            step,
+            cause: Cause::Sectigo(error),
+        }
+    }
+
+    fn hook(step: BridgePhase, error: HookError) -> Self {
+        Self {
+            step,
+            cause: Cause::Hook(error),
+        }
+    }
+
+    fn final_dcv(text: &str) -> Self {
+        Self {
+            step: BridgePhase::DcvWait,
+            cause: Cause::DcvGaveUp(text.to_owned()),
+        }
+    }
+
+    fn into_error(self, at: UnixTime) -> BridgeError {
+        let transient = self.cause.is_retryable();
+        let (code, text) = match &self.cause {
+            Cause::Sectigo(SectigoError::Api {
+                code, description, ..
+            }) => (*code, description.clone()),
+            Cause::Sectigo(other) => (other.code(), other.to_string()),
+            other => (None, other.to_string()),
+        };
+        BridgeError {
+            step: self.step,
+            code,
+            text,
+            transient,
+            at,
+        }
+    }
+}
+
+/// Copies what a DCV status says into the record.
+fn note_dcv(r: &mut BridgeRecord, dcv: &DcvStatus) {
+    r.dcv_status = dcv.status.as_ref().map(|s| s.as_str().to_owned());
+    r.dcv_expires = dcv.expiration_date.map(|d| d.to_string());
+}
+
+fn now() -> UnixTime {
+    Utc::now().timestamp()
+}

@@ -1,0 +1,387 @@
+//! The Sectigo bridge end to end: domains registered over the line protocol reach the SCM
+//! simulator (a real HTTP server following the reference), through faults, kill -9, a 401
+//! and the operator's policy, with no secret in any log line.
+
+mod support;
+use certline::Config;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::client::{call, new_key};
+use support::scm_sim::{self, ScmSim};
+use support::server::{Binary, InProcess, test_config};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A config file body pointing at the simulator, with fast timers for tests.
+fn sectigo_toml(sim: &ScmSim, password_file: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[rate_limit]
+apikey_per_minute = 100000
+apikey_burst = 100000
+
+[sectigo]
+base_url = "{api}"
+request_timeout_secs = 5
+connect_timeout_secs = 2
+max_concurrency = 8
+max_requests_per_second = 2000.0
+unauthorized_retry_secs = 1
+allowed_suffixes = ["example.edu", "b"]
+create_missing = true
+org_id = 2622
+ct_monitoring = true
+ct_bucket_id = "6d505c9c-b66b-44f9-8ba4-3aaf4d69aed6"
+require_confirmed_key = false
+{extra}
+
+[sectigo.backoff]
+initial_secs = 1
+max_secs = 2
+
+[sectigo.auth]
+mode = "headers"
+login = "{login}"
+customer_uri = "{uri}"
+password_file = "{pw}"
+"#,
+        api = sim.api_url(),
+        login = scm_sim::LOGIN,
+        uri = scm_sim::CUSTOMER_URI,
+        pw = password_file.display(),
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    password_file: PathBuf,
+    config_file: PathBuf,
+}
+
+fn setup(sim: &ScmSim, password: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("sectigo-password");
+    std::fs::write(&password_file, password).unwrap();
+    let config_file = dir.path().join("certline.toml");
+    std::fs::write(&config_file, sectigo_toml(sim, &password_file, extra)).unwrap();
+    Setup {
+        dir,
+        password_file,
+        config_file,
+    }
+}
+
+fn in_process_config(s: &Setup) -> Config {
+    let mut config = Config::from_file(&s.config_file).unwrap();
+    let base = test_config(&s.dir.path().join("data"));
+    config.listen = base.listen;
+    config.data_dir = base.data_dir;
+    config
+}
+
+/// Registers `domains` under one key over a single pipelined connection.
+async fn register(addr: std::net::SocketAddr, domains: &[String]) -> String {
+    let key = new_key(addr).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut lines = String::new();
+    for d in domains {
+        lines.push_str(&format!("command add apikey {key} domain {d}\n"));
+    }
+    stream.write_all(lines.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut all = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut all)
+        .await
+        .unwrap();
+    assert_eq!(all.matches("status ok 200").count(), domains.len(), "{all}");
+    key
+}
+
+/// The `sectigo=` field of a domain's status line, and the whole data line.
+async fn bridge_state(addr: std::net::SocketAddr, key: &str, domain: &str) -> (String, String) {
+    let reply = call(
+        addr,
+        &format!("command status apikey {key} domain {domain}"),
+    )
+    .await;
+    let data = reply.data.expect("status has data");
+    assert!(data.len() < 1000);
+    let state = data
+        .split(' ')
+        .find_map(|f| f.strip_prefix("sectigo="))
+        .unwrap()
+        .to_owned();
+    (state, data)
+}
+
+/// Polls until every domain is synced, or panics with the stragglers after `limit`.
+async fn wait_all_synced(
+    addr: std::net::SocketAddr,
+    key: &str,
+    domains: &[String],
+    limit: Duration,
+) {
+    let start = Instant::now();
+    let mut pending: Vec<String> = domains.to_vec();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for d in &pending {
+            if bridge_state(addr, key, d).await.0 != "synced" {
+                still.push(d.clone());
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let (_, example) = bridge_state(addr, key, &pending[0]).await;
+            panic!("{} domains not synced, e.g. {example}", pending.len());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn names(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}.example.edu")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_domains_reach_synced_through_20_percent_faults_none_created_twice() {
+    let sim = ScmSim::start().await;
+    sim.set_random_failure_rate(0.2, 7);
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let domains = names(1000, "host");
+    let key = register(server.addr, &domains).await;
+    wait_all_synced(server.addr, &key, &domains, Duration::from_secs(240)).await;
+    for d in &domains {
+        assert_eq!(sim.created(d), 1, "{d} created {} times", sim.created(d));
+        let record = server.store.bridge(d).unwrap().unwrap();
+        assert_eq!(record.sectigo_id, sim.domain_id(d));
+        assert_eq!(record.ct_monitoring, Some(true));
+    }
+    // A synced status line carries the documented fields.
+    let (_, data) = bridge_state(server.addr, &key, &domains[0]).await;
+    let id = sim.domain_id(&domains[0]).unwrap();
+    assert!(
+        data.contains(&format!(
+            " sectigo=synced id={id} dcv=NOT_VALIDATED ct=on checked="
+        )),
+        "{data}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_in_the_middle_of_a_faulty_run_and_a_restart_finishes_the_rest() {
+    let sim = ScmSim::start().await;
+    sim.set_random_failure_rate(0.2, 11);
+    sim.set_latency(Duration::from_millis(2));
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let data = s.dir.path().join("data");
+    let server = Binary::start(&data, Some(&s.config_file));
+    let domains = names(1000, "k");
+    let key = register(server.addr, &domains).await;
+    // Let the bridge get part of the way, then pull the plug.
+    let start = Instant::now();
+    while sim.domain_count() < 150 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "bridge made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    let before = sim.domain_count();
+    assert!(before < domains.len(), "the run was not interrupted");
+
+    let server = Binary::start(&data, Some(&s.config_file));
+    wait_all_synced(server.addr, &key, &domains, Duration::from_secs(240)).await;
+    for d in &domains {
+        assert_eq!(sim.created(d), 1, "{d}");
+    }
+    assert_eq!(sim.domain_count(), domains.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_pauses_the_bridge_and_it_resumes_when_the_credentials_work() {
+    let sim = ScmSim::start().await;
+    let s = setup(&sim, "wrong-password", "");
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let domains = names(5, "p");
+    let key = register(server.addr, &domains).await;
+    let start = Instant::now();
+    loop {
+        let (state, data) = bridge_state(server.addr, &key, &domains[0]).await;
+        if data.contains("bridge=paused") {
+            assert!(data.contains("error_code=-16"), "{data}");
+            assert_eq!(state, "lookup", "{data}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never paused: {data}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Paused means quiet: a probe per `unauthorized_retry_secs`, not a retry storm.
+    let before = sim.total_requests();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = sim.total_requests() - before;
+    assert!(during <= 6, "{during} requests while paused");
+    assert_eq!(sim.domain_count(), 0);
+
+    // The operator restarts certline with the right credentials.
+    let dir = server.stop().await;
+    assert!(dir.is_none());
+    std::fs::write(&s.password_file, scm_sim::PASSWORD).unwrap();
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    wait_all_synced(server.addr, &key, &domains, Duration::from_secs(60)).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_bridge_resumes_by_itself_once_sectigo_accepts_it_again() {
+    let sim = ScmSim::start().await;
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    sim.set_unauthorized(true);
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let domains = names(3, "r");
+    let key = register(server.addr, &domains).await;
+    let start = Instant::now();
+    while !bridge_state(server.addr, &key, &domains[0])
+        .await
+        .1
+        .contains("bridge=paused")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.set_unauthorized(false);
+    wait_all_synced(server.addr, &key, &domains, Duration::from_secs(60)).await;
+    assert!(
+        !bridge_state(server.addr, &key, &domains[0])
+            .await
+            .1
+            .contains("bridge=paused")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domains_outside_the_policy_never_reach_sectigo_and_status_says_why() {
+    let sim = ScmSim::start().await;
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let outside = [
+        "www.other.org",
+        "badexample.edu",
+        "192.0.2.7",
+        "www.example.edu.evil.org",
+    ];
+    let inside = vec!["www.example.edu".to_owned()];
+    let all: Vec<String> = outside
+        .iter()
+        .map(|d| d.to_string())
+        .chain(inside.clone())
+        .collect();
+    let key = register(server.addr, &all).await;
+    wait_all_synced(server.addr, &key, &inside, Duration::from_secs(60)).await;
+    for d in outside {
+        assert_eq!(
+            bridge_state(server.addr, &key, d).await.0,
+            "not_forwarded",
+            "{d}"
+        );
+        assert_eq!(sim.name_hits(d), 0, "{d} reached the simulator");
+    }
+    assert_eq!(sim.domain_count(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_step_is_final_and_shows_sectigos_code_and_text() {
+    let sim = ScmSim::start().await;
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    // "a.b" passes certline's rules and the policy, but SCM wants at least 4 characters.
+    let key = register(server.addr, &["a.b".to_owned()]).await;
+    let start = Instant::now();
+    loop {
+        let (state, data) = bridge_state(server.addr, &key, "a.b").await;
+        if state == "failed" {
+            assert!(data.contains(" error_step=create error_code=-712 error=\"The domain name should be at least 4 characters in length.\""), "{data}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{data}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Final: no retry storm.
+    let creates = sim.count("POST /api/domain/v1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sim.count("POST /api/domain/v1"), creates);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_create_permission_missing_domains_are_reported_not_created() {
+    let sim = ScmSim::start().await;
+    sim.add_domain("known.example.edu");
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let text = std::fs::read_to_string(&s.config_file)
+        .unwrap()
+        .replace("create_missing = true", "create_missing = false");
+    std::fs::write(&s.config_file, text).unwrap();
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let key = register(
+        server.addr,
+        &["known.example.edu".into(), "new.example.edu".into()],
+    )
+    .await;
+    wait_all_synced(
+        server.addr,
+        &key,
+        &["known.example.edu".to_owned()],
+        Duration::from_secs(60),
+    )
+    .await;
+    let start = Instant::now();
+    while bridge_state(server.addr, &key, "new.example.edu").await.0 != "not_in_sectigo" {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sim.count("POST /api/domain/v1"), 0);
+    assert_eq!(sim.created("new.example.edu"), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_appears_in_any_log_line() {
+    let sim = ScmSim::start().await;
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let log = s.dir.path().join("certline.log");
+    let data = s.dir.path().join("data");
+    // Faults and a wrong password along the way, at the most verbose level.
+    sim.set_random_failure_rate(0.3, 3);
+    let server = Binary::start_logged(&data, Some(&s.config_file), "trace", Some(&log));
+    let domains = names(20, "s");
+    let key = register(server.addr, &domains).await;
+    wait_all_synced(server.addr, &key, &domains, Duration::from_secs(120)).await;
+    drop(server);
+    std::fs::write(&s.password_file, "another-Secret-zz9").unwrap();
+    let server = Binary::start_logged(&data, Some(&s.config_file), "trace", Some(&log));
+    register(server.addr, &names(2, "t")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.len() > 10_000,
+        "the log is not empty: {} bytes",
+        text.len()
+    );
+    assert!(text.contains("BRIDGE PAUSED"), "the 401 was logged");
+    for secret in [scm_sim::PASSWORD, "another-Secret-zz9", &key] {
+        assert!(!text.contains(secret), "secret {secret:?} in the log");
+    }
+}
