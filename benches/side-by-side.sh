@@ -341,7 +341,7 @@ done
 {
   echo "# certline vs Redis, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "- certline: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (modified)')"
+  echo "- certline: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (modified)'), server code as of main $(git -C "$ROOT" merge-base HEAD main 2>/dev/null | cut -c1-7)"
   echo "- Redis: $(redis-server --version | grep -o 'v=[^ ]*')"
   echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), kernel $(uname -r)"
   echo "- disk: $(df -hT "$ROOT/target" | awk 'NR==2 {print $1, $2, $3}'); data under target/"
