@@ -92,10 +92,13 @@ trap 'exit 130' INT TERM
 
 now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
 
+# A port below the kernel's ephemeral range (so no outgoing connection holds it) that nothing
+# listens on. Redis cannot be given port 0, so its start is retried if the port was taken.
 free_port() {
-  local p
+  local low p
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
   while :; do
-    p=$((20000 + RANDOM % 20000))
+    p=$((10000 + RANDOM % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
 }
@@ -123,7 +126,9 @@ start_server() {
   if [ -z "$SRV_LINE" ]; then
     echo "$name did not start; its logs:" >&2
     tail -n 20 "$dir/stderr.log" "$dir/stdout.log" >&2 2>/dev/null || true
-    exit 1
+    exec {fd}<&-
+    wait "$pid" 2>/dev/null || true
+    return 1
   fi
   cat <&"$fd" >>"$dir/stdout.log" &  # keep draining: the server must never block on stdout
   PIDS+=("$!")
@@ -166,7 +171,7 @@ claim_per_minute = 1000000
 claim_burst = 1000000
 EOF
   start_server "$name" "listening on " "$@" "$CERTLINE" serve --listen 127.0.0.1:0 \
-    --data "$WORK/$name/data" --config "$WORK/$name/config.toml"
+    --data "$WORK/$name/data" --config "$WORK/$name/config.toml" || exit 1
   CL_PID=$SRV_PID CL_WRAPPER=$SRV_WRAPPER CL_START_MS=$SRV_START_MS
   CL_ADDR=${SRV_LINE#listening on }
 }
@@ -174,13 +179,18 @@ EOF
 # start_redis NAME always|everysec [WRAP...]: sets RD_PID, RD_WRAPPER, RD_ADDR, RD_START_MS.
 # A restart with the same NAME reuses the port and the AOF.
 start_redis() {
-  local name=$1 fsync=$2 port; shift 2
+  local name=$1 fsync=$2 port try; shift 2
   mkdir -p "$WORK/$name/data"
-  if [ -f "$WORK/$name/port" ]; then port=$(cat "$WORK/$name/port"); else
-    port=$(free_port); echo "$port" >"$WORK/$name/port"; fi
-  start_server "$name" "Ready to accept connections" "$@" redis-server \
-    --bind 127.0.0.1 --port "$port" --dir "$WORK/$name/data" --logfile "" --daemonize no \
-    --appendonly yes --save "" --appendfsync "$fsync" --maxclients 20000
+  for try in 1 2 3 4 5; do
+    if [ -f "$WORK/$name/port" ]; then port=$(cat "$WORK/$name/port"); else
+      port=$(free_port); echo "$port" >"$WORK/$name/port"; fi
+    start_server "$name" "Ready to accept connections" "$@" redis-server \
+      --bind 127.0.0.1 --port "$port" --dir "$WORK/$name/data" --logfile "" --daemonize no \
+      --appendonly yes --save "" --appendfsync "$fsync" --maxclients 15000 && break
+    [ "$try" = 5 ] && exit 1
+    rm -f "$WORK/$name/port"
+    log "retrying $name on another port"
+  done
   RD_PID=$SRV_PID RD_WRAPPER=$SRV_WRAPPER RD_START_MS=$SRV_START_MS
   RD_ADDR=127.0.0.1:$port
 }
