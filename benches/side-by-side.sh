@@ -81,9 +81,18 @@ WORK=$(mktemp -d "$ROOT/target/side-by-side-work.XXXXXX")
 
 # --- server lifecycle -------------------------------------------------------------------------
 PIDS=()  # everything started here; killed on exit
+ppid_of() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f2; }
+# Only a process that is still this script's child or grandchild (a server under strace) is
+# killed, so a recycled pid can never hit someone else's process.
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  local i p parent
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do  # newest first: a server before its strace
+    p=${PIDS[i]}
+    parent=$(ppid_of "$p") || continue
+    if [ "$parent" = $$ ] || [ "$(ppid_of "$parent")" = $$ ]; then
+      kill -9 "$p" 2>/dev/null || true
+    fi
+  done
   wait 2>/dev/null || true
   if [ "$KEEP" = 0 ]; then rm -rf "$WORK"; else log "data kept in $WORK"; fi
 }
@@ -136,6 +145,7 @@ start_server() {
   SRV_PID=$pid
   if [ "$(basename "$1")" = strace ]; then  # the server is strace's child
     SRV_PID=$(pgrep -P "$pid" | head -n 1)
+    PIDS+=("$SRV_PID")  # after its wrapper: cleanup goes backwards, so it dies first
   fi
   SRV_WRAPPER=$pid
 }
