@@ -64,8 +64,11 @@ pub struct RateLimits {
 #[serde(default, deny_unknown_fields)]
 pub struct Durability {
     pub mode: DurabilityMode,
-    /// In relaxed mode, how often the database is flushed.
+    /// In relaxed mode, how often the write-ahead log is written and synced.
     pub relaxed_flush_ms: u64,
+    /// How often sled is checkpointed (flushed, and the log it covers deleted). Shorter
+    /// means less log to replay at start-up; longer means fewer sled flushes.
+    pub checkpoint_ms: u64,
 }
 
 /// Logging.
@@ -131,6 +134,7 @@ impl Default for Durability {
         Self {
             mode: DurabilityMode::Durable,
             relaxed_flush_ms: 1000,
+            checkpoint_ms: 2000,
         }
     }
 }
@@ -203,8 +207,8 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return invalid("limits.max_connections and max_connections_per_ip must be at least 1");
         }
-        if self.durability.relaxed_flush_ms == 0 {
-            return invalid("durability.relaxed_flush_ms must be at least 1");
+        if self.durability.relaxed_flush_ms == 0 || self.durability.checkpoint_ms == 0 {
+            return invalid("durability.relaxed_flush_ms and checkpoint_ms must be at least 1");
         }
         if let Some(sectigo) = &self.sectigo {
             sectigo

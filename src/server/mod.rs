@@ -7,7 +7,7 @@ pub mod listener;
 use crate::bridge::{SectigoClient, Worker};
 use crate::config::Config;
 use crate::service::Service;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Timing};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +51,10 @@ impl Server {
         let store = Store::open(
             &config.data_dir,
             config.durability.mode,
-            Duration::from_millis(config.durability.relaxed_flush_ms),
+            Timing {
+                relaxed_flush: Duration::from_millis(config.durability.relaxed_flush_ms),
+                checkpoint: Duration::from_millis(config.durability.checkpoint_ms),
+            },
         )?;
         let listener =
             TcpListener::bind(config.listen)

@@ -7,7 +7,7 @@
 //! moves the outbox entry together with the record, atomically.
 
 use super::{
-    BRIDGE, DOMAIN, OUTBOX, Store, StoreError,
+    BRIDGE, DOMAIN, OUTBOX, Store, StoreError, WriteBatch,
     records::{BridgePhase, BridgeRecord, Record, UnixTime},
 };
 use std::sync::atomic::Ordering;
@@ -71,7 +71,7 @@ impl Store {
     /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
     pub fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
         let _guard = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         if let Some(old) = self.bridge(domain)?
             && let Some(due) = old.next_attempt_at
         {
@@ -79,9 +79,9 @@ impl Store {
         }
         batch.insert(bridge_key(domain), record.encode());
         if let Some(due) = record.next_attempt_at {
-            batch.insert(outbox_key(due, domain), &[][..]);
+            batch.insert(outbox_key(due, domain), Vec::new());
         }
-        Ok(self.db.apply_batch(batch)?)
+        self.write(batch)
     }
 
     /// Run when the bridge starts: queues every registered domain that has no bridge record
@@ -100,9 +100,9 @@ impl Store {
             if self.db.contains_key(bridge_key(host))? {
                 continue;
             }
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             queue_new_domain(&mut batch, host, now, false);
-            self.db.apply_batch(batch)?;
+            self.write(batch)?;
             queued += 1;
         }
         for entry in self.db.scan_prefix([BRIDGE]) {
@@ -124,7 +124,7 @@ impl Store {
 
 /// Adds a new domain's bridge record and outbox entry to a registration batch.
 pub(super) fn queue_new_domain(
-    batch: &mut sled::Batch,
+    batch: &mut WriteBatch,
     domain: &str,
     now: UnixTime,
     key_confirmed: bool,
@@ -133,7 +133,7 @@ pub(super) fn queue_new_domain(
         bridge_key(domain),
         BridgeRecord::queued(now, key_confirmed).encode(),
     );
-    batch.insert(outbox_key(now, domain), &[][..]);
+    batch.insert(outbox_key(now, domain), Vec::new());
 }
 
 fn bridge_key(domain: &str) -> Vec<u8> {

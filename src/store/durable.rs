@@ -1,85 +1,124 @@
 //! Group commit: an `ok` means the write is on disk, at a cost shared by all concurrent writers.
 //!
-//! A writer applies its change to sled (in memory), then awaits [`GroupCommit::commit`]. One
-//! flusher task collects every waiter that has arrived, runs one `sled::Db::flush` and then an
-//! `fdatasync` of sled's `db` file through a handle of our own (sled 0.34 makes its log stable
-//! with `sync_file_range`, which does not flush the disk's cache; see sled issue #1452), and
-//! only then wakes them all. Writers that arrive during a flush form the next batch. This is
-//! what Redis does for `appendfsync always`, and why 256 concurrent writers cost about as many
-//! syncs as 8.
+//! A writer applies its change with [`GroupCommit::apply`] (to sled in memory, and to the
+//! write-ahead log's buffer, see [`super::wal`]), then awaits [`GroupCommit::commit`]. One
+//! flusher task collects every waiter that has arrived, writes the buffered log records to the
+//! current segment with one `write` and one `fdatasync`, and only then wakes them all. Writers
+//! that arrive during a sync form the next batch. This is what Redis does for
+//! `appendfsync always`, and why 256 concurrent writers cost about as many syncs as 8.
 //!
-//! In relaxed mode `commit` returns at once and the flusher runs every `relaxed_flush_ms`.
+//! Every `checkpoint_secs` the flusher starts a checkpoint in the background: it switches to a
+//! new segment, flushes sled and `fdatasync`s sled's `db` file through a handle of our own
+//! (sled 0.34 makes its own log stable with `sync_file_range` only; sled issue #1452), then
+//! deletes the segments the checkpoint covers. A failed log write is answered `500` and its
+//! records are written again by the next round, into a fresh segment, so a torn record can
+//! only ever be the tail of a segment.
+//!
+//! In relaxed mode `commit` returns at once and the flusher writes and syncs the log every
+//! `relaxed_flush_ms`.
 
+use super::wal::{self, WriteBatch};
 use std::fs::File;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// How writes are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DurabilityMode {
-    /// Acknowledge after the group-commit flush and fsync (the default).
+    /// Acknowledge after the group-commit log write and fdatasync (the default).
     Durable,
-    /// Acknowledge at once; flush every `relaxed_flush_ms`.
+    /// Acknowledge at once; write and sync the log every `relaxed_flush_ms`.
     Relaxed,
 }
 
-/// A flush or fsync failed: the writes waiting on it were not acknowledged.
+/// A log write or sync failed: the writes waiting on it were not acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("flushing the database failed: {0}")]
+#[error("writing the database log failed: {0}")]
 pub struct FlushError(pub Arc<str>);
+
+impl FlushError {
+    fn from_display(e: impl std::fmt::Display) -> Self {
+        FlushError(e.to_string().into())
+    }
+}
 
 type Waiter = oneshot::Sender<Result<(), FlushError>>;
 
 /// Counters a benchmark or an operator can read.
 #[derive(Debug, Default)]
 pub struct FlushStats {
-    /// Flush + fsync rounds completed.
+    /// Log write + fdatasync rounds completed.
     pub flushes: AtomicU64,
     /// Commits acknowledged by those rounds.
     pub commits: AtomicU64,
-    /// Total microseconds spent in flush + fsync.
+    /// Total microseconds spent in log write + fdatasync.
     pub flush_micros: AtomicU64,
+    /// Checkpoints completed (sled flushed, old segments deleted).
+    pub checkpoints: AtomicU64,
 }
 
-/// The shared flusher. Cheap to call from any number of tasks.
-pub struct GroupCommit {
-    mode: DurabilityMode,
-    waiters: mpsc::UnboundedSender<Waiter>,
-    flusher: Flusher,
-    /// Stops the flusher task (which holds a handle on the database) at close.
-    stop: tokio_util::sync::CancellationToken,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+/// Timing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Relaxed mode: how often the log is written and synced.
+    pub relaxed_flush: Duration,
+    /// How often sled is checkpointed and old log segments deleted.
+    pub checkpoint: Duration,
 }
 
-/// What runs one flush round; cloned into blocking tasks.
-#[derive(Clone)]
-struct Flusher {
+/// The current log segment.
+struct Segment {
+    number: u64,
+    file: File,
+    len: u64,
+}
+
+/// Everything the flusher and the writers share.
+struct Log {
+    /// Encoded records applied to sled but not yet written to the log, in apply order.
+    pending: Mutex<Vec<u8>>,
+    segment: Mutex<Segment>,
+    dir: PathBuf,
     db: sled::Db,
-    db_file: Arc<File>,
-    injected_failures: Arc<AtomicU32>,
-    stats: Arc<FlushStats>,
+    db_file: File,
+    injected_failures: AtomicU32,
+    checkpointing: AtomicBool,
+    stats: FlushStats,
 }
 
-impl Flusher {
-    fn flush_blocking(&self) -> Result<(), FlushError> {
-        let started = std::time::Instant::now();
-        if self
-            .injected_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(FlushError("injected failure (test)".into()));
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Log {
+    /// Writes and syncs everything pending. Runs on a blocking thread, one round at a time.
+    fn flush_round(&self) -> Result<(), FlushError> {
+        let bytes = std::mem::take(&mut *lock(&self.pending));
+        if bytes.is_empty() {
+            return Ok(());
         }
-        self.db
-            .flush()
-            .map_err(|e| FlushError(e.to_string().into()))?;
-        self.db_file
-            .sync_data()
-            .map_err(|e| FlushError(e.to_string().into()))?;
+        let started = Instant::now();
+        let result = self.write(&bytes);
+        if let Err(e) = &result {
+            // Not acknowledged; write the same records again next round, ahead of newer ones,
+            // into a fresh segment so that a torn record stays the last of its file.
+            let mut pending = lock(&self.pending);
+            let newer = std::mem::replace(&mut *pending, bytes);
+            pending.extend_from_slice(&newer);
+            drop(pending);
+            if let Err(rotate) = self.rotate() {
+                tracing::error!(error = %rotate, "could not start a new log segment");
+            }
+            tracing::error!(error = %e, "log write failed; writes not acknowledged");
+            return result;
+        }
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .flush_micros
@@ -87,57 +126,107 @@ impl Flusher {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), FlushError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.flush_blocking())
-            .await
-            .unwrap_or_else(|e| Err(FlushError(format!("flush task failed: {e}").into())))
+    fn write(&self, bytes: &[u8]) -> Result<(), FlushError> {
+        if self
+            .injected_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(FlushError("injected failure (test)".into()));
+        }
+        let mut segment = lock(&self.segment);
+        wal::append_durably(&mut segment.file, bytes).map_err(FlushError::from_display)?;
+        segment.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Switches to a new, empty segment; returns the number of the previous one.
+    fn rotate(&self) -> std::io::Result<u64> {
+        let mut segment = lock(&self.segment);
+        let previous = segment.number;
+        let file = wal::create_segment(&self.dir, previous + 1)?;
+        *segment = Segment {
+            number: previous + 1,
+            file,
+            len: 0,
+        };
+        Ok(previous)
+    }
+
+    /// Makes sled hold everything the log holds, then deletes the covered segments.
+    fn checkpoint(&self) -> Result<(), FlushError> {
+        if lock(&self.segment).len == 0 {
+            return Ok(());
+        }
+        // Every record in a segment up to `covered` was applied to sled before it was
+        // written, so before this rotation, so before the flush below begins.
+        let covered = self.rotate().map_err(FlushError::from_display)?;
+        self.db.flush().map_err(FlushError::from_display)?;
+        self.db_file.sync_data().map_err(FlushError::from_display)?;
+        for (number, path) in wal::segments(&self.dir).map_err(FlushError::from_display)? {
+            if number <= covered {
+                std::fs::remove_file(path).map_err(FlushError::from_display)?;
+            }
+        }
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
+/// The shared flusher. Cheap to call from any number of tasks.
+pub struct GroupCommit {
+    mode: DurabilityMode,
+    waiters: mpsc::UnboundedSender<Waiter>,
+    log: Arc<Log>,
+    /// Stops the flusher task (which holds a handle on the database) at close.
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
 impl GroupCommit {
-    /// Starts the flusher task. Must be called inside a tokio runtime.
-    pub fn start(
+    /// Starts the flusher over log segments in `dir`, the next one numbered `next_segment`.
+    /// Must be called inside a tokio runtime.
+    pub(super) fn start(
         db: sled::Db,
         db_file: File,
+        dir: PathBuf,
+        next_segment: u64,
         mode: DurabilityMode,
-        relaxed_flush: Duration,
-    ) -> Self {
-        let flusher = Flusher {
+        timing: Timing,
+    ) -> std::io::Result<Self> {
+        let file = wal::create_segment(&dir, next_segment)?;
+        let log = Arc::new(Log {
+            pending: Mutex::new(Vec::new()),
+            segment: Mutex::new(Segment {
+                number: next_segment,
+                file,
+                len: 0,
+            }),
+            dir,
             db,
-            db_file: Arc::new(db_file),
-            injected_failures: Arc::default(),
-            stats: Arc::default(),
-        };
+            db_file,
+            injected_failures: AtomicU32::new(0),
+            checkpointing: AtomicBool::new(false),
+            stats: FlushStats::default(),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = match mode {
-            DurabilityMode::Durable => {
-                tokio::spawn(run_group_commit(flusher.clone(), rx, stop.clone()))
-            }
-            DurabilityMode::Relaxed => {
-                tokio::spawn(run_periodic(flusher.clone(), relaxed_flush, stop.clone()))
-            }
-        };
-        Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_flusher(log.clone(), mode, timing, rx, stop.clone()));
+        Ok(Self {
             mode,
             waiters: tx,
-            flusher,
+            log,
             stop,
-            task: std::sync::Mutex::new(Some(task)),
-        }
+            task: Mutex::new(Some(task)),
+        })
     }
 
-    /// Flushes a last time and stops the flusher task, so that once the store is dropped
-    /// the database is closed (and its lock released) at once.
-    pub async fn close(&self) -> Result<(), FlushError> {
-        let result = self.flush_now().await;
-        self.stop.cancel();
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        result
+    /// Applies a batch to sled (atomically) and queues its log record, in one order for both.
+    pub(super) fn apply(&self, batch: &WriteBatch) -> Result<(), sled::Error> {
+        let mut pending = lock(&self.log.pending);
+        self.log.db.apply_batch(batch.to_sled())?;
+        batch.encode_into(&mut pending);
+        Ok(())
     }
 
     /// Returns once every write applied before the call is on disk (durable mode), or at
@@ -154,20 +243,40 @@ impl GroupCommit {
             .unwrap_or_else(|_| Err(FlushError("the flusher has stopped".into())))
     }
 
-    /// Flushes now, whatever the mode: used at shutdown.
+    /// Writes and syncs the log now, whatever the mode.
     pub async fn flush_now(&self) -> Result<(), FlushError> {
-        self.flusher.flush().await
+        let log = self.log.clone();
+        run_blocking(move || log.flush_round()).await
     }
 
-    /// Makes the next `n` flush rounds fail, as a full or broken disk would. For tests of the
+    /// Stops the flusher, writes what is pending and checkpoints, so that a clean shutdown
+    /// leaves no log to replay and, once the store is dropped, the database is closed.
+    pub async fn close(&self) -> Result<(), FlushError> {
+        self.stop.cancel();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let log = self.log.clone();
+        run_blocking(move || {
+            log.flush_round()?;
+            while log.checkpointing.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            log.checkpoint()
+        })
+        .await
+    }
+
+    /// Makes the next `n` log writes fail, as a full or broken disk would. For tests of the
     /// `500 storage failure` path; nothing in the server calls it.
     pub fn inject_flush_failures(&self, n: u32) {
-        self.flusher.injected_failures.store(n, Ordering::SeqCst);
+        self.log.injected_failures.store(n, Ordering::SeqCst);
     }
 
     /// Flush counters.
     pub fn stats(&self) -> &FlushStats {
-        &self.flusher.stats
+        &self.log.stats
     }
 
     /// The acknowledgement mode.
@@ -176,54 +285,62 @@ impl GroupCommit {
     }
 }
 
-async fn run_group_commit(
-    flusher: Flusher,
+async fn run_blocking(
+    f: impl FnOnce() -> Result<(), FlushError> + Send + 'static,
+) -> Result<(), FlushError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(FlushError(format!("flush task failed: {e}").into())))
+}
+
+async fn run_flusher(
+    log: Arc<Log>,
+    mode: DurabilityMode,
+    timing: Timing,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
 ) {
+    let period = match mode {
+        DurabilityMode::Durable => timing.checkpoint,
+        DurabilityMode::Relaxed => timing.relaxed_flush.min(timing.checkpoint),
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = Instant::now();
     let mut batch = Vec::new();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             first = rx.recv() => match first {
-                Some(first) => first,
+                Some(first) => batch.push(first),
                 None => return,
             },
+            _ = tick.tick() => {}
             _ = stop.cancelled() => return,
-        };
-        batch.push(first);
+        }
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let result = flusher.flush().await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, waiters = batch.len(), "flush failed; writes not acknowledged");
-        }
-        flusher
-            .stats
+        let round = log.clone();
+        let result = run_blocking(move || round.flush_round()).await;
+        log.stats
             .commits
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for waiter in batch.drain(..) {
             // A waiter whose connection went away no longer listens; that is fine.
             let _ = waiter.send(result.clone());
         }
-    }
-}
-
-/// Flushes every `every` until the store is closed.
-async fn run_periodic(
-    flusher: Flusher,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(e) = flusher.flush().await {
-            tracing::error!(error = %e, "periodic flush failed (relaxed mode)");
+        if last_checkpoint.elapsed() >= timing.checkpoint
+            && !log.checkpointing.swap(true, Ordering::SeqCst)
+        {
+            last_checkpoint = Instant::now();
+            let log = log.clone();
+            // In the background: acknowledgements go on while sled flushes.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = log.checkpoint() {
+                    tracing::error!(error = %e, "checkpoint failed; the log is kept and replayed at start");
+                }
+                log.checkpointing.store(false, Ordering::SeqCst);
+            });
         }
     }
 }

@@ -10,29 +10,31 @@
 //! | `K` | key hash (32 bytes) | [`KeyRecord`] |
 //! | `D` | key hash + normalised domain | [`KeyDomain`] |
 //! | `N` | normalised domain | [`DomainRecord`] |
-//! | `A` | sled id (8 bytes, big-endian) | [`AuditEvent`] |
+//! | `A` | sequence (8 bytes, big-endian; nanoseconds since the epoch, kept increasing) | [`AuditEvent`] |
 //! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
 //! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
-//! is a single `apply_batch`, so a crash can never leave half of it. Read-check-write
+//! is a single batch, so a crash can never leave half of it; the write-ahead log records it
+//! as one record ([`wal`]). Read-check-write
 //! sequences (claim, add) run under one short write lock instead of sled transactions, which
 //! the sled docs warn make every later operation pay a global read lock. The lock is held for
 //! microseconds (in-memory sled work); the disk wait happens outside it, in [`Store::commit`].
 //!
 //! # Durability
 //!
-//! Write methods change sled's in-memory state only. The caller must `commit().await` before
-//! acknowledging; see [`durable`].
+//! Write methods change sled's in-memory state and queue a write-ahead log record; nothing is
+//! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
 
 mod bridge_state;
 pub mod durable;
 pub mod records;
+pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
-pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit};
+pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
     DomainRecord, KeyDomain, KeyRecord, Record, UnixTime,
@@ -40,9 +42,9 @@ pub use records::{
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use thiserror::Error;
+pub use wal::WriteBatch;
 
 const KEY: u8 = b'K';
 const KEY_DOMAIN: u8 = b'D';
@@ -100,22 +102,24 @@ pub struct Store {
     write_lock: Mutex<()>,
     commits: GroupCommit,
     bridge_enabled: AtomicBool,
+    /// The last audit sequence number handed out.
+    audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts its flusher. Must be called inside
-    /// a tokio runtime.
-    pub fn open(
-        dir: &Path,
-        mode: DurabilityMode,
-        relaxed_flush: Duration,
-    ) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database in `dir`, replays what its write-ahead log holds
+    /// beyond sled's last checkpoint, and starts the flusher. Must be called inside a tokio
+    /// runtime.
+    pub fn open(dir: &Path, mode: DurabilityMode, timing: Timing) -> Result<Self, StoreError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
         let db = sled::Config::new()
             .path(dir)
-            // We flush ourselves (group commit or the relaxed timer); sled's own timer would
-            // only add unsynchronised flushes.
+            // The write-ahead log makes writes durable; sled is flushed at checkpoints only.
             .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Open {
@@ -123,22 +127,63 @@ impl Store {
                 source,
             })?;
         let db_path = dir.join("db");
-        let db_file = std::fs::File::open(&db_path).map_err(|source| StoreError::Io {
-            path: db_path.display().to_string(),
-            source,
-        })?;
-        // The directory entries of sled's files must survive a power cut too.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        let db_file = std::fs::File::open(&db_path).map_err(io(&db_path))?;
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
+        let segments = wal::segments(&wal_dir).map_err(io(&wal_dir))?;
+        let mut replayed = 0usize;
+        for (_, path) in &segments {
+            for batch in wal::read_segment(path).map_err(io(path))? {
+                db.apply_batch(batch.to_sled())?;
+                replayed += 1;
+            }
         }
-        let commits = GroupCommit::start(db.clone(), db_file, mode, relaxed_flush);
+        if !segments.is_empty() {
+            db.flush()?;
+            db_file.sync_data().map_err(io(&db_path))?;
+            for (_, path) in &segments {
+                std::fs::remove_file(path).map_err(io(path))?;
+            }
+            tracing::info!(
+                records = replayed,
+                segments = segments.len(),
+                "replayed the write-ahead log"
+            );
+        }
+        // The directory entries of sled's files must survive a power cut too.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        let next_segment = segments.last().map_or(1, |(n, _)| n + 1);
+        let commits = GroupCommit::start(
+            db.clone(),
+            db_file,
+            wal_dir.clone(),
+            next_segment,
+            mode,
+            timing,
+        )
+        .map_err(io(&wal_dir))?;
+        let last_audit = match db.scan_prefix([AUDIT]).next_back() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                u64::from_be_bytes(k[1..9].try_into().unwrap_or_default())
+            }
+            None => 0,
+        };
         Ok(Self {
             db,
             write_lock: Mutex::new(()),
             commits,
             bridge_enabled: AtomicBool::new(false),
+            audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Applies a batch: to sled atomically, and to the write-ahead log in the same order.
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        Ok(self.commits.apply(&batch)?)
     }
 
     /// Waits until every change made before the call is durable (see [`durable`]).
@@ -195,7 +240,7 @@ impl Store {
             revoked_at: None,
             domain_count: 0,
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         batch.insert(key_key(hash), record.encode());
         self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
         if let Some(email) = email {
@@ -205,7 +250,7 @@ impl Store {
             self.audit(&mut batch, now, ip, hash, kind)?;
         }
         let _guard = self.lock();
-        Ok(self.db.apply_batch(batch)?)
+        self.write(batch)
     }
 
     /// Binds a key to an e-mail address, creating the key (a client made it itself) when
@@ -249,7 +294,7 @@ impl Store {
                 domain_count: 0,
             },
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         batch.insert(key_key(hash), record.encode());
         if is_new {
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
@@ -258,7 +303,7 @@ impl Store {
             email: email.to_owned(),
         };
         self.audit(&mut batch, now, ip, hash, kind)?;
-        self.db.apply_batch(batch)?;
+        self.write(batch)?;
         Ok(ClaimOutcome::Claimed)
     }
 
@@ -276,10 +321,10 @@ impl Store {
         };
         if record.revoked_at.is_none() {
             record.revoked_at = Some(now);
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             batch.insert(key_key(hash), record.encode());
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
-            self.db.apply_batch(batch)?;
+            self.write(batch)?;
         }
         Ok(true)
     }
@@ -302,7 +347,7 @@ impl Store {
             return Ok(AddOutcome::UnknownKey);
         };
         key.domain_count += 1;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         batch.insert(key_key(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
         let d_key = domain_key(&name);
@@ -323,7 +368,7 @@ impl Store {
         }
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
-        self.db.apply_batch(batch)?;
+        self.write(batch)?;
         if queued {
             self.bridge_wakeup.notify_one();
         }
@@ -346,7 +391,7 @@ impl Store {
         if !self.db.contains_key(&kd_key)? {
             return Ok(false);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         if let Some(mut key) = self.key(hash)? {
             key.domain_count = key.domain_count.saturating_sub(1);
             batch.insert(key_key(hash), key.encode());
@@ -354,7 +399,7 @@ impl Store {
         batch.remove(kd_key);
         let kind = AuditKind::DomainRemoved { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
-        self.db.apply_batch(batch)?;
+        self.write(batch)?;
         Ok(true)
     }
 
@@ -389,7 +434,7 @@ impl Store {
     /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
     /// The source address is unspecified and the key id is `-`.
     pub fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         self.audit_raw(
             &mut batch,
             now,
@@ -397,7 +442,7 @@ impl Store {
             "-".to_owned(),
             kind,
         )?;
-        Ok(self.db.apply_batch(batch)?)
+        self.write(batch)
     }
 
     /// The audit trail, oldest first.
@@ -406,6 +451,27 @@ impl Store {
             let (_, v) = entry?;
             Ok(AuditEvent::decode(&v)?)
         })
+    }
+
+    /// Audit keys: nanoseconds since the epoch, forced to increase, so the trail sorts by
+    /// time and a key is never reused (not even after a restart or a clock step back).
+    fn next_audit_seq(&self, at: UnixTime) -> u64 {
+        let now = chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or(at.saturating_mul(1_000_000_000)) as u64;
+        let mut previous = self.audit_seq.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(previous + 1);
+            match self.audit_seq.compare_exchange(
+                previous,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => previous = actual,
+            }
+        }
     }
 
     fn get<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
@@ -417,7 +483,7 @@ impl Store {
 
     fn audit(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
         at: UnixTime,
         ip: IpAddr,
         hash: &KeyHash,
@@ -428,7 +494,7 @@ impl Store {
 
     fn audit_raw(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
         at: UnixTime,
         ip: IpAddr,
         key_id: String,
@@ -436,7 +502,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         tracing::info!(event = kind.name(), key = %key_id, %ip, ?kind, "audit");
         let mut key = vec![AUDIT];
-        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        key.extend_from_slice(&self.next_audit_seq(at).to_be_bytes());
         let event = AuditEvent {
             at,
             ip,
