@@ -185,10 +185,15 @@ impl Conn {
         Ok(())
     }
 
-    async fn certline(&mut self, request: &[u8]) -> Result<CertlineReply, BoxError> {
+    /// Sends `request` and reads until `parse` finds one complete reply.
+    async fn exchange<T>(
+        &mut self,
+        request: &[u8],
+        parse: fn(&[u8]) -> Result<Option<(T, usize)>, proto::ProtoError>,
+    ) -> Result<T, BoxError> {
         self.stream.write_all(request).await?;
         loop {
-            if let Some((reply, used)) = proto::parse_certline_reply(&self.rbuf)? {
+            if let Some((reply, used)) = parse(&self.rbuf)? {
                 let _ = self.rbuf.split_to(used);
                 return Ok(reply);
             }
@@ -196,15 +201,12 @@ impl Conn {
         }
     }
 
+    async fn certline(&mut self, request: &[u8]) -> Result<CertlineReply, BoxError> {
+        self.exchange(request, proto::parse_certline_reply).await
+    }
+
     async fn redis(&mut self, request: &[u8]) -> Result<Resp, BoxError> {
-        self.stream.write_all(request).await?;
-        loop {
-            if let Some((reply, used)) = proto::parse_resp(&self.rbuf)? {
-                let _ = self.rbuf.split_to(used);
-                return Ok(reply);
-            }
-            self.fill().await?;
-        }
+        self.exchange(request, proto::parse_resp).await
     }
 
     /// Sends a ping in the target's protocol and checks the answer.
