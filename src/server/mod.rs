@@ -127,8 +127,18 @@ impl Server {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the shutdown grace period; closing them");
         }
-        shared.service.store().close().await?;
-        tracing::info!("store flushed; stopped");
+        let store = shared.service.store();
+        store.close().await?;
+        let stats = store.group_commit().stats();
+        tracing::info!(
+            acks = stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+            log_syncs = stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
+            sync_micros = stats
+                .flush_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+            checkpoints = stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
+            "store closed; stopped"
+        );
         Ok(())
     }
 }

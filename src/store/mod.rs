@@ -46,6 +46,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use thiserror::Error;
 pub use wal::WriteBatch;
 
+/// sled's own flush interval (its default); see [`Store::open`].
+const SLED_BACKGROUND_FLUSH_MS: u64 = 500;
+
 const KEY: u8 = b'K';
 const KEY_DOMAIN: u8 = b'D';
 const DOMAIN: u8 = b'N';
@@ -119,8 +122,9 @@ impl Store {
         };
         let db = sled::Config::new()
             .path(dir)
-            // The write-ahead log makes writes durable; sled is flushed at checkpoints only.
-            .flush_every_ms(None)
+            // The write-ahead log makes writes durable. sled's own background flush keeps its
+            // dirty data small, so that a checkpoint's flush is short and never stalls writers.
+            .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open()
             .map_err(|source| StoreError::Open {
                 path: dir.display().to_string(),
