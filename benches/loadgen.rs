@@ -189,7 +189,7 @@ impl Conn {
     async fn exchange<T>(
         &mut self,
         request: &[u8],
-        parse: fn(&[u8]) -> Result<Option<(T, usize)>, proto::ProtoError>,
+        parse: fn(&[u8]) -> proto::Parsed<T>,
     ) -> Result<T, BoxError> {
         self.stream.write_all(request).await?;
         loop {

@@ -20,6 +20,10 @@ impl fmt::Display for ProtoError {
 
 impl std::error::Error for ProtoError {}
 
+/// What an incremental parser returns: a complete value and the bytes it used, or `None` when
+/// more bytes are needed.
+pub type Parsed<T> = Result<Option<(T, usize)>, ProtoError>;
+
 /// One certline reply: an optional `data` line and the `status` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertlineReply {
@@ -44,7 +48,7 @@ impl CertlineReply {
 /// ```
 ///
 /// The text after the code is optional here, so that `status ok 200` alone is accepted.
-pub fn parse_certline_reply(buf: &[u8]) -> Result<Option<(CertlineReply, usize)>, ProtoError> {
+pub fn parse_certline_reply(buf: &[u8]) -> Parsed<CertlineReply> {
     let mut pos = 0;
     let mut data = None;
     loop {
@@ -94,7 +98,7 @@ pub enum Resp {
 }
 
 /// Parses one RESP value from the front of `buf`.
-pub fn parse_resp(buf: &[u8]) -> Result<Option<(Resp, usize)>, ProtoError> {
+pub fn parse_resp(buf: &[u8]) -> Parsed<Resp> {
     let Some((&kind, _)) = buf.split_first() else {
         return Ok(None);
     };
