@@ -3,7 +3,10 @@
 //!
 //! Every limit the wire protocol mentions is here (protocol.md §9).
 
+use crate::admin::AdminConfig;
 use crate::bridge::SectigoConfig;
+use crate::confirm::SmtpConfig;
+use crate::store::ClaimCaps;
 use crate::store::DurabilityMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -26,6 +29,46 @@ pub struct Config {
     pub log: Log,
     /// The Sectigo bridge; absent means off (certline only stores registrations).
     pub sectigo: Option<SectigoConfig>,
+    /// The operator's HTTP face (health, metrics, inventory, claim links); absent means off.
+    pub admin: Option<AdminConfig>,
+    /// How claim confirmation e-mails are sent; absent means the links are only logged.
+    pub smtp: Option<SmtpConfig>,
+    pub claims: Claims,
+}
+
+/// Claim confirmation and KeyChest's abuse caps on claims.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Claims {
+    /// Keys one e-mail address may hold unconfirmed (neither confirmed nor revoked); a claim
+    /// over it gets `429 too many unconfirmed keys for this email`.
+    pub max_unconfirmed_keys_per_email: u32,
+    /// Addresses never seen before that one source address may claim per UTC day; over it:
+    /// `429 too many new addresses from your address today`.
+    pub max_new_emails_per_address_per_day: u32,
+    /// How long the confirm and revoke links in a claim e-mail work.
+    pub link_validity_secs: u64,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        let caps = ClaimCaps::default();
+        Self {
+            max_unconfirmed_keys_per_email: caps.max_unconfirmed_keys_per_email,
+            max_new_emails_per_address_per_day: caps.max_new_emails_per_address_per_day,
+            link_validity_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Claims {
+    /// The caps the store enforces.
+    pub fn caps(&self) -> ClaimCaps {
+        ClaimCaps {
+            max_unconfirmed_keys_per_email: self.max_unconfirmed_keys_per_email,
+            max_new_emails_per_address_per_day: self.max_new_emails_per_address_per_day,
+        }
+    }
 }
 
 /// Bounds on connections and requests.
@@ -99,6 +142,9 @@ impl Default for Config {
             durability: Durability::default(),
             log: Log::default(),
             sectigo: None,
+            admin: None,
+            smtp: None,
+            claims: Claims::default(),
         }
     }
 }
@@ -214,6 +260,31 @@ impl Config {
             sectigo
                 .validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        let c = &self.claims;
+        if c.max_unconfirmed_keys_per_email == 0 || c.max_new_emails_per_address_per_day == 0 {
+            return invalid(
+                "claims.max_unconfirmed_keys_per_email and max_new_emails_per_address_per_day must be at least 1",
+            );
+        }
+        if c.link_validity_secs == 0 {
+            return invalid(
+                "claims.link_validity_secs must be at least 1 (default: 604800, 7 days)",
+            );
+        }
+        if let Some(admin) = &self.admin {
+            admin
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if let Some(smtp) = &self.smtp {
+            smtp.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if self.admin.is_none() {
+                return invalid(
+                    "[smtp] needs an [admin] section: the confirm and revoke links in the e-mails are served by the admin listener (set admin.public_url to the address users reach it at)",
+                );
+            }
         }
         Ok(())
     }

@@ -66,7 +66,11 @@ impl FromStr for Domain {
 pub fn normalize(input: &str) -> Result<Domain, InvalidDomain> {
     let mut s = input.trim();
     for scheme in ["https://", "http://"] {
-        if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get`, not indexing: the input is arbitrary UTF-8, and a byte count may end inside
+        // a character (`http://ß` once panicked here).
+        if s.get(..scheme.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
+        {
             s = &s[scheme.len()..];
             break;
         }
@@ -111,8 +115,14 @@ fn split_port(s: &str) -> Result<(&str, u16), InvalidDomain> {
     let Some(colon) = colon else {
         return Ok((s, DEFAULT_PORT));
     };
+    // After `[…]` anything but `:` is invalid. Checked before slicing: `colon + 1` is a
+    // character boundary only if the byte at `colon` is the ASCII `:` (`[::1]ü` once
+    // panicked here).
+    if s.as_bytes()[colon] != b':' {
+        return Err(InvalidDomain);
+    }
     let (host, port) = (&s[..colon], &s[colon + 1..]);
-    if s.as_bytes()[colon] != b':' || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(InvalidDomain);
     }
     match port.parse::<u16>() {
@@ -192,6 +202,37 @@ mod tests {
         ] {
             assert_eq!(n(bad), Err(InvalidDomain), "{bad:?}");
         }
+    }
+
+    /// Regression: a multi-byte character where a scheme prefix would end made `normalize`
+    /// panic (slicing inside a character), which killed the connection without a reply.
+    /// Found by the `round_trip` fuzz target and the domain property test.
+    #[test]
+    fn a_character_across_the_scheme_prefix_boundary_is_not_a_panic() {
+        assert_eq!(n("http://ß"), n("ß"));
+        assert_eq!(n("HTTPS://ß.example"), n("ß.example"));
+        assert_eq!(n("httpsßß").unwrap(), "xn--https-pqaa");
+        assert_eq!(n("http:/ü"), Err(InvalidDomain));
+        assert_eq!(
+            n("'\u{2}.`\tbücher.mwww.example.org2222"),
+            Err(InvalidDomain)
+        );
+    }
+
+    /// Regression: a multi-byte character right after a bracketed IPv6 literal made
+    /// `split_port` slice inside it (a panic that killed the connection). Found by the
+    /// `round_trip` fuzz target.
+    #[test]
+    fn a_character_after_an_ipv6_literal_is_invalid_not_a_panic() {
+        for bad in [
+            "[::1]ü",
+            "[::ffff:192.0.2.1]üch)r/G E\u{1}x",
+            "[2001:db8::1]ß:443",
+            "[::1]é1",
+        ] {
+            assert_eq!(n(bad), Err(InvalidDomain), "{bad:?}");
+        }
+        assert_eq!(n("[::1]:8443").unwrap(), "[::1]:8443");
     }
 
     #[test]

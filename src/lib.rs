@@ -4,10 +4,11 @@
 //! # Map
 //!
 //! ```text
-//!  client ── TCP :10023 ── server ── protocol ── service ── store (sled)
+//!  client ── TCP :10023 ── server ── protocol ── service ── store (sled) ── bridge ── Sectigo
 //!                          (accept,   (frame,     (one fn    (keys, domains,
-//!                           limits,    parse,      per        audit; group
+//!                           limits,    parse,      per        audit; group      confirm ── SMTP
 //!                           shutdown)  reply)      command)   commit)
+//!  operator ── HTTP ── admin (health, metrics, inventory, revoke, links) ── store
 //! ```
 //!
 //! - [`protocol`]: bytes ↔ requests and replies; no I/O. The contract is `protocol.md`.
@@ -17,10 +18,16 @@
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
 //! - [`bridge`]: the Sectigo Certificate Manager client, policy and worker.
 //! - [`config`]: the TOML configuration with its defaults.
+//! - [`admin`]: the operator's HTTP face (health, Prometheus metrics, inventory, revoke,
+//!   requeue, import, claim links); [`cli`] is its command-line client.
+//! - [`confirm`]: claim confirmation e-mails with single-use confirm/revoke links.
 
+pub mod admin;
 pub mod apikey;
 pub mod bridge;
+pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod domain;
 pub mod protocol;
 pub mod server;

@@ -1,10 +1,11 @@
 //! The `certline` command line.
 
 use anyhow::Context as _;
+use certline::cli::{self, AdminClient, Endpoint, Format};
 use certline::config::{Config, LogFormat};
 use certline::server::Server;
-use clap::{Parser, Subcommand};
-use std::io::Write;
+use clap::{Args, Parser, Subcommand};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -33,11 +34,92 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and print the effective settings.
+    /// Check a configuration file, load the secrets it names, and print what was found.
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// List registered domains with their Sectigo state (`--needs-action`: only those that
+    /// need an operator, and why).
+    Domains {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only domains in this bridge state (synced, failed, awaiting_confirmation, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this domain and its subdomains.
+        #[arg(long)]
+        suffix: Option<String>,
+        /// Only domains that need an operator: failed, not in Sectigo, awaiting
+        /// confirmation, paused bridge, DCV not validated or expiring.
+        #[arg(long)]
+        needs_action: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// List API keys (id, e-mail, created/claimed/confirmed/revoked, domain count).
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Revoke the API key whose id starts with PREFIX (at least 4 hex digits, unique).
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        prefix: String,
+    },
+    /// Send a domain back to the Sectigo bridge's queue, due now.
+    Requeue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        domain: String,
+    },
+    /// Register the domains in FILE (one per line, `#` comments) under an API key.
+    Import {
+        #[command(flatten)]
+        admin: AdminArgs,
+        file: PathBuf,
+        /// The API key to register them under.
+        #[arg(long, env = "CERTLINE_APIKEY", hide_env_values = true)]
+        apikey: String,
+    },
+}
+
+/// Where the admin API is (flags, then environment, then `--config`'s `[admin]`).
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API's base URL, e.g. http://127.0.0.1:10080.
+    #[arg(long, env = "CERTLINE_ADMIN_URL")]
+    admin_url: Option<String>,
+    /// The admin bearer token (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "CERTLINE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Read the URL and token from this config file's [admin] section.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Output format of lists.
+#[derive(Args)]
+struct OutputArgs {
+    /// The admin API's JSON.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV with a header line.
+    #[arg(long)]
+    csv: bool,
+}
+
+impl OutputArgs {
+    fn format(&self) -> Format {
+        match (self.json, self.csv) {
+            (true, _) => Format::Json,
+            (_, true) => Format::Csv,
+            _ => Format::Table,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,19 +146,75 @@ fn main() -> anyhow::Result<()> {
                 .block_on(serve(config))
         }
         Command::CheckConfig { file } => {
-            let config = Config::from_file(&file)?;
-            println!("{config:#?}");
-            println!("{}: ok", file.display());
+            let report = cli::check::check_config(&file)?;
+            print!("{}", report.text);
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Domains {
+            admin,
+            state,
+            suffix,
+            needs_action,
+            output,
+        } => admin_call(admin, async |c| {
+            cli::domains(c, state, suffix, needs_action, output.format()).await
+        }),
+        Command::Keys { admin, output } => {
+            admin_call(admin, async |c| cli::keys(c, output.format()).await)
+        }
+        Command::Revoke { admin, prefix } => {
+            admin_call(admin, async |c| cli::revoke(c, &prefix).await)
+        }
+        Command::Requeue { admin, domain } => {
+            admin_call(admin, async |c| cli::requeue(c, &domain).await)
+        }
+        Command::Import {
+            admin,
+            file,
+            apikey,
+        } => {
+            let mut invalid = 0;
+            admin_call(admin, async |c| {
+                let report = cli::import(c, &file, &apikey).await?;
+                invalid = report.invalid;
+                Ok(report.text)
+            })?;
+            if invalid > 0 {
+                anyhow::bail!(
+                    "{invalid} line(s) were not valid domain names; fix them and import the file again (registered domains are skipped)"
+                );
+            }
             Ok(())
         }
     }
 }
 
+/// Runs one admin API client call and prints its output.
+fn admin_call(
+    args: AdminArgs,
+    call: impl AsyncFnOnce(&AdminClient) -> Result<String, cli::CliError>,
+) -> anyhow::Result<()> {
+    let endpoint = Endpoint::resolve(args.admin_url, args.admin_token, args.config.as_deref())?;
+    let client = AdminClient::new(endpoint)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let text = runtime.block_on(call(&client))?;
+    print!("{text}");
+    Ok(())
+}
+
 fn init_tracing(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    // Colour codes only for a terminal: log files and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
@@ -89,8 +227,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(config)
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
-    // Scripts and tests that start certline on port 0 read this line to find the port.
+    // Scripts and tests that start certline on port 0 read these lines to find the ports.
     println!("listening on {}", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("admin listening on {admin}");
+    }
     std::io::stdout().flush()?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {

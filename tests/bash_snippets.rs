@@ -30,7 +30,13 @@ async fn add_domain_snippet_prints_data_and_ok_from_one_read() {
     let s = InProcess::start().await;
     let key = ApiKey::parse("28a7e10-1fea").unwrap();
     s.store
-        .create_key(&key.hash(), None, "127.0.0.1".parse().unwrap(), 0)
+        .create_key(
+            &key.hash(),
+            None,
+            &Default::default(),
+            "127.0.0.1".parse().unwrap(),
+            0,
+        )
         .unwrap();
     let port = s.addr.port();
     let script = format!(

@@ -51,7 +51,7 @@ async fn apikey_claim_add_status_list_remove_byte_exact() {
         .expect(&status);
     let (time, rest) = data.split_once(' ').unwrap();
     assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
-    assert_eq!(rest, "sectigo=off\nstatus ok 200 ok\n");
+    assert_eq!(rest, "key=unconfirmed sectigo=off\nstatus ok 200 ok\n");
 
     assert_eq!(
         request(s.addr, &format!("command list apikey {key}\n")).await,

@@ -235,14 +235,21 @@ impl Worker {
         loop {
             let before = record.phase;
             let result = self.step(&domain, &mut record).await;
-            let rest = match result {
-                Ok(Step::Continue) => false,
-                Ok(Step::Rest) => true,
+            let (rest, outcome) = match result {
+                Ok(Step::Continue) => (false, "ok"),
+                Ok(Step::Rest) => (true, "ok"),
                 Err(failure) => {
+                    let outcome = match &failure.cause {
+                        Cause::Sectigo(SectigoError::Unauthorized { .. }) => "paused",
+                        cause if cause.is_retryable() => "retry",
+                        _ => "failed",
+                    };
                     self.record_failure(&domain, &mut record, failure);
-                    true
+                    (true, outcome)
                 }
             };
+            metrics::counter!("certline_bridge_steps_total", "step" => before.name(), "result" => outcome)
+                .increment(1);
             if let Err(e) = self.save(&domain, &record) {
                 tracing::error!(%domain, error = %e, "saving bridge state failed");
                 return;

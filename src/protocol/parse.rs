@@ -127,9 +127,11 @@ impl<'a> Pairs<'a> {
     }
 }
 
-/// Is this line blank (nothing but spaces and tabs)? Blank lines get no reply.
+/// Is this line blank (nothing but spaces, tabs and CRs, protocol.md §2)? Blank lines get no
+/// reply. The framer drops only the CR right before an LF, so `\r\r\n` or ` \r \n` reach
+/// here with a CR left in them.
 pub fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|&b| b == b' ' || b == b'\t')
+    line.iter().all(|&b| b == b' ' || b == b'\t' || b == b'\r')
 }
 
 /// Parses one request line (without its LF).
@@ -233,6 +235,19 @@ impl fmt::Display for Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a CR that the framer did not strip (`\r\r\n`) made a blank line a 400,
+    /// though protocol.md §2 says lines of spaces, tabs or CR are ignored. Found by the
+    /// server property test in tests/properties.rs.
+    #[test]
+    fn lines_of_spaces_tabs_and_crs_are_blank() {
+        for blank in ["", " ", "\t", "\r", "\r\r", " \r\t\r "] {
+            assert!(is_blank(blank.as_bytes()), "{blank:?}");
+        }
+        for not_blank in ["x", " \0", "\r\n", "\x0b", "\u{a0}"] {
+            assert!(!is_blank(not_blank.as_bytes()), "{not_blank:?}");
+        }
+    }
 
     fn parse(s: &str) -> Result<Request, ParseError> {
         parse_request(s.as_bytes())

@@ -133,6 +133,7 @@ impl Connection {
         let line = match frame {
             Frame::TooLong => {
                 tracing::info!(peer = %self.peer, "request over the line cap; closing");
+                count_request("none", ErrorCode::TooLong as u16);
                 self.send(&Reply::error(ErrorCode::TooLong, "request too long"))
                     .await?;
                 self.close_gracefully().await;
@@ -158,11 +159,13 @@ impl Connection {
                     .handle(request, Context::now(self.peer.ip()))
                     .await;
                 tracing::debug!(peer = %self.peer, command, code = reply.code(), "request");
+                count_request(command, reply.code());
                 reply
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "malformed request");
                 let code = ErrorCode::from_u16(e.code()).unwrap_or(ErrorCode::BadRequest);
+                count_request("none", code as u16);
                 Reply::error(code, e.to_string())
             }
         };
@@ -201,4 +204,10 @@ async fn discard_until_eof(stream: &mut TcpStream, linger: Duration) {
         }
     })
     .await;
+}
+
+/// `certline_requests_total{command, code}`; `command="none"` for lines that did not parse.
+fn count_request(command: &'static str, code: u16) {
+    metrics::counter!("certline_requests_total", "command" => command, "code" => code.to_string())
+        .increment(1);
 }

@@ -87,9 +87,11 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &T
         match slot {
             Some((permit, ip_slot)) => {
                 let shared = shared.clone();
+                metrics::gauge!("certline_open_connections").increment(1.0);
                 tracker.spawn(async move {
                     connection::serve(stream, peer, shared).await;
                     drop((permit, ip_slot));
+                    metrics::gauge!("certline_open_connections").decrement(1.0);
                 });
             }
             None => {

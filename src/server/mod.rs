@@ -4,8 +4,10 @@
 pub mod connection;
 pub mod listener;
 
+use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, Worker};
 use crate::config::Config;
+use crate::confirm::{Confirmations, Mailer};
 use crate::service::Service;
 use crate::store::{Store, StoreError, Timing};
 use std::net::SocketAddr;
@@ -28,6 +30,17 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("the [sectigo] section: {0}")]
     Sectigo(String),
+    #[error("the [admin] section: {0}")]
+    Admin(String),
+    #[error("the [smtp] section: {0}")]
+    Smtp(String),
+    #[error(
+        "admin listener on {addr}: {source} (is another process using the port? change admin.listen)"
+    )]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every connection task shares.
@@ -43,6 +56,7 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     worker: Option<Arc<Worker>>,
+    admin: Option<AdminServer>,
 }
 
 impl Server {
@@ -80,7 +94,52 @@ impl Server {
                 None
             }
         };
-        let mut service = Service::new(store, &config.rate_limit);
+        let shutdown = CancellationToken::new();
+        let (admin, confirmations) = match &config.admin {
+            Some(admin_config) => {
+                let token = admin_config
+                    .token()
+                    .map_err(|e| StartError::Admin(e.to_string()))?;
+                let mailer = match &config.smtp {
+                    Some(smtp) => {
+                        Some(Mailer::new(smtp).map_err(|e| StartError::Smtp(e.to_string()))?)
+                    }
+                    None => {
+                        tracing::info!("no [smtp] section: claim confirmation links are logged");
+                        None
+                    }
+                };
+                let dcv_window = config
+                    .sectigo
+                    .as_ref()
+                    .map_or(30, |s| s.dcv_expiry_window_days);
+                let state = AdminState::new(
+                    store.clone(),
+                    worker.as_ref().map(|w| w.handle()),
+                    &token,
+                    crate::admin::metrics::install(),
+                    dcv_window,
+                    shutdown.clone(),
+                );
+                let admin = AdminServer::bind(admin_config.listen, state)
+                    .await
+                    .map_err(|source| StartError::AdminBind {
+                        addr: admin_config.listen,
+                        source,
+                    })?;
+                let base = admin_config.public_url(admin.local_addr());
+                let confirmations = Confirmations::new(
+                    store.clone(),
+                    base,
+                    config.claims.link_validity_secs,
+                    mailer,
+                );
+                (Some(admin), Some(Arc::new(confirmations)))
+            }
+            None => (None, None),
+        };
+        let mut service = Service::new(store, &config.rate_limit)
+            .with_claims(config.claims.caps(), confirmations);
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
@@ -89,10 +148,16 @@ impl Server {
             shared: Arc::new(Shared {
                 config,
                 service,
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
             worker,
+            admin,
         })
+    }
+
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The address actually bound (useful with port 0).
@@ -120,6 +185,9 @@ impl Server {
         tracker.spawn(prune_rate_limiters(shared.clone()));
         if let Some(worker) = self.worker {
             tracker.spawn(worker.run(shared.shutdown.clone()));
+        }
+        if let Some(admin) = self.admin {
+            tracker.spawn(admin.run(shared.shutdown.clone()));
         }
         listener::accept_loop(self.listener, shared.clone(), &tracker).await;
         tracker.close();

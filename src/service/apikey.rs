@@ -3,6 +3,7 @@
 use super::{Context, Service, ServiceError, parse_email};
 use crate::apikey::ApiKey;
 use crate::protocol::Reply;
+use crate::store::ClaimOutcome;
 
 pub(super) async fn run(
     svc: &Service,
@@ -14,9 +15,16 @@ pub(super) async fn run(
         return Err(ServiceError::RateLimited);
     }
     let key = ApiKey::generate();
-    svc.store
-        .create_key(&key.hash(), email, ctx.peer, ctx.now)?;
+    let outcome = svc
+        .store
+        .create_key(&key.hash(), email, &svc.caps, ctx.peer, ctx.now)?;
+    if let ClaimOutcome::Capped(cap) = outcome {
+        return Err(cap.into());
+    }
     svc.store.commit().await?;
+    if let Some(email) = email {
+        svc.claimed(key.hash(), email, ctx);
+    }
     let text = if email.is_some() {
         "api key created and claimed"
     } else {

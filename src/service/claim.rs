@@ -19,6 +19,7 @@ pub(super) async fn run(
         &key.hash(),
         key.is_long_enough_to_create(),
         email,
+        &svc.caps,
         ctx.peer,
         ctx.now,
     )?;
@@ -28,8 +29,10 @@ pub(super) async fn run(
         ClaimOutcome::Unknown => Err(ServiceError::InvalidApiKey),
         ClaimOutcome::Revoked => Err(ServiceError::Revoked),
         ClaimOutcome::ClaimedByOther => Err(ServiceError::ClaimedByOther),
+        ClaimOutcome::Capped(cap) => Err(cap.into()),
         ClaimOutcome::Claimed => {
             svc.store.commit().await?;
+            svc.claimed(key.hash(), email, ctx);
             Ok(Reply::ok("api key claimed"))
         }
         ClaimOutcome::AlreadyClaimed => {

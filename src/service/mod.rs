@@ -12,10 +12,13 @@ pub mod rate_limit;
 mod remove;
 mod status;
 
+pub(crate) use status::rfc3339;
+
 use crate::apikey::{ApiKey, KeyHash};
 use crate::bridge::BridgeHandle;
+use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
-use crate::store::{KeyRecord, Store, StoreError, UnixTime};
+use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
 use rate_limit::RateLimiters;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -61,6 +64,10 @@ pub enum ServiceError {
     NotRegistered,
     #[error("api key claimed by another email")]
     ClaimedByOther,
+    #[error("too many unconfirmed keys for this email")]
+    TooManyUnconfirmed,
+    #[error("too many new addresses from your address today")]
+    TooManyNewEmails,
     #[error("storage failure")]
     Storage(#[source] StoreError),
 }
@@ -78,7 +85,7 @@ impl ServiceError {
         match self {
             InvalidApiKey | InvalidEmail | InvalidOffset => ErrorCode::InvalidField,
             InvalidDomain => ErrorCode::InvalidDomain,
-            RateLimited => ErrorCode::TooManyRequests,
+            RateLimited | TooManyUnconfirmed | TooManyNewEmails => ErrorCode::TooManyRequests,
             UnknownKey => ErrorCode::UnknownKey,
             Revoked => ErrorCode::Forbidden,
             NotRegistered => ErrorCode::NotFound,
@@ -102,6 +109,20 @@ pub struct Service {
     limiters: RateLimiters,
     /// Present when the Sectigo bridge is configured.
     bridge: Option<Arc<BridgeHandle>>,
+    /// The claim caps (`[claims]`).
+    caps: ClaimCaps,
+    /// Sends claim confirmation links; present when the admin listener (which serves the
+    /// links) is configured.
+    confirmations: Option<Arc<Confirmations>>,
+}
+
+impl From<CapExceeded> for ServiceError {
+    fn from(cap: CapExceeded) -> Self {
+        match cap {
+            CapExceeded::UnconfirmedKeys => ServiceError::TooManyUnconfirmed,
+            CapExceeded::NewEmails => ServiceError::TooManyNewEmails,
+        }
+    }
 }
 
 impl Service {
@@ -111,6 +132,27 @@ impl Service {
             store,
             limiters: RateLimiters::new(limits),
             bridge: None,
+            caps: ClaimCaps::default(),
+            confirmations: None,
+        }
+    }
+
+    /// Applies the claim caps and, with `confirmations`, mails confirmation links for every
+    /// new claim.
+    pub fn with_claims(
+        mut self,
+        caps: ClaimCaps,
+        confirmations: Option<Arc<Confirmations>>,
+    ) -> Self {
+        self.caps = caps;
+        self.confirmations = confirmations;
+        self
+    }
+
+    /// Starts the confirmation e-mail for a new claim (in the background).
+    fn claimed(&self, hash: crate::apikey::KeyHash, email: &str, ctx: Context) {
+        if let Some(c) = &self.confirmations {
+            c.key_claimed(hash, email.to_owned(), ctx.peer, ctx.now);
         }
     }
 

@@ -23,12 +23,12 @@ impl RateLimiters {
 
     /// May `ip` mint a key now? Takes a token if so.
     pub fn allow_apikey(&self, ip: IpAddr) -> bool {
-        self.apikey.check_key(&ip).is_ok()
+        counted(self.apikey.check_key(&ip).is_ok(), "apikey")
     }
 
     /// May `ip` claim a key now? Takes a token if so.
     pub fn allow_claim(&self, ip: IpAddr) -> bool {
-        self.claim.check_key(&ip).is_ok()
+        counted(self.claim.check_key(&ip).is_ok(), "claim")
     }
 
     /// Forgets addresses whose buckets are full again, so a scan from many addresses does
@@ -39,4 +39,12 @@ impl RateLimiters {
         self.apikey.shrink_to_fit();
         self.claim.shrink_to_fit();
     }
+}
+
+/// Counts a refusal for the metrics (`certline_rate_limited_total`).
+fn counted(allowed: bool, command: &'static str) -> bool {
+    if !allowed {
+        metrics::counter!("certline_rate_limited_total", "command" => command).increment(1);
+    }
+    allowed
 }

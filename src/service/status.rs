@@ -13,12 +13,21 @@ const MAX_ERROR_TEXT: usize = 300;
 pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Reply, ServiceError> {
     let key = Service::parse_key(apikey)?;
     let domain = parse_domain(domain)?;
-    let (hash, _) = svc.authorize(&key)?;
+    let (hash, record) = svc.authorize(&key)?;
     let entry = svc
         .store
         .key_domain(&hash, &domain)?
         .ok_or(ServiceError::NotRegistered)?;
-    let mut data = format!("domain={} registered={}", domain, rfc3339(entry.added_at));
+    let confirmed = if record.confirmed_at.is_some() {
+        "confirmed"
+    } else {
+        "unconfirmed"
+    };
+    let mut data = format!(
+        "domain={} registered={} key={confirmed}",
+        domain,
+        rfc3339(entry.added_at)
+    );
     match &svc.bridge {
         None => data.push_str(" sectigo=off"),
         Some(bridge) => {

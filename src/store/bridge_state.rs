@@ -69,19 +69,37 @@ impl Store {
     }
 
     /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
+    ///
+    /// `key_confirmed` only ever goes from false to true: a key confirmed while the worker
+    /// held an older copy of the record must not be undone by the worker's save, and a
+    /// record the worker parks in `awaiting_confirmation` meanwhile is requeued at once.
     pub fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
-        if let Some(old) = self.bridge(domain)?
-            && let Some(due) = old.next_attempt_at
-        {
-            batch.remove(outbox_key(due, domain));
+        let mut record = record.clone();
+        let mut requeued = false;
+        if let Some(old) = self.bridge(domain)? {
+            if let Some(due) = old.next_attempt_at {
+                batch.remove(outbox_key(due, domain));
+            }
+            if old.key_confirmed && !record.key_confirmed {
+                record.key_confirmed = true;
+                if record.phase == BridgePhase::AwaitingConfirmation {
+                    record.phase = BridgePhase::Queued;
+                    record.next_attempt_at = Some(chrono::Utc::now().timestamp());
+                    requeued = true;
+                }
+            }
         }
         batch.insert(bridge_key(domain), record.encode());
         if let Some(due) = record.next_attempt_at {
             batch.insert(outbox_key(due, domain), Vec::new());
         }
-        self.write(batch)
+        self.write(batch)?;
+        if requeued {
+            self.bridge_wakeup.notify_one();
+        }
+        Ok(())
     }
 
     /// Run when the bridge starts: queues every registered domain that has no bridge record
@@ -90,6 +108,7 @@ impl Store {
     /// key), since the configuration may have changed. Returns how many were queued.
     pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
+        let confirmed = self.hosts_of_confirmed_keys()?;
         for entry in self.db.scan_prefix([DOMAIN]) {
             let (k, _) = entry?;
             let Ok(domain) = crate::domain::normalize(&String::from_utf8_lossy(&k[1..])) else {
@@ -101,7 +120,7 @@ impl Store {
                 continue;
             }
             let mut batch = WriteBatch::default();
-            queue_new_domain(&mut batch, host, now, false);
+            queue_new_domain(&mut batch, host, now, confirmed.contains(host));
             self.write(batch)?;
             queued += 1;
         }
@@ -112,9 +131,11 @@ impl Store {
                 record.phase,
                 BridgePhase::NotForwarded | BridgePhase::AwaitingConfirmation
             ) {
+                let host = String::from_utf8_lossy(&k[1..]).into_owned();
                 record.phase = BridgePhase::Queued;
                 record.next_attempt_at = Some(now);
-                self.save_bridge(&String::from_utf8_lossy(&k[1..]), &record)?;
+                record.key_confirmed |= confirmed.contains(&host);
+                self.save_bridge(&host, &record)?;
                 queued += 1;
             }
         }
@@ -136,14 +157,42 @@ pub(super) fn queue_new_domain(
     batch.insert(outbox_key(now, domain), Vec::new());
 }
 
-fn bridge_key(domain: &str) -> Vec<u8> {
+/// Adds to `batch` the change that a confirmed key now holds `domain`: `key_confirmed` is
+/// set, and a record waiting in `awaiting_confirmation` goes back to `queued`, due now (its
+/// outbox entry is written with it). Returns whether it was requeued (wake the worker after
+/// the batch is applied). Writes nothing when there is nothing to change.
+pub(super) fn mark_key_confirmed(
+    batch: &mut WriteBatch,
+    domain: &str,
+    mut record: BridgeRecord,
+    now: UnixTime,
+) -> bool {
+    let waiting = record.phase == BridgePhase::AwaitingConfirmation;
+    if record.key_confirmed && !waiting {
+        return false;
+    }
+    record.key_confirmed = true;
+    if waiting {
+        if let Some(old) = record.next_attempt_at {
+            batch.remove(outbox_key(old, domain));
+        }
+        record.phase = BridgePhase::Queued;
+        record.attempts = 0;
+        record.next_attempt_at = Some(now);
+        batch.insert(outbox_key(now, domain), Vec::new());
+    }
+    batch.insert(bridge_key(domain), record.encode());
+    waiting
+}
+
+pub(super) fn bridge_key(domain: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + domain.len());
     k.push(BRIDGE);
     k.extend_from_slice(domain.as_bytes());
     k
 }
 
-fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
+pub(super) fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + domain.len());
     k.push(OUTBOX);
     // Times before 1970 do not occur; clamping keeps the byte order equal to time order.

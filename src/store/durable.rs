@@ -120,9 +120,11 @@ impl Log {
             return result;
         }
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         self.stats
             .flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("certline_flush_seconds").record(elapsed.as_secs_f64());
         Ok(())
     }
 
@@ -135,8 +137,20 @@ impl Log {
             return Err(FlushError("injected failure (test)".into()));
         }
         let mut segment = lock(&self.segment);
-        wal::append_durably(&mut segment.file, bytes).map_err(FlushError::from_display)?;
-        segment.len += bytes.len() as u64;
+        let mut block = wal::block(segment.number, bytes);
+        if segment.len + block.len() as u64 > wal::SEGMENT_BYTES {
+            // Full: continue in the next segment (a recycled one, usually: a rename).
+            let number = segment.number + 1;
+            let file = wal::create_segment(&self.dir, number).map_err(FlushError::from_display)?;
+            *segment = Segment {
+                number,
+                file,
+                len: 0,
+            };
+            block = wal::block(number, bytes);
+        }
+        wal::write_durably(&segment.file, segment.len, &block).map_err(FlushError::from_display)?;
+        segment.len += block.len() as u64;
         Ok(())
     }
 
@@ -153,9 +167,14 @@ impl Log {
         Ok(previous)
     }
 
-    /// Makes sled hold everything the log holds, then deletes the covered segments.
-    fn checkpoint(&self) -> Result<(), FlushError> {
+    /// Makes sled hold everything the log holds, then deletes the covered segments. With an
+    /// empty segment there is nothing to cover, unless `always` (shutdown) asks for a flush.
+    fn checkpoint(&self, always: bool) -> Result<(), FlushError> {
         if lock(&self.segment).len == 0 {
+            if always {
+                self.db.flush().map_err(FlushError::from_display)?;
+                self.db_file.sync_data().map_err(FlushError::from_display)?;
+            }
             return Ok(());
         }
         // Every record in a segment up to `covered` was applied to sled before it was
@@ -163,11 +182,12 @@ impl Log {
         let covered = self.rotate().map_err(FlushError::from_display)?;
         self.db.flush().map_err(FlushError::from_display)?;
         self.db_file.sync_data().map_err(FlushError::from_display)?;
-        for (number, path) in wal::segments(&self.dir).map_err(FlushError::from_display)? {
-            if number <= covered {
-                std::fs::remove_file(path).map_err(FlushError::from_display)?;
-            }
-        }
+        let covered: Vec<_> = wal::segments(&self.dir)
+            .map_err(FlushError::from_display)?
+            .into_iter()
+            .filter(|(number, _)| *number <= covered)
+            .collect();
+        wal::retire_segments(&self.dir, &covered).map_err(FlushError::from_display)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -263,7 +283,7 @@ impl GroupCommit {
             while log.checkpointing.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            log.checkpoint()
+            log.checkpoint(true)
         })
         .await
     }
@@ -336,7 +356,7 @@ async fn run_flusher(
             let log = log.clone();
             // In the background: acknowledgements go on while sled flushes.
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = log.checkpoint() {
+                if let Err(e) = log.checkpoint(false) {
                     tracing::error!(error = %e, "checkpoint failed; the log is kept and replayed at start");
                 }
                 log.checkpointing.store(false, Ordering::SeqCst);

@@ -67,6 +67,14 @@ pub enum AuditKind {
         step: String,
         detail: String,
     },
+    // New variants go at the end: postcard stores the variant index.
+    /// The key's owner followed the confirmation link (KeyChest's `confirm-apikey`).
+    KeyConfirmed,
+    /// An operator sent the domain's bridge record back to `queued` (through the admin API;
+    /// the event's key id is all zeros, since no key asked for it).
+    DomainRequeued {
+        domain: String,
+    },
 }
 
 impl AuditKind {
@@ -79,6 +87,8 @@ impl AuditKind {
             AuditKind::DomainAdded { .. } => "new-domain",
             AuditKind::DomainRemoved { .. } => "remove-domain",
             AuditKind::Bridge { .. } => "bridge",
+            AuditKind::KeyConfirmed => "confirm-apikey",
+            AuditKind::DomainRequeued { .. } => "requeue-domain",
         }
     }
 }
@@ -229,7 +239,7 @@ impl DcvRecordType {
 }
 
 /// The bridge's state machine (design.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BridgePhase {
     /// Registered; nothing sent yet.
     Queued,
@@ -327,3 +337,28 @@ impl BridgeRecord {
 }
 
 versioned!(BridgeRecord, StoredBridgeRecord);
+
+/// What a single-use link in a claim confirmation e-mail does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkAction {
+    /// Confirm the key: its domains may then be forwarded under `require_confirmed_key`.
+    Confirm,
+    /// Revoke the key: the line protocol answers `403` for it from then on.
+    Revoke,
+}
+
+/// A link token, stored under the SHA-256 of the token (the token itself is only in the
+/// e-mail), so a copy of the database cannot be used to confirm or revoke anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkToken {
+    /// The SHA-256 of the API key the link acts on.
+    pub key_hash: [u8; 32],
+    pub action: LinkAction,
+    pub created_at: UnixTime,
+    /// The link works until (not including) this time.
+    pub expires_at: UnixTime,
+    /// Set when the link is used: links work once.
+    pub used_at: Option<UnixTime>,
+}
+
+versioned!(LinkToken, StoredLinkToken);

@@ -15,14 +15,31 @@
 //! durable ack needed a second sync of the `db` file; and its cost grows with the number of
 //! dirty pages, which the benchmark showed to cap group commit at a few thousand acks/s.
 //!
-//! Record format (little-endian): `len: u32`, `crc32(payload): u32`, `payload`; the payload is
-//! `count: u32`, then per operation `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert) and
-//! for inserts `value_len: u32`, `value`. Replay stops at the first short or corrupt record of
-//! a segment: a torn tail left by a crash in the middle of a write, never acknowledged.
+//! Segments are files of [`SEGMENT_BYTES`], filled with zeros when first created and recycled
+//! (renamed) once a checkpoint covers them, so a log write overwrites blocks that already
+//! exist: `fdatasync` then has data to flush but no file size or extent to journal, which on
+//! ext4 is the difference between waiting for the disk and waiting for a journal commit
+//! behind every other file's writeback (the trick PostgreSQL's WAL segments use).
+//!
+//! Each flush round writes one block: `magic "CLW1"`, `segment: u64`, `len: u32`,
+//! `crc32(segment, len, data): u32`, then `data`, the round's records. The segment number in
+//! the checksum makes stale blocks in a recycled file invalid. A record is `len: u32`,
+//! `crc32(payload): u32`, `payload`; the payload is `count: u32`, then per operation
+//! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert) and for inserts `value_len: u32`,
+//! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
+//! torn tail left by a crash in the middle of a write, never acknowledged.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// The size of a log segment.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// How many covered segments are kept for reuse instead of deleted.
+const RECYCLE_KEEP: usize = 2;
+const BLOCK_MAGIC: &[u8; 4] = b"CLW1";
+const BLOCK_HEADER: usize = 20;
 
 /// A set of changes applied atomically: to sled as one batch, to the log as one record.
 #[derive(Debug, Default, Clone)]
@@ -146,40 +163,116 @@ pub(super) fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("wal-{number:016}.log"))
 }
 
-/// Reads every complete record of a segment. A short or corrupt record ends the segment.
-pub(super) fn read_segment(path: &Path) -> io::Result<Vec<WriteBatch>> {
+/// Frames a flush round's records as one block of segment `number`.
+pub(super) fn block(number: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BLOCK_HEADER + data.len());
+    out.extend_from_slice(BLOCK_MAGIC);
+    out.extend_from_slice(&number.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[4..16]);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Reads every record of segment `number` up to the first block that is short, stale (from
+/// the file's previous life) or corrupt.
+pub(super) fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatch>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut out = Vec::new();
     let mut r = Reader(&bytes);
-    while let (Some(len), Some(crc)) = (r.u32(), r.u32()) {
-        let Some(payload) = r.take(len as usize) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
+    'blocks: while let Some(header) = r.take(BLOCK_HEADER) {
+        let seg = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        if &header[..4] != BLOCK_MAGIC || seg != number {
             break;
         }
-        match WriteBatch::decode(payload) {
-            Some(batch) => out.push(batch),
-            None => break,
+        let Some(data) = r.take(len) else { break };
+        let mut check = crc32fast::Hasher::new();
+        check.update(&header[4..16]);
+        check.update(data);
+        if check.finalize() != crc {
+            break;
         }
+        let mut records = Reader(data);
+        let mut batches = Vec::new();
+        while !records.0.is_empty() {
+            let (Some(len), Some(crc)) = (records.u32(), records.u32()) else {
+                break 'blocks;
+            };
+            let Some(payload) = records.take(len as usize) else {
+                break 'blocks;
+            };
+            match WriteBatch::decode(payload) {
+                Some(batch) if crc32fast::hash(payload) == crc => batches.push(batch),
+                _ => break 'blocks,
+            }
+        }
+        out.extend(batches);
     }
     Ok(out)
 }
 
-/// Creates segment `number`, empty, and makes its directory entry durable.
+/// Makes segment `number` ready for writing: a recycled segment renamed, or a new file of
+/// [`SEGMENT_BYTES`] zeros. Its directory entry is made durable.
 pub(super) fn create_segment(dir: &Path, number: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, number))?;
+    let path = segment_path(dir, number);
+    if let Some(spare) = recycled(dir)?.into_iter().next() {
+        fs::rename(spare, &path)?;
+    } else {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+    }
+    let file = OpenOptions::new().write(true).open(&path)?;
     File::open(dir)?.sync_all()?;
     Ok(file)
 }
 
-/// Appends `bytes` to a segment and makes them durable.
-pub(super) fn append_durably(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    file.write_all(bytes)?;
+/// Keeps up to two covered segments for reuse and deletes the rest.
+pub(super) fn retire_segments(dir: &Path, covered: &[(u64, PathBuf)]) -> io::Result<()> {
+    let mut spares = recycled(dir)?.len();
+    for (number, path) in covered {
+        if spares < RECYCLE_KEEP {
+            fs::rename(path, dir.join(format!("recycle-{number:016}.log")))?;
+            spares += 1;
+        } else {
+            fs::remove_file(path)?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
+
+fn recycled(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("recycle-"))
+        {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes `bytes` at `offset` of a segment and makes them durable.
+pub(super) fn write_durably(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, offset)?;
     file.sync_data()
 }
 
@@ -194,35 +287,68 @@ mod tests {
         b
     }
 
-    #[test]
-    fn records_round_trip_and_a_torn_tail_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = create_segment(dir.path(), 1).unwrap();
-        let mut bytes = Vec::new();
-        for n in 0..5 {
-            batch(n).encode_into(&mut bytes);
+    fn round(number: u64, batches: &[WriteBatch]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for b in batches {
+            b.encode_into(&mut data);
         }
-        append_durably(&mut file, &bytes).unwrap();
-        // A crash in the middle of the next write leaves half a record.
-        let mut torn = Vec::new();
-        batch(9).encode_into(&mut torn);
-        append_durably(&mut file, &torn[..torn.len() / 2]).unwrap();
-        let read = read_segment(&segment_path(dir.path(), 1)).unwrap();
-        assert_eq!(read.len(), 5);
-        assert_eq!(read[3].ops, batch(3).ops);
-        assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        block(number, &data)
     }
 
     #[test]
-    fn a_corrupt_record_ends_the_segment() {
+    fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bytes = Vec::new();
-        batch(1).encode_into(&mut bytes);
-        batch(2).encode_into(&mut bytes);
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
+        let file = create_segment(dir.path(), 1).unwrap();
+        let first = round(1, &[batch(0), batch(1), batch(2)]);
+        write_durably(&file, 0, &first).unwrap();
+        let second = round(1, &[batch(3), batch(4)]);
+        write_durably(&file, first.len() as u64, &second).unwrap();
+        // A crash in the middle of the next write leaves half a block.
+        let torn = round(1, &[batch(9)]);
+        let at = (first.len() + second.len()) as u64;
+        write_durably(&file, at, &torn[..torn.len() / 2]).unwrap();
+        let read = read_segment(&segment_path(dir.path(), 1), 1).unwrap();
+        assert_eq!(read.len(), 5);
+        assert_eq!(read[3].ops, batch(3).ops);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
+            SEGMENT_BYTES
+        );
+    }
+
+    #[test]
+    fn a_recycled_segment_does_not_replay_its_old_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_segment(dir.path(), 1).unwrap();
+        let old = round(1, &[batch(1), batch(2)]);
+        write_durably(&file, 0, &old).unwrap();
+        retire_segments(dir.path(), &segments(dir.path()).unwrap()).unwrap();
+        assert!(segments(dir.path()).unwrap().is_empty());
+        let file = create_segment(dir.path(), 2).unwrap();
+        assert_eq!(
+            read_segment(&segment_path(dir.path(), 2), 2).unwrap().len(),
+            0
+        );
+        // A short new block over the old ones: only the new one counts.
+        write_durably(&file, 0, &round(2, &[batch(5)])).unwrap();
+        let read = read_segment(&segment_path(dir.path(), 2), 2).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].ops, batch(5).ops);
+    }
+
+    #[test]
+    fn a_corrupt_block_ends_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = round(7, &[batch(1)]);
+        let mut second = round(7, &[batch(2)]);
+        let last = second.len() - 1;
+        second[last] ^= 0xff;
+        bytes.extend_from_slice(&second);
+        bytes.extend_from_slice(&round(7, &[batch(3)]));
         fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
-        let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
+        let read = read_segment(&segment_path(dir.path(), 7), 7).unwrap();
         assert_eq!(read.len(), 1);
     }
 }

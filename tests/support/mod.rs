@@ -1,6 +1,8 @@
 //! Shared test support: a server harness (in-process and as a child process) and a line client.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod admin;
 pub mod client;
 pub mod scm_sim;
 pub mod server;
+pub mod smtp_sink;

@@ -21,6 +21,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         apikey_burst = 100000
         claim_per_minute = 100000
         claim_burst = 100000
+        [claims]
+        max_new_emails_per_address_per_day = 100000
         "#,
     )
     .expect("test config parses");
@@ -31,6 +33,8 @@ pub fn test_config(data_dir: &Path) -> Config {
 /// A server running inside the test process.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub store: Arc<Store>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
@@ -51,11 +55,13 @@ impl InProcess {
     pub async fn start_with(config: Config) -> Self {
         let server = Server::bind(config).await.expect("server starts");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let store = server.store();
         let shutdown = server.shutdown_token();
         let task = tokio::spawn(async move { server.run().await.expect("server runs") });
         Self {
             addr,
+            admin,
             store,
             shutdown,
             task,
@@ -76,6 +82,8 @@ impl InProcess {
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -114,8 +122,9 @@ impl Binary {
         }
         let mut child = cmd.spawn().expect("spawn certline");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .expect("read the listening line");
         let addr = line
@@ -124,9 +133,23 @@ impl Binary {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("address");
+        // With [admin], a second line names the admin listener; the configuration says.
+        let has_admin = config
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|text| text.lines().any(|l| l.trim() == "[admin]"));
+        let admin = has_admin.then(|| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read the admin line");
+            line.trim()
+                .strip_prefix("admin listening on ")
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+                .parse()
+                .expect("admin address")
+        });
         Self {
             child,
             addr,
+            admin,
             data_dir: data_dir.to_path_buf(),
         }
     }

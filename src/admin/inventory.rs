@@ -1,0 +1,246 @@
+//! `GET /api/domains`: every registered domain with its bridge state, the keys holding it,
+//! and why it needs an operator, if it does. Filters (query string, all optional):
+//!
+//! * `state=S`: the bridge state as `command status` names it (`synced`, `failed`, …, `off`);
+//! * `suffix=X`: the domain is `X` or ends in `.X`;
+//! * `needs_action=true`: only domains with at least one reason (see [`reasons`]).
+
+use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
+use super::{AdminState, ApiError};
+use crate::service::rfc3339;
+use crate::store::{BridgePhase, BridgeRecord, InventoryRow};
+use axum::Json;
+use axum::extract::{Query, State};
+use chrono::NaiveDate;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub state: Option<String>,
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub needs_action: bool,
+}
+
+/// The handler.
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    Query(filter): Query<Filter>,
+) -> Result<Json<DomainList>, ApiError> {
+    let store = state.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.inventory())
+        .await
+        .map_err(|e| {
+            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        })??;
+    let bridge_on = state.bridge.is_some();
+    let paused = state.bridge_paused();
+    let today = chrono::Utc::now().date_naive();
+    let suffix = filter.suffix.as_deref().map(|s| {
+        s.trim()
+            .trim_start_matches("*.")
+            .trim_matches('.')
+            .to_ascii_lowercase()
+    });
+    let domains: Vec<DomainView> = rows
+        .into_iter()
+        .map(|row| view(row, bridge_on, paused, today, state.dcv_window_days))
+        .filter(|d| filter.state.as_deref().is_none_or(|s| d.sectigo == s))
+        .filter(|d| {
+            suffix.as_deref().is_none_or(|s| {
+                let host = d.domain.split(':').next().unwrap_or(&d.domain);
+                host == s || host.ends_with(&format!(".{s}"))
+            })
+        })
+        .filter(|d| !filter.needs_action || !d.needs_action.is_empty())
+        .collect();
+    Ok(Json(DomainList {
+        bridge: match (bridge_on, paused) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "paused",
+        }
+        .into(),
+        count: domains.len(),
+        domains,
+    }))
+}
+
+fn view(
+    row: InventoryRow,
+    bridge_on: bool,
+    paused: bool,
+    today: NaiveDate,
+    dcv_window_days: i64,
+) -> DomainView {
+    let key = if row.holders.is_empty() {
+        "none"
+    } else if row.holders.iter().any(|h| h.confirmed && !h.revoked) {
+        "confirmed"
+    } else {
+        "unconfirmed"
+    };
+    let sectigo = match (&row.bridge, bridge_on) {
+        (Some(r), _) => r.phase.name(),
+        (None, true) => "queued",
+        (None, false) => "off",
+    };
+    let b = row.bridge.as_ref();
+    let needs_action = match b {
+        Some(r) => reasons(r, paused, today, dcv_window_days),
+        None => Vec::new(),
+    };
+    DomainView {
+        domain: row.domain,
+        registered: rfc3339(row.registered_at),
+        sectigo: sectigo.into(),
+        key: key.into(),
+        keys: row
+            .holders
+            .into_iter()
+            .map(|h| HolderView {
+                id: h.key_id,
+                confirmed: h.confirmed,
+                revoked: h.revoked,
+            })
+            .collect(),
+        id: b.and_then(|r| r.sectigo_id),
+        dcv: b.and_then(|r| r.dcv_status.clone()),
+        dcv_expires: b.and_then(|r| r.dcv_expires.clone()),
+        ct: b.and_then(|r| r.ct_monitoring),
+        checked: b.and_then(|r| r.checked_at).map(rfc3339),
+        next_attempt: b
+            .filter(|r| r.phase != BridgePhase::Synced)
+            .and_then(|r| r.next_attempt_at)
+            .map(rfc3339),
+        error: b.and_then(|r| r.last_error.as_ref()).map(|e| ErrorView {
+            step: e.step.name().into(),
+            code: e.code,
+            text: e.text.clone(),
+            transient: e.transient,
+            at: rfc3339(e.at),
+        }),
+        needs_action,
+    }
+}
+
+/// Why a domain needs an operator, each with what to do.
+pub fn reasons(
+    r: &BridgeRecord,
+    paused: bool,
+    today: NaiveDate,
+    dcv_window_days: i64,
+) -> Vec<Reason> {
+    let mut out = Vec::new();
+    let mut add = |reason: &str, detail: String| {
+        out.push(Reason {
+            reason: reason.into(),
+            detail,
+        })
+    };
+    match r.phase {
+        BridgePhase::Failed => {
+            let detail = match &r.last_error {
+                Some(e) => format!(
+                    "Sectigo refused step {}{}: {}; fix it in Sectigo or the policy, then `certline requeue`",
+                    e.step.name(),
+                    e.code.map(|c| format!(" ({c})")).unwrap_or_default(),
+                    e.text
+                ),
+                None => "a bridge step failed; see the server log, then `certline requeue`".into(),
+            };
+            add("failed", detail);
+        }
+        BridgePhase::NotInSectigo => add(
+            "not_in_sectigo",
+            "Sectigo does not have it and this server may not create it: add it in Sectigo or set sectigo.create_missing".into(),
+        ),
+        BridgePhase::AwaitingConfirmation => add(
+            "awaiting_confirmation",
+            "no key holding it is confirmed: its owner must follow the link in the claim e-mail".into(),
+        ),
+        BridgePhase::Queued
+        | BridgePhase::Lookup
+        | BridgePhase::Create
+        | BridgePhase::Details
+        | BridgePhase::Monitoring
+        | BridgePhase::DcvStatus
+            if paused =>
+        {
+            add(
+                "paused",
+                "the bridge is paused: Sectigo rejects certline's credentials; fix [sectigo.auth]".into(),
+            )
+        }
+        _ => {}
+    }
+    match r.dcv_status.as_deref() {
+        Some("VALIDATED") => {
+            let expires = r
+                .dcv_expires
+                .as_deref()
+                .and_then(|d| d.parse::<NaiveDate>().ok());
+            if let Some(expires) = expires
+                && (expires - today).num_days() <= dcv_window_days
+            {
+                add(
+                    "dcv_expiring",
+                    format!("DCV expires {expires}: revalidate the domain in Sectigo"),
+                );
+            }
+        }
+        Some(other) => add(
+            "dcv_not_validated",
+            format!("DCV is {other}: complete domain control validation in Sectigo"),
+        ),
+        None => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BridgeError;
+
+    fn names(r: &BridgeRecord, paused: bool) -> Vec<String> {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        reasons(r, paused, today, 30)
+            .into_iter()
+            .map(|r| r.reason)
+            .collect()
+    }
+
+    #[test]
+    fn each_reason_is_found() {
+        let mut r = BridgeRecord::queued(0, false);
+        assert!(names(&r, false).is_empty());
+        assert_eq!(names(&r, true), ["paused"]);
+        r.phase = BridgePhase::AwaitingConfirmation;
+        assert_eq!(names(&r, true), ["awaiting_confirmation"]);
+        r.phase = BridgePhase::NotInSectigo;
+        assert_eq!(names(&r, false), ["not_in_sectigo"]);
+        r.phase = BridgePhase::Failed;
+        r.last_error = Some(BridgeError {
+            step: BridgePhase::Create,
+            code: Some(-712),
+            text: "too short".into(),
+            transient: false,
+            at: 0,
+        });
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let detail = &reasons(&r, false, today, 30)[0].detail;
+        assert!(detail.contains("create (-712): too short"), "{detail}");
+        r.phase = BridgePhase::Synced;
+        r.dcv_status = Some("NOT_VALIDATED".into());
+        assert_eq!(names(&r, false), ["dcv_not_validated"]);
+        r.dcv_status = Some("VALIDATED".into());
+        r.dcv_expires = Some("2026-12-01".into());
+        assert_eq!(names(&r, false), ["dcv_expiring"]);
+        r.dcv_expires = Some("2027-06-01".into());
+        assert!(names(&r, false).is_empty());
+    }
+}

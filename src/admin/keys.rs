@@ -1,0 +1,89 @@
+//! `GET /api/keys` (every key: id, e-mail, times, domain count) and
+//! `POST /api/keys/{prefix}/revoke` (revoke the one key whose id starts with `prefix`).
+//!
+//! A revocation is committed before the answer, and the line protocol reads the key on every
+//! request, so the key's next request gets `status error 403 api key revoked`.
+
+use super::views::{KeyList, KeyView, Revoked};
+use super::{AdminState, ApiError};
+use crate::service::rfc3339;
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The shortest prefix accepted: a typo of one or two digits should not find a key.
+pub const MIN_PREFIX: usize = 4;
+
+/// `GET /api/keys`.
+pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<KeyList>, ApiError> {
+    let store = state.store.clone();
+    let keys = tokio::task::spawn_blocking(move || store.keys())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let keys: Vec<KeyView> = keys
+        .into_iter()
+        .map(|(hash, r)| KeyView {
+            id: hash.id(),
+            email: r.email,
+            created: rfc3339(r.created_at),
+            creator_ip: r.creator_ip.to_string(),
+            claimed: r.claimed_at.map(rfc3339),
+            confirmed: r.confirmed_at.map(rfc3339),
+            revoked: r.revoked_at.map(rfc3339),
+            domains: r.domain_count,
+        })
+        .collect();
+    Ok(Json(KeyList {
+        count: keys.len(),
+        keys,
+    }))
+}
+
+/// `POST /api/keys/{prefix}/revoke`: 400 for a malformed prefix, 404 when no key matches,
+/// 409 when several do.
+pub async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(prefix): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < MIN_PREFIX
+        || prefix.len() > 64
+        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "give {MIN_PREFIX} to 64 hex digits of the key id (`certline keys` lists them)"
+            ),
+        ));
+    }
+    let mut matches = state.store.keys_with_id_prefix(&prefix)?;
+    let (hash, record) = match matches.len() {
+        0 => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no key id starts with {prefix}; `certline keys` lists them"),
+            ));
+        }
+        1 => matches.remove(0),
+        n => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{n} key ids start with {prefix}; give more digits"),
+            ));
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let already = record.revoked_at;
+    state.store.revoke_key(&hash, peer.ip(), now)?;
+    state.store.commit().await?;
+    tracing::info!(key = %hash.id(), operator = %peer.ip(), "key revoked through the admin API");
+    Ok(Json(Revoked {
+        id: hash.id(),
+        revoked: rfc3339(already.unwrap_or(now)),
+        already: already.is_some(),
+    }))
+}

@@ -1,0 +1,238 @@
+//! The operator's face: an HTTP listener (axum) beside the line protocol, off unless the
+//! configuration has an `[admin]` section.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | the process answers |
+//! | `GET /readyz` | none | the store takes a write + commit, the bridge is not paused |
+//! | `GET /metrics` | bearer | Prometheus text format ([`metrics`]) |
+//! | `GET /api/domains?state=&suffix=&needs_action=true` | bearer | the inventory ([`inventory`]) |
+//! | `POST /api/domains` | bearer | register domains under a key (bulk import, [`import`]) |
+//! | `POST /api/domains/{domain}/requeue` | bearer | bridge record back to `queued`, due now |
+//! | `GET /api/keys` | bearer | the keys ([`keys`]) |
+//! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
+//! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
+//!
+//! Health is open so probes need no secret; the claim links carry their own credential.
+//! Everything else needs `Authorization: Bearer <token>` with the token from
+//! `admin.token_env`/`admin.token_file`, compared in constant time.
+
+pub mod config;
+mod confirm;
+mod health;
+mod import;
+mod inventory;
+mod keys;
+pub mod metrics;
+mod requeue;
+pub mod views;
+
+pub use config::AdminConfig;
+
+use crate::bridge::{BridgeHandle, Secret};
+use crate::store::Store;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What every admin handler shares.
+pub struct AdminState {
+    pub store: Arc<Store>,
+    /// Present when the Sectigo bridge is configured.
+    pub bridge: Option<Arc<BridgeHandle>>,
+    /// SHA-256 of the bearer token: comparing digests takes the same time for every guess.
+    token_digest: [u8; 32],
+    pub metrics: PrometheusHandle,
+    /// DCV expiring within this many days needs action (the bridge's own window).
+    pub dcv_window_days: i64,
+    pub shutdown: CancellationToken,
+}
+
+impl AdminState {
+    /// The shared state; `token` is the bearer token every protected route requires.
+    pub fn new(
+        store: Arc<Store>,
+        bridge: Option<Arc<BridgeHandle>>,
+        token: &Secret,
+        metrics: PrometheusHandle,
+        dcv_window_days: u32,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            bridge,
+            token_digest: Sha256::digest(token.expose().as_bytes()).into(),
+            metrics,
+            dcv_window_days: i64::from(dcv_window_days),
+            shutdown,
+        }
+    }
+
+    fn bridge_paused(&self) -> bool {
+        self.bridge.as_ref().is_some_and(|b| b.is_paused())
+    }
+}
+
+/// A bound admin listener.
+pub struct AdminServer {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+impl AdminServer {
+    /// Binds `addr`.
+    pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let handle = self.state.metrics.clone();
+        let upkeep_stop = shutdown.clone();
+        // Histograms accumulate until drained; drain them even when nobody scrapes.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    _ = upkeep_stop.cancelled() => return,
+                }
+            }
+        });
+        tracing::info!(addr = %self.local_addr(), "admin API listening");
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
+    }
+}
+
+/// The routes (see the module docs).
+pub fn router(state: Arc<AdminState>) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/link/confirm/{token}",
+            get(confirm::confirm_page).post(confirm::confirm),
+        )
+        .route(
+            "/link/revoke/{token}",
+            get(confirm::revoke_page).post(confirm::revoke),
+        );
+    let protected = Router::new()
+        .route("/metrics", get(metrics::render))
+        .route("/api/domains", get(inventory::list).post(import::import))
+        .route("/api/domains/{domain}/requeue", post(requeue::requeue))
+        .route("/api/keys", get(keys::list))
+        .route("/api/keys/{prefix}/revoke", post(keys::revoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    open.merge(protected)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route; see README.md, \"Operating certline\", for the admin API",
+            )
+        })
+        .with_state(state)
+}
+
+/// Lets a request through only with the right bearer token.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let ok = presented.is_some_and(|t| {
+        let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        digest
+            .iter()
+            .zip(state.token_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    if ok {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from admin.token_env or admin.token_file (the CLI reads CERTLINE_ADMIN_TOKEN)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// An error answer: a status and a JSON body saying what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A store failure: logged in full, answered in short.
+    fn storage(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "admin API: storage failure");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage failure (see the server log); retry later",
+        )
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::storage(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = views::ApiErrorBody {
+            error: self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
