@@ -1,0 +1,753 @@
+//! Load generator for certline's side-by-side benchmark against Redis.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- --target certline|redis --addr 127.0.0.1:P \
+//!     --connections N --requests M [--mode persistent|connect-per-request] [--warmup K] [--json]
+//! cargo bench --bench loadgen -- --target certline|redis --addr 127.0.0.1:P --idle N
+//! cargo bench --bench loadgen -- --report results.jsonl [--report-json summary.json]
+//! ```
+//!
+//! Load: N connections, each with exactly one request in flight; M requests in total, split
+//! across the connections; the first K (also split) are a warm-up and are left out of the
+//! figures. All connections finish their warm-up, then start the measured part together.
+//!
+//! - certline: every connection first gets its own API key with `command apikey` (or all use
+//!   `--apikey K`), then sends `command add domain d<unique>.bench.example apikey K\n` and reads
+//!   until the reply's `status` line. A non-200 reply is an error, counted by code.
+//! - redis: `SADD domains:<key> d<unique>.bench.example`, expecting an integer reply.
+//! - `--mode connect-per-request` opens a new TCP connection for every request and closes it
+//!   after the reply, like the bash `/dev/tcp` clients do. The latency includes the connect.
+//! - `--idle N` opens N connections, sends one `ping` on each (so the server has really taken
+//!   them on), prints `ready N idle connections` and holds them until killed (or `--hold-secs`).
+//! - `--report FILE` reads the JSON lines written by `benches/side-by-side.sh` and prints the
+//!   medians and certline/Redis ratios as markdown tables.
+//!
+//! Latencies are kept in microseconds in an HDR histogram (3 significant digits).
+
+#[path = "loadgen/proto.rs"]
+mod proto;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use proto::{CertlineReply, Resp};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Barrier, Semaphore};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Certline,
+    Redis,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Certline => "certline",
+            Target::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Each connection is opened once and carries all of its requests.
+    Persistent,
+    /// A new TCP connection for every request (the bash `/dev/tcp` pattern).
+    ConnectPerRequest,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Persistent => "persistent",
+            Mode::ConnectPerRequest => "connect-per-request",
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "certline / Redis load generator (see BENCHMARKS.md)")]
+struct Args {
+    /// Which protocol to speak.
+    #[arg(long, value_enum, required_unless_present = "report")]
+    target: Option<Target>,
+    /// Server address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:10023")]
+    addr: String,
+    /// Concurrent connections, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Measured requests in total, split across the connections.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Warm-up requests in total (split across the connections), not counted.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    #[arg(long, value_enum, default_value = "persistent")]
+    mode: Mode,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Open this many idle connections, print `ready`, and hold them.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// With --idle: release the connections and exit after this many seconds.
+    #[arg(long)]
+    hold_secs: Option<u64>,
+    /// certline: use this API key on every connection instead of one `command apikey` each.
+    #[arg(long)]
+    apikey: Option<String>,
+    /// Prefix that makes domain names (and Redis keys) unique to this run; random by default.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// A request without a complete reply after this long counts as an error.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+    /// `key=value` copied into the JSON output (used by side-by-side.sh to label runs).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Summarise a JSON-lines results file as markdown instead of generating load.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// With --report: also write the summary as JSON to this file.
+    #[arg(long, requires = "report")]
+    report_json: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if let Some(path) = &args.report {
+        return report(path, args.report_json.as_deref());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if let Some(n) = args.idle {
+            idle(&args, n).await
+        } else {
+            load(&args).await
+        }
+    })
+}
+
+/// Everything a worker needs to build and check requests.
+struct Ctx {
+    target: Target,
+    mode: Mode,
+    addr: String,
+    run_id: String,
+    apikey: Option<String>,
+    timeout: Duration,
+}
+
+/// One open connection with its read buffer.
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+/// What came back for one request.
+enum Outcome {
+    Ok,
+    /// A well-formed reply that is not a success: its label, e.g. `certline 429`.
+    Refused(String),
+}
+
+impl Conn {
+    async fn connect(addr: &str) -> Result<Conn, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(4096),
+        })
+    }
+
+    async fn fill(&mut self) -> Result<(), BoxError> {
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err("server closed the connection".into());
+        }
+        Ok(())
+    }
+
+    /// Sends `request` and reads until `parse` finds one complete reply.
+    async fn exchange<T>(
+        &mut self,
+        request: &[u8],
+        parse: fn(&[u8]) -> proto::Parsed<T>,
+    ) -> Result<T, BoxError> {
+        self.stream.write_all(request).await?;
+        loop {
+            if let Some((reply, used)) = parse(&self.rbuf)? {
+                let _ = self.rbuf.split_to(used);
+                return Ok(reply);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn certline(&mut self, request: &[u8]) -> Result<CertlineReply, BoxError> {
+        self.exchange(request, proto::parse_certline_reply).await
+    }
+
+    async fn redis(&mut self, request: &[u8]) -> Result<Resp, BoxError> {
+        self.exchange(request, proto::parse_resp).await
+    }
+
+    /// Sends a ping in the target's protocol and checks the answer.
+    async fn ping(&mut self, target: Target) -> Result<(), BoxError> {
+        match target {
+            Target::Certline => {
+                let reply = self.certline(b"command ping\n").await?;
+                if !reply.is_ok() {
+                    return Err(format!("ping: {} {}", reply.code, reply.text).into());
+                }
+            }
+            Target::Redis => match self.redis(b"*1\r\n$4\r\nPING\r\n").await? {
+                Resp::Simple(s) if s == "PONG" => {}
+                other => return Err(format!("PING: unexpected {other:?}").into()),
+            },
+        }
+        Ok(())
+    }
+
+    /// Asks certline for a fresh API key.
+    async fn new_apikey(&mut self) -> Result<String, BoxError> {
+        let reply = self.certline(b"command apikey\n").await?;
+        match reply.data {
+            Some(key) if reply.is_ok() => Ok(key),
+            _ => Err(format!(
+                "command apikey: {} {} (raise rate_limit.apikey_burst or pass --apikey)",
+                reply.code, reply.text
+            )
+            .into()),
+        }
+    }
+}
+
+impl Ctx {
+    /// The request bytes for the `seq`-th domain of worker `worker`, whose key is `key`.
+    fn request(&self, worker: usize, seq: u64, key: &str, out: &mut Vec<u8>) {
+        out.clear();
+        let domain = format!("d{}-{worker}-{seq}.bench.example", self.run_id);
+        match self.target {
+            Target::Certline => {
+                out.extend_from_slice(
+                    format!("command add domain {domain} apikey {key}\n").as_bytes(),
+                );
+            }
+            Target::Redis => {
+                let set = format!("domains:{key}");
+                proto::encode_resp_command(out, &[b"SADD", set.as_bytes(), domain.as_bytes()]);
+            }
+        }
+    }
+
+    /// The key a worker writes under: its own API key from certline, or a Redis set name.
+    async fn worker_key(&self, worker: usize, conn: Option<&mut Conn>) -> Result<String, BoxError> {
+        if let Some(key) = &self.apikey {
+            return Ok(key.clone());
+        }
+        match self.target {
+            Target::Redis => Ok(format!("{}-{worker}", self.run_id)),
+            Target::Certline => match conn {
+                Some(conn) => conn.new_apikey().await,
+                None => Conn::connect(&self.addr).await?.new_apikey().await,
+            },
+        }
+    }
+
+    /// Sends one request and reads its reply, on `conn` or on a connection of its own.
+    async fn one(&self, conn: &mut Option<Conn>, request: &[u8]) -> Result<Outcome, BoxError> {
+        let work = async {
+            if conn.is_none() {
+                *conn = Some(Conn::connect(&self.addr).await?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            let outcome = match self.target {
+                Target::Certline => {
+                    let reply = c.certline(request).await?;
+                    if reply.is_ok() {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Refused(format!("certline {} {}", reply.code, reply.text))
+                    }
+                }
+                Target::Redis => match c.redis(request).await? {
+                    Resp::Integer(0 | 1) => Outcome::Ok,
+                    Resp::Error(e) => Outcome::Refused(format!("redis {e}")),
+                    other => Outcome::Refused(format!("redis unexpected {other:?}")),
+                },
+            };
+            Ok::<_, BoxError>(outcome)
+        };
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".into()),
+        };
+        if result.is_err() || self.mode == Mode::ConnectPerRequest {
+            // A broken connection is replaced on the next request; in connect-per-request
+            // mode every connection is closed after its reply, as the bash clients do.
+            *conn = None;
+        }
+        result
+    }
+}
+
+/// What one worker measured.
+struct WorkerStats {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    warmup_errors: u64,
+    finished: Instant,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 10 min at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Splits `total` into `parts` shares that differ by at most one.
+fn share(total: u64, parts: usize, index: usize) -> u64 {
+    let parts = parts as u64;
+    total / parts + u64::from((index as u64) < total % parts)
+}
+
+async fn worker(
+    ctx: Arc<Ctx>,
+    index: usize,
+    warmup: u64,
+    measured: u64,
+    barrier: Arc<Barrier>,
+) -> Result<WorkerStats, BoxError> {
+    let mut seq = 0u64;
+    let mut buf = Vec::with_capacity(256);
+    let setup = async {
+        let mut conn = None;
+        if ctx.mode == Mode::Persistent {
+            conn = Some(Conn::connect(&ctx.addr).await?);
+        }
+        let key = ctx.worker_key(index, conn.as_mut()).await?;
+        let mut warmup_errors = 0;
+        for _ in 0..warmup {
+            ctx.request(index, seq, &key, &mut buf);
+            seq += 1;
+            if !matches!(ctx.one(&mut conn, &buf).await, Ok(Outcome::Ok)) {
+                warmup_errors += 1;
+            }
+        }
+        Ok::<_, BoxError>((conn, key, warmup_errors))
+    }
+    .await;
+    // Wait even after a failed set-up, so that the other workers are not left hanging.
+    barrier.wait().await;
+    let (mut conn, key, warmup_errors) = setup?;
+
+    let mut stats = WorkerStats {
+        hist: new_histogram(),
+        ok: 0,
+        errors: BTreeMap::new(),
+        warmup_errors,
+        finished: Instant::now(),
+    };
+    for _ in 0..measured {
+        ctx.request(index, seq, &key, &mut buf);
+        seq += 1;
+        let start = Instant::now();
+        match ctx.one(&mut conn, &buf).await {
+            Ok(Outcome::Ok) => {
+                let us = start.elapsed().as_micros().max(1) as u64;
+                stats.hist.saturating_record(us);
+                stats.ok += 1;
+            }
+            Ok(Outcome::Refused(label)) => *stats.errors.entry(label).or_default() += 1,
+            Err(e) => *stats.errors.entry(format!("io: {e}")).or_default() += 1,
+        }
+    }
+    stats.finished = Instant::now();
+    Ok(stats)
+}
+
+fn random_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    )
+}
+
+fn tags_json(tags: &[String]) -> Result<serde_json::Map<String, Value>, BoxError> {
+    let mut map = serde_json::Map::new();
+    for tag in tags {
+        let (k, v) = tag
+            .split_once('=')
+            .ok_or_else(|| format!("--tag {tag:?}: expected key=value"))?;
+        map.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(map)
+}
+
+async fn load(args: &Args) -> Result<(), BoxError> {
+    let target = args.target.ok_or("--target is required")?;
+    if args.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    let ctx = Arc::new(Ctx {
+        target,
+        mode: args.mode,
+        addr: args.addr.clone(),
+        run_id: args.run_id.clone().unwrap_or_else(random_run_id),
+        apikey: args.apikey.clone(),
+        timeout: Duration::from_secs(args.timeout_secs),
+    });
+    let barrier = Arc::new(Barrier::new(args.connections + 1));
+    let mut tasks = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        tasks.push(tokio::spawn(worker(
+            ctx.clone(),
+            i,
+            share(args.warmup, args.connections, i),
+            share(args.requests, args.connections, i),
+            barrier.clone(),
+        )));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+
+    let mut hist = new_histogram();
+    let mut ok = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut warmup_errors = 0;
+    let mut end = start;
+    let mut failed = Vec::new();
+    for task in tasks {
+        match task.await? {
+            Ok(s) => {
+                hist.add(&s.hist)?;
+                ok += s.ok;
+                warmup_errors += s.warmup_errors;
+                for (k, v) in s.errors {
+                    *errors.entry(k).or_default() += v;
+                }
+                end = end.max(s.finished);
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if let Some(first) = failed.first() {
+        return Err(format!(
+            "{} of {} connections failed: {first}",
+            failed.len(),
+            args.connections
+        )
+        .into());
+    }
+    let elapsed = (end - start).as_secs_f64();
+    let error_count: u64 = errors.values().sum();
+    let rps = if elapsed > 0.0 {
+        ok as f64 / elapsed
+    } else {
+        0.0
+    };
+    let q = |p: f64| hist.value_at_quantile(p);
+    let result = json!({
+        "kind": "throughput",
+        "target": target.name(),
+        "mode": args.mode.name(),
+        "addr": args.addr,
+        "connections": args.connections,
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "warmup_errors": warmup_errors,
+        "ok": ok,
+        "errors": error_count,
+        "error_kinds": errors,
+        "elapsed_s": elapsed,
+        "throughput_rps": rps,
+        "latency_us": {
+            "mean": hist.mean(),
+            "p50": q(0.50),
+            "p90": q(0.90),
+            "p99": q(0.99),
+            "p999": q(0.999),
+            "max": hist.max(),
+        },
+        "tags": tags_json(&args.tags)?,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{} {} | {} connections | {} requests (+{} warm-up) | {} ok, {} errors in {:.3} s",
+            target.name(),
+            args.mode.name(),
+            args.connections,
+            args.requests,
+            args.warmup,
+            ok,
+            error_count,
+            elapsed
+        );
+        println!("throughput: {rps:.0} req/s");
+        println!(
+            "latency µs: p50 {} | p90 {} | p99 {} | p99.9 {} | max {} | mean {:.1}",
+            q(0.50),
+            q(0.90),
+            q(0.99),
+            q(0.999),
+            hist.max(),
+            hist.mean()
+        );
+        for (label, n) in &errors {
+            println!("error: {n} × {label}");
+        }
+        if warmup_errors > 0 {
+            println!("warm-up errors (not counted above): {warmup_errors}");
+        }
+    }
+    Ok(())
+}
+
+/// Opens `n` connections, pings on each, reports `ready` and holds them.
+async fn idle(args: &Args, n: usize) -> Result<(), BoxError> {
+    let target = args.target.ok_or("--target is required")?;
+    let started = Instant::now();
+    // Open connections a few hundred at a time, so the listen backlog is not overrun.
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let gate = gate.clone();
+        let addr = args.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut conn = Conn::connect(&addr).await?;
+            conn.ping(target).await?;
+            Ok::<_, BoxError>(conn)
+        }));
+    }
+    let mut held = Vec::with_capacity(n);
+    for task in tasks {
+        held.push(task.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({"kind": "idle", "target": target.name(), "ready": held.len(), "open_s": secs})
+        );
+    } else {
+        println!(
+            "ready {} idle connections ({secs:.2} s to open)",
+            held.len()
+        );
+    }
+    std::io::stdout().flush()?;
+    match args.hold_secs {
+        Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+        None => std::future::pending::<()>().await,
+    }
+    drop(held);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// --report: medians and ratios from the JSON lines written by side-by-side.sh.
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn tag<'a>(v: &'a Value, key: &str) -> &'a str {
+    v["tags"][key].as_str().unwrap_or("")
+}
+
+fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<(), BoxError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        rows.push(v);
+    }
+    let mut summary = serde_json::Map::new();
+
+    // Throughput and latency: one line per (pairing, connection mode, connections).
+    // Sorted strict before relaxed, persistent before connect-per-request, then by connections.
+    let mut groups: BTreeMap<(u8, String, bool, String, u64), Vec<&Value>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r["kind"] == "throughput") {
+        let pair = tag(r, "pair");
+        let mode = r["mode"].as_str().unwrap_or("");
+        let key = (
+            u8::from(pair != "strict"),
+            pair.to_string(),
+            mode != "persistent",
+            mode.to_string(),
+            r["connections"].as_u64().unwrap_or(0),
+        );
+        groups.entry(key).or_default().push(r);
+    }
+    println!(
+        "| pairing | connections | certline req/s | Redis req/s | **certline/Redis** | \
+         certline p50 / p99 µs | Redis p50 / p99 µs | p99 ratio | runs | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut tp = Vec::new();
+    for ((_, pair, _, mode, conns), runs) in &groups {
+        let pick = |target: &str, f: &dyn Fn(&Value) -> Option<f64>| {
+            median(
+                runs.iter()
+                    .filter(|r| r["target"] == target)
+                    .filter_map(|r| f(r))
+                    .collect(),
+            )
+        };
+        let rps = |r: &Value| r["throughput_rps"].as_f64();
+        let p50 = |r: &Value| r["latency_us"]["p50"].as_f64();
+        let p99 = |r: &Value| r["latency_us"]["p99"].as_f64();
+        let (c_rps, r_rps) = (pick("certline", &rps), pick("redis", &rps));
+        let (c50, r50) = (pick("certline", &p50), pick("redis", &p50));
+        let (c99, r99) = (pick("certline", &p99), pick("redis", &p99));
+        let errors: u64 = runs.iter().filter_map(|r| r["errors"].as_u64()).sum();
+        let n_c = runs.iter().filter(|r| r["target"] == "certline").count();
+        let n_r = runs.len() - n_c;
+        let label = if mode == "persistent" {
+            pair.clone()
+        } else {
+            format!("{pair}, {mode}")
+        };
+        println!(
+            "| {label} | {conns} | {} | {} | **{}×** | {} / {} | {} / {} | {}× | {n_c}+{n_r} | {errors} |",
+            fmt_num(c_rps),
+            fmt_num(r_rps),
+            fmt_num(ratio(c_rps, r_rps)),
+            fmt_num(c50),
+            fmt_num(c99),
+            fmt_num(r50),
+            fmt_num(r99),
+            fmt_num(ratio(c99, r99)),
+        );
+        tp.push(json!({
+            "pair": pair, "mode": mode, "connections": conns,
+            "certline_rps": c_rps, "redis_rps": r_rps, "rps_ratio": ratio(c_rps, r_rps),
+            "certline_p50_us": c50, "certline_p99_us": c99,
+            "redis_p50_us": r50, "redis_p99_us": r99,
+            "certline_runs": n_c, "redis_runs": n_r, "errors": errors,
+        }));
+    }
+    summary.insert("throughput".into(), Value::Array(tp));
+
+    // Everything else: one figure per server, compared as certline/Redis.
+    // (kind, label, unit, how to get the figure from a row)
+    type Figure = fn(&Value) -> Option<f64>;
+    let others: [(&str, &str, &str, Figure); 5] = [
+        ("rss", "RSS per idle connection", "bytes", |r| {
+            let (base, loaded, n) = (
+                r["baseline_kb"].as_f64()?,
+                r["loaded_kb"].as_f64()?,
+                r["connections"].as_f64()?,
+            );
+            Some((loaded - base) * 1024.0 / n)
+        }),
+        ("disk", "disk per stored domain", "bytes", |r| {
+            Some(r["bytes"].as_f64()? / r["domains"].as_f64()?)
+        }),
+        ("startup", "start-up with domains stored", "ms", |r| {
+            r["ms"].as_f64()
+        }),
+        ("syncs", "sync calls per ack", "calls", |r| {
+            let calls = r["calls"].as_f64()? - r["baseline_calls"].as_f64().unwrap_or(0.0);
+            Some(calls / r["acks"].as_f64()?)
+        }),
+        ("load", "bulk load (relaxed / everysec)", "req/s", |r| {
+            r["throughput_rps"].as_f64()
+        }),
+    ];
+    println!();
+    println!("| measure | detail | certline | Redis | **certline/Redis** | runs |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut other_rows = Vec::new();
+    for (kind, label, unit, figure) in others {
+        let mut by_detail: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for r in rows.iter().filter(|r| r["kind"] == kind) {
+            by_detail
+                .entry(r["detail"].as_str().unwrap_or("").to_string())
+                .or_default()
+                .push(r);
+        }
+        for (detail, runs) in by_detail {
+            let pick = |server: &str| {
+                median(
+                    runs.iter()
+                        .filter(|r| r["server"] == server)
+                        .filter_map(|r| figure(r))
+                        .collect(),
+                )
+            };
+            let (c, r) = (pick("certline"), pick("redis"));
+            println!(
+                "| {label} ({unit}) | {detail} | {} | {} | **{}×** | {} |",
+                fmt_num(c),
+                fmt_num(r),
+                fmt_num(ratio(c, r)),
+                runs.len()
+            );
+            other_rows.push(json!({
+                "kind": kind, "measure": label, "unit": unit, "detail": detail,
+                "certline": c, "redis": r, "ratio": ratio(c, r),
+            }));
+        }
+    }
+    summary.insert("other".into(), Value::Array(other_rows));
+    summary.insert("raw".into(), Value::Array(rows.clone()));
+    if let Some(out) = json_out {
+        std::fs::write(out, serde_json::to_string_pretty(&Value::Object(summary))?)?;
+    }
+    Ok(())
+}
