@@ -30,31 +30,10 @@ async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
 fn sectigo_toml(sim: &ScmSim, dir: &Path, extra: &str) -> String {
     let pw = dir.join("sectigo-password");
     std::fs::write(&pw, scm_sim::PASSWORD).unwrap();
-    format!(
-        r#"
-[sectigo]
-base_url = "{api}"
-request_timeout_secs = 5
-connect_timeout_secs = 2
-max_requests_per_second = 2000.0
-allowed_suffixes = ["example.edu"]
-create_missing = false
-require_confirmed_key = false
-{extra}
-[sectigo.backoff]
-initial_secs = 1
-max_secs = 2
-[sectigo.auth]
-mode = "headers"
-login = "{login}"
-customer_uri = "{uri}"
-password_file = "{pw}"
-"#,
-        api = sim.api_url(),
-        login = scm_sim::LOGIN,
-        uri = scm_sim::CUSTOMER_URI,
-        pw = pw.display(),
-    )
+    let settings = format!(
+        "allowed_suffixes = [\"example.edu\"]\ncreate_missing = false\nrequire_confirmed_key = false\n{extra}"
+    );
+    support::bridge_setup::sectigo_section(sim, &pw, &settings)
 }
 
 async fn add(addr: std::net::SocketAddr, key: &str, domain: &str) {

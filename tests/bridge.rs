@@ -6,26 +6,16 @@ mod support;
 use certline::Config;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::client::{call, new_key};
+use support::bridge_setup::{register, sectigo_section};
+use support::client::call;
 use support::scm_sim::{self, ScmSim};
 use support::server::{Binary, InProcess, test_config};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A config file body pointing at the simulator, with fast timers for tests.
 fn sectigo_toml(sim: &ScmSim, password_file: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[rate_limit]
-apikey_per_minute = 100000
-apikey_burst = 100000
-
-[sectigo]
-base_url = "{api}"
-request_timeout_secs = 5
-connect_timeout_secs = 2
-max_concurrency = 8
-max_requests_per_second = 2000.0
+    let rate_limits = "[rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n";
+    let settings = format!(
+        r#"max_concurrency = 8
 unauthorized_retry_secs = 1
 allowed_suffixes = ["example.edu", "b"]
 create_missing = true
@@ -33,22 +23,11 @@ org_id = 2622
 ct_monitoring = true
 ct_bucket_id = "6d505c9c-b66b-44f9-8ba4-3aaf4d69aed6"
 require_confirmed_key = false
-{extra}
-
-[sectigo.backoff]
-initial_secs = 1
-max_secs = 2
-
-[sectigo.auth]
-mode = "headers"
-login = "{login}"
-customer_uri = "{uri}"
-password_file = "{pw}"
-"#,
-        api = sim.api_url(),
-        login = scm_sim::LOGIN,
-        uri = scm_sim::CUSTOMER_URI,
-        pw = password_file.display(),
+{extra}"#
+    );
+    format!(
+        "{rate_limits}{}",
+        sectigo_section(sim, password_file, &settings)
     )
 }
 
@@ -77,24 +56,6 @@ fn in_process_config(s: &Setup) -> Config {
     config.listen = base.listen;
     config.data_dir = base.data_dir;
     config
-}
-
-/// Registers `domains` under one key over a single pipelined connection.
-async fn register(addr: std::net::SocketAddr, domains: &[String]) -> String {
-    let key = new_key(addr).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut lines = String::new();
-    for d in domains {
-        lines.push_str(&format!("command add apikey {key} domain {d}\n"));
-    }
-    stream.write_all(lines.as_bytes()).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut all = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut all)
-        .await
-        .unwrap();
-    assert_eq!(all.matches("status ok 200").count(), domains.len(), "{all}");
-    key
 }
 
 /// The `sectigo=` field of a domain's status line, and the whole data line.

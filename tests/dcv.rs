@@ -7,11 +7,10 @@ use certline::Config;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::client::{call, new_key};
+use support::bridge_setup::{register, sectigo_section};
+use support::client::call;
 use support::scm_sim::{self, ScmSim};
 use support::server::{InProcess, test_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -53,16 +52,8 @@ fn config(sim: &ScmSim, env: &Env, method: &str, hook: Option<&Path>) -> Config 
     let hook_line = hook
         .map(|h| format!("dcv_hook = \"{}\"", h.display()))
         .unwrap_or_default();
-    let text = format!(
-        r#"
-[rate_limit]
-apikey_per_minute = 100000
-apikey_burst = 100000
-[sectigo]
-base_url = "{api}"
-request_timeout_secs = 5
-max_concurrency = 8
-max_requests_per_second = 5000.0
+    let settings = format!(
+        r#"max_concurrency = 8
 allowed_suffixes = ["example.edu"]
 create_missing = true
 org_id = 7
@@ -71,20 +62,11 @@ dcv_method = "{method}"
 {hook_line}
 dcv_hook_timeout_secs = 1
 dcv_max_poll_secs = 1
-dcv_expiry_window_days = 30
-[sectigo.backoff]
-initial_secs = 1
-max_secs = 2
-[sectigo.auth]
-mode = "headers"
-login = "{login}"
-customer_uri = "{uri}"
-password_file = "{pw}"
-"#,
-        api = sim.api_url(),
-        login = scm_sim::LOGIN,
-        uri = scm_sim::CUSTOMER_URI,
-        pw = pw.display(),
+dcv_expiry_window_days = 30"#
+    );
+    let text = format!(
+        "[rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n{}",
+        sectigo_section(sim, &pw, &settings)
     );
     let mut config = Config::from_toml(&text).unwrap();
     let base = test_config(&env.dir.path().join("data"));
@@ -103,21 +85,6 @@ async fn setup_sim() -> (ScmSim, Env) {
     std::fs::create_dir(&zone).unwrap();
     sim.set_zone_dir(&zone);
     (sim, Env { dir, zone })
-}
-
-async fn register(addr: std::net::SocketAddr, domains: &[String]) -> String {
-    let key = new_key(addr).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut lines = String::new();
-    for d in domains {
-        lines.push_str(&format!("command add apikey {key} domain {d}\n"));
-    }
-    stream.write_all(lines.as_bytes()).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut all = String::new();
-    stream.read_to_string(&mut all).await.unwrap();
-    assert_eq!(all.matches("status ok 200").count(), domains.len());
-    key
 }
 
 async fn status(addr: std::net::SocketAddr, key: &str, domain: &str) -> String {

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
 pub mod admin;
+pub mod bridge_setup;
 pub mod client;
 pub mod scm_sim;
 pub mod server;
