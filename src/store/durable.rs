@@ -258,7 +258,7 @@ impl GroupCommit {
     /// Applies a batch to sled (atomically) and queues its log record, in one order for both.
     pub(super) fn apply(&self, batch: &WriteBatch) -> Result<(), sled::Error> {
         let mut pending = lock(&self.log.pending);
-        self.log.db.apply_batch(batch.to_sled())?;
+        batch.apply_to(&self.log.db)?;
         batch.encode_into(&mut pending);
         Ok(())
     }
@@ -297,7 +297,8 @@ impl GroupCommit {
             while log.checkpointing.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            log.checkpoint(true)
+            log.checkpoint(true)?;
+            wal::mark_clean(&log.dir).map_err(FlushError::from_display)
         })
         .await
     }
