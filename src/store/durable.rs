@@ -50,6 +50,9 @@ impl FlushError {
 
 type Waiter = oneshot::Sender<Result<(), FlushError>>;
 
+/// How often the flusher yields to other tasks before closing a round (see `run_flusher`).
+const GATHER_YIELDS: usize = 2;
+
 /// Counters a benchmark or an operator can read.
 #[derive(Debug, Default)]
 pub struct FlushStats {
@@ -351,6 +354,14 @@ async fn run_flusher(
             },
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if !batch.is_empty() {
+            // Let connection tasks that are ready run first, so that their writes join this
+            // round instead of each starting a round of its own (with one writer, the yields
+            // return at once).
+            for _ in 0..GATHER_YIELDS {
+                tokio::task::yield_now().await;
+            }
         }
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
