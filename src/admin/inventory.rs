@@ -7,7 +7,7 @@
 
 use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
 use super::{AdminState, ApiError};
-use crate::service::rfc3339;
+use crate::store::rfc3339;
 use crate::store::{BridgePhase, BridgeRecord, InventoryRow};
 use axum::Json;
 use axum::extract::{Query, State};

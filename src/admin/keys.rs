@@ -6,7 +6,7 @@
 
 use super::views::{KeyList, KeyView, Revoked};
 use super::{AdminState, ApiError};
-use crate::service::rfc3339;
+use crate::store::rfc3339;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;

@@ -19,13 +19,13 @@
 //! password_env = "SECTIGO_PASSWORD"
 //! ```
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
+pub use super::secret::Secret;
 use super::sectigo::{ClientOptions, Credentials, DcvApiVersion};
 
 /// Sectigo's OAuth2 token endpoint for API keys (client credentials), per Sectigo's DevX docs.
@@ -45,37 +45,6 @@ pub const KNOWN_REQUEST_PRIVILEGES: &[&str] = &[
     "WILDCARD_1ST_LEVEL",
     "WILDCARD_2ND_LEVEL",
 ];
-
-/// A secret value (password, client secret, bearer token).
-///
-/// `Debug` and `Display` print `***` so a secret cannot reach a log line or an error message by
-/// accident; the only way to the value is [`Secret::expose`], which is easy to grep for.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value that must not be printed.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// The `[sectigo]` section.
 #[derive(Debug, Clone, Deserialize)]

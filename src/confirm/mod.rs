@@ -151,7 +151,7 @@ fn message_body(
     confirm: &Url,
     revoke: &Url,
 ) -> String {
-    let expires = crate::service::rfc3339(expires_at);
+    let expires = crate::store::rfc3339(expires_at);
     let mut b = String::new();
     let _ = writeln!(b, "Hello,\n");
     let _ = writeln!(b, "a host at {ip} claimed the certline API key {key_id}");

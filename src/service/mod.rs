@@ -12,8 +12,6 @@ pub mod rate_limit;
 mod remove;
 mod status;
 
-pub(crate) use status::rfc3339;
-
 use crate::apikey::{ApiKey, KeyHash};
 use crate::bridge::BridgeHandle;
 use crate::confirm::Confirmations;

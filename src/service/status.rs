@@ -3,8 +3,7 @@
 
 use super::{Service, ServiceError, parse_domain};
 use crate::protocol::Reply;
-use crate::store::{BridgePhase, BridgeRecord};
-use chrono::{DateTime, SecondsFormat};
+use crate::store::{BridgePhase, BridgeRecord, rfc3339};
 use std::fmt::Write;
 
 /// The longest Sectigo error text shown; the reply must stay under 1000 bytes.
@@ -124,11 +123,4 @@ fn token(s: &str) -> String {
         .take(64)
         .map(|c| if c.is_ascii_graphic() { c } else { '_' })
         .collect()
-}
-
-/// `2026-11-23T10:00:00Z`.
-pub(crate) fn rfc3339(t: i64) -> String {
-    DateTime::from_timestamp(t, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }

@@ -10,6 +10,14 @@ use std::net::IpAddr;
 /// Seconds since the Unix epoch, UTC.
 pub type UnixTime = i64;
 
+/// A stored time as people and scripts read it: `2026-11-23T10:00:00Z` (RFC 3339, UTC,
+/// seconds).
+pub fn rfc3339(t: UnixTime) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// What the store knows about one API key (keyed by its hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
