@@ -196,6 +196,7 @@ mod tests {
             "[2001:db8::1",
             "[zz]",
             "www.example.org/path",
+            "xn--0.example.org",
             "a b.org",
             &format!("{}.org", "a".repeat(64)),
             &format!("{}.org", "a.".repeat(126)),

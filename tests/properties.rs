@@ -278,6 +278,10 @@ proptest! {
     fn plain_host_names_are_accepted_and_lower_cased(
         labels in proptest::collection::vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", 1..5)
     ) {
+        // A label starting `xn--` claims to be punycode, and most such strings are not valid
+        // punycode: refusing them is right, so they are outside this property (the
+        // idempotence property above covers them).
+        prop_assume!(labels.iter().all(|l| !l.to_ascii_lowercase().starts_with("xn--")));
         let name = labels.join(".");
         let domain = normalize(&name).map_err(|_| TestCaseError::fail(format!("{name:?} refused")))?;
         prop_assert_eq!(domain.to_string(), name.to_ascii_lowercase());
