@@ -359,26 +359,10 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, scm_sim::PASSWORD).unwrap();
-    let sectigo = format!(
-        r#"
-[sectigo]
-base_url = "{api}"
-request_timeout_secs = 5
-max_requests_per_second = 2000.0
-allowed_suffixes = ["example.edu"]
-create_missing = true
-org_id = 2622
-require_confirmed_key = true
-[sectigo.auth]
-mode = "headers"
-login = "{login}"
-customer_uri = "{uri}"
-password_file = "{pw}"
-"#,
-        api = sim.api_url(),
-        login = scm_sim::LOGIN,
-        uri = scm_sim::CUSTOMER_URI,
-        pw = pw.display(),
+    let sectigo = support::bridge_setup::sectigo_section(
+        &sim,
+        &pw,
+        "allowed_suffixes = [\"example.edu\"]\ncreate_missing = true\norg_id = 2622\nrequire_confirmed_key = true",
     );
     let (server, admin) = start(dir.path(), &format!("{sectigo}{}", smtp_toml(&sink))).await;
     let reply = call(server.addr, "command apikey email ops@example.edu").await;

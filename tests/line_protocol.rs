@@ -429,20 +429,26 @@ async fn idle_connections_are_closed_after_the_timeout() {
     s.stop().await;
 }
 
+/// Opens `n` connections and keeps them; a round trip on each proves the server has accepted
+/// and counted it.
+async fn hold_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"command ping\n").await.unwrap();
+        assert_eq!(read_reply(&mut c).await, b"status ok 200 pong\n");
+        held.push(c);
+    }
+    held
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_others_are_served_once_a_slot_frees() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir.path().join("data"));
     config.limits.max_connections = 3;
     let s = InProcess::start_with(config).await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut c = TcpStream::connect(s.addr).await.unwrap();
-        // A round trip proves the server has accepted and counted this one.
-        c.write_all(b"command ping\n").await.unwrap();
-        assert_eq!(read_reply(&mut c).await, b"status ok 200 pong\n");
-        held.push(c);
-    }
+    let mut held = hold_connections(s.addr, 3).await;
     assert_eq!(
         request(s.addr, "command ping").await,
         "status error 503 too many connections\n"
@@ -466,13 +472,7 @@ async fn per_address_cap_limits_one_source_only() {
     let mut config = test_config(&dir.path().join("data"));
     config.limits.max_connections_per_ip = 2;
     let s = InProcess::start_with(config).await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"command ping\n").await.unwrap();
-        assert_eq!(read_reply(&mut c).await, b"status ok 200 pong\n");
-        held.push(c);
-    }
+    let _held = hold_connections(s.addr, 2).await;
     assert_eq!(
         request(s.addr, "command ping").await,
         "status error 503 too many connections\n"
