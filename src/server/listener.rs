@@ -102,6 +102,16 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &T
                         refuse(stream, peer, linger).await;
                         drop(permit);
                     });
+                } else {
+                    // Too many refusals lingering already: still say why, in the socket's
+                    // send buffer (a fresh socket always has room for one line), but do not
+                    // wait around for the client to read it.
+                    // (A plain non-blocking write: tokio's `try_write` reports WouldBlock until
+                    // the reactor has seen the socket writable, which a new socket has not.)
+                    let reply = Reply::error(ErrorCode::Unavailable, "too many connections");
+                    if let Ok(mut std_stream) = stream.into_std() {
+                        let _ = std::io::Write::write(&mut std_stream, &reply.to_bytes());
+                    }
                 }
             }
         }
