@@ -93,6 +93,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// At shutdown, how long open connections may take to finish their current request.
     pub shutdown_grace_ms: u64,
+    /// The listening socket's accept backlog (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
 }
 
 /// Per-source-address token buckets for the commands that create state out of nothing.
@@ -163,6 +165,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 1024,
             shutdown_grace_ms: 2000,
+            listen_backlog: 4096,
         }
     }
 }

@@ -580,3 +580,31 @@ async fn many_short_connections_one_request_each() {
     }
     s.stop().await;
 }
+
+/// 400 connections at once over a cap of 1: each gets the 503 line and a close. Before the
+/// listener had a deep accept backlog, some of them completed their handshake on the client
+/// side only and then waited 20 s for nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_over_the_cap_gets_the_503_line_on_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.limits.max_connections = 1;
+    let s = InProcess::start_with(config).await;
+    let _held = hold_connections(s.addr, 1).await;
+    let mut burst = Vec::new();
+    for _ in 0..400 {
+        burst.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(s.addr).await.unwrap();
+            let mut all = Vec::new();
+            let _ = tokio::time::timeout(PATIENCE, c.read_to_end(&mut all)).await;
+            all
+        }));
+    }
+    for b in burst {
+        assert_eq!(
+            String::from_utf8(b.await.unwrap()).unwrap(),
+            "status error 503 too many connections\n"
+        );
+    }
+    s.stop().await;
+}

@@ -70,13 +70,12 @@ impl Server {
                 checkpoint: Duration::from_millis(config.durability.checkpoint_ms),
             },
         )?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(config.listen, config.limits.listen_backlog).map_err(|source| {
+            StartError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
         let store = Arc::new(store);
         let worker = match &config.sectigo {
             Some(sectigo) => {
@@ -209,6 +208,21 @@ impl Server {
         );
         Ok(())
     }
+}
+
+/// Binds the line-protocol listener with an explicit accept backlog. A burst of connections
+/// (hosts booting together, a flood) beyond the backlog is not refused by the kernel: the
+/// client's handshake completes, the server side is dropped, and the client waits for a reply
+/// that never comes. A deep backlog lets the accept loop catch up and answer each one.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn prune_rate_limiters(shared: Arc<Shared>) {
