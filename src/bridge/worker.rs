@@ -369,14 +369,7 @@ impl Worker {
                         note_dcv(r, &dcv);
                         r.last_error = None;
                         if let Some(record_type) = self.dcv_due(r) {
-                            r.dcv = Some(DcvProgress {
-                                record_type,
-                                host: None,
-                                point: None,
-                                published: false,
-                                submitted_at: None,
-                                started_at: now,
-                            });
+                            r.dcv = Some(DcvProgress::new(record_type, now));
                             r.phase = match record_type {
                                 DcvRecordType::Cname => BridgePhase::DcvStart,
                                 DcvRecordType::Txt => BridgePhase::DcvSubmit,
