@@ -117,3 +117,59 @@ async fn two_hundred_concurrent_clients_then_kill_9_loses_nothing_acknowledged()
     }
     assert_eq!(total, 1000);
 }
+
+/// The write-ahead log fills more than one 8 MiB segment, the server is killed with no
+/// checkpoint since (they run every 30 s), and the restart replays every segment in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_the_log_spans_several_segments_replays_them_all() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = config_file(dir.path());
+    let server = Binary::start(&data, Some(&config));
+    let addr = server.addr;
+    let key = new_key(addr).await;
+    // About 300 bytes of log per registration: 36,000 of them make about 10 MiB.
+    let mut tasks = Vec::new();
+    for conn in 0..8 {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut lines = String::new();
+            for i in 0..4_500 {
+                lines.push_str(&format!(
+                    "command add apikey {key} domain s{conn}-{i}.example.org\n"
+                ));
+            }
+            stream.write_all(lines.as_bytes()).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut all = String::new();
+            stream.read_to_string(&mut all).await.unwrap();
+            assert_eq!(all.matches("status ok 200 domain added").count(), 4_500);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let segments = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("wal-")
+        })
+        .count();
+    assert!(
+        segments >= 2,
+        "the log fits one segment ({segments}): the test proves nothing"
+    );
+    server.kill9();
+
+    let server = Binary::start(&data, Some(&config));
+    let stored = all_domains(server.addr, &key).await;
+    assert_eq!(stored.len(), 36_000);
+    for conn in 0..8 {
+        for i in [0, 2_249, 4_499] {
+            assert!(stored.contains(&format!("s{conn}-{i}.example.org")));
+        }
+    }
+}
