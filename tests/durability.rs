@@ -173,3 +173,36 @@ async fn kill_9_after_the_log_spans_several_segments_replays_them_all() {
         }
     }
 }
+
+/// Relaxed mode acknowledges before the disk, and the log is written every
+/// `relaxed_flush_ms`: once a few intervals have passed, a kill -9 loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn relaxed_mode_writes_the_log_on_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("relaxed.toml");
+    std::fs::write(
+        &config,
+        "[durability]\nmode = \"relaxed\"\nrelaxed_flush_ms = 50\n\
+         [rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n",
+    )
+    .unwrap();
+    let server = Binary::start(&data, Some(&config));
+    let key = new_key(server.addr).await;
+    let mut want = BTreeSet::new();
+    for i in 0..50 {
+        let domain = format!("r{i}.example.org");
+        let reply = call(
+            server.addr,
+            &format!("command add apikey {key} domain {domain}"),
+        )
+        .await;
+        assert!(reply.is_ok(), "{reply:?}");
+        want.insert(domain);
+    }
+    // Generous: 30 flush intervals.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.kill9();
+    let server = Binary::start(&data, Some(&config));
+    assert_eq!(all_domains(server.addr, &key).await, want);
+}
