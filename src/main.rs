@@ -1,7 +1,7 @@
 //! The `certline` command line.
 
 use anyhow::Context as _;
-use certline::cli::{self, AdminClient, Endpoint, Format};
+use certline::cli::{self, AdminClient, DomainFilter, Endpoint, Format};
 use certline::config::{Config, LogFormat};
 use certline::server::Server;
 use clap::{Args, Parser, Subcommand};
@@ -104,7 +104,7 @@ struct AdminArgs {
 /// Output format of lists.
 #[derive(Args)]
 struct OutputArgs {
-    /// The admin API's JSON.
+    /// JSON Lines: one JSON object per line, as the admin API shows each item.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     /// CSV with a header line.
@@ -165,12 +165,19 @@ fn main() -> anyhow::Result<()> {
             suffix,
             needs_action,
             output,
-        } => admin_call(admin, async |c| {
-            cli::domains(c, state, suffix, needs_action, output.format()).await
-        }),
-        Command::Keys { admin, output } => {
-            admin_call(admin, async |c| cli::keys(c, output.format()).await)
+        } => {
+            let filter = DomainFilter {
+                state,
+                suffix,
+                needs_action,
+            };
+            admin_listing(admin, async |c, out| {
+                cli::domains(c, filter, output.format(), out).await
+            })
         }
+        Command::Keys { admin, output } => admin_listing(admin, async |c, out| {
+            cli::keys(c, output.format(), out).await
+        }),
         Command::Revoke { admin, prefix } => {
             admin_call(admin, async |c| cli::revoke(c, &prefix).await)
         }
@@ -203,15 +210,34 @@ fn admin_call(
     args: AdminArgs,
     call: impl AsyncFnOnce(&AdminClient) -> Result<String, cli::CliError>,
 ) -> anyhow::Result<()> {
+    let (client, runtime) = admin_client(args)?;
+    let text = runtime.block_on(call(&client))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Runs a listing that writes to stdout page by page. A closed stdout (`| head`) ends it
+/// quietly.
+fn admin_listing(
+    args: AdminArgs,
+    call: impl AsyncFnOnce(&AdminClient, &mut dyn Write) -> Result<(), cli::CliError>,
+) -> anyhow::Result<()> {
+    let (client, runtime) = admin_client(args)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match runtime.block_on(call(&client, &mut out)) {
+        Err(cli::CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
+}
+
+fn admin_client(args: AdminArgs) -> anyhow::Result<(AdminClient, tokio::runtime::Runtime)> {
     let endpoint = Endpoint::resolve(args.admin_url, args.admin_token, args.config.as_deref())?;
     let client = AdminClient::new(endpoint)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let text = runtime.block_on(call(&client))?;
-    print!("{text}");
-    Ok(())
+    Ok((client, runtime))
 }
 
 fn init_tracing(config: &Config) {

@@ -6,10 +6,12 @@
 //! | `GET /healthz` | none | the process answers |
 //! | `GET /readyz` | none | the store takes a write + commit, the bridge is not paused |
 //! | `GET /metrics` | bearer | Prometheus text format ([`metrics`]) |
-//! | `GET /api/domains?state=&suffix=&needs_action=true` | bearer | the inventory ([`inventory`]) |
+//! | `GET /api/domains?state=&suffix=&needs_action=true&limit=&cursor=` | bearer | the inventory, paged ([`inventory`], [`paging`]) |
+//! | `GET /api/domains/count?state=&suffix=&needs_action=true` | bearer | how many domains match |
 //! | `POST /api/domains` | bearer | register domains under a key (bulk import, [`import`]) |
 //! | `POST /api/domains/{domain}/requeue` | bearer | bridge record back to `queued`, due now |
-//! | `GET /api/keys` | bearer | the keys ([`keys`]) |
+//! | `GET /api/keys?limit=&cursor=` | bearer | the keys, paged ([`keys`]) |
+//! | `GET /api/keys/count` | bearer | how many keys there are |
 //! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
 //!
@@ -24,6 +26,7 @@ mod import;
 mod inventory;
 mod keys;
 pub mod metrics;
+pub mod paging;
 mod requeue;
 pub mod views;
 
@@ -146,8 +149,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics::render))
         .route("/api/domains", get(inventory::list).post(import::import))
+        .route("/api/domains/count", get(inventory::count))
         .route("/api/domains/{domain}/requeue", post(requeue::requeue))
         .route("/api/keys", get(keys::list))
+        .route("/api/keys/count", get(keys::count))
         .route("/api/keys/{prefix}/revoke", post(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
@@ -158,6 +163,17 @@ pub fn router(state: Arc<AdminState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Runs store reads on the blocking pool (sled may wait for its disk), so a long listing does
+/// not hold up the runtime's other tasks.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 /// Lets a request through only with the right bearer token.

@@ -13,4 +13,5 @@ mod table;
 
 pub use client::{AdminClient, CliError, Endpoint};
 pub use commands::ImportReport;
-pub use commands::{Format, domains, import, keys, requeue, revoke};
+pub use commands::{DomainFilter, domains, import, keys, requeue, revoke};
+pub use table::Format;
