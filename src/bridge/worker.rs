@@ -38,6 +38,7 @@ use chrono::Utc;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -63,16 +64,46 @@ impl BridgeHandle {
 /// The worker. Build it with [`Worker::new`], run it with [`Worker::run`].
 pub struct Worker {
     store: Arc<Store>,
+    /// Replaced whole by [`Worker::reconfigure`]; each step reads the current one.
+    settings: ArcSwap<Settings>,
+    /// Fixed at start: the worker's slots are sized once.
+    max_concurrency: usize,
+    handle: Arc<BridgeHandle>,
+    in_flight: Mutex<HashSet<String>>,
+    finished: Notify,
+    /// Woken by [`Worker::reconfigure`]: a paused bridge probes at once.
+    reconfigured: Notify,
+}
+
+/// What a reload may change while the worker runs: the credentials (in the client), the
+/// policy and the timings. A step in flight finishes with the settings it started with.
+struct Settings {
     client: SectigoClient,
     policy: Policy,
     backoff: BackoffConfig,
     recheck_interval: Duration,
     unauthorized_retry: Duration,
-    max_concurrency: usize,
     dcv: DcvSettings,
-    handle: Arc<BridgeHandle>,
-    in_flight: Mutex<HashSet<String>>,
-    finished: Notify,
+}
+
+impl Settings {
+    fn new(client: SectigoClient, config: &SectigoConfig) -> Self {
+        Self {
+            client,
+            policy: Policy::from_config(config),
+            backoff: config.backoff.clone(),
+            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
+            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            dcv: DcvSettings {
+                method: config.dcv_method,
+                hook: config.dcv_hook.clone(),
+                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
+                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
+                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
+                expiry_window_days: i64::from(config.dcv_expiry_window_days),
+            },
+        }
+    }
 }
 
 /// DCV automation settings, from `[sectigo]`.
@@ -98,24 +129,27 @@ impl Worker {
     pub fn new(store: Arc<Store>, client: SectigoClient, config: &SectigoConfig) -> Self {
         Self {
             store,
-            client,
-            policy: Policy::from_config(config),
-            backoff: config.backoff.clone(),
-            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
-            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            settings: ArcSwap::from_pointee(Settings::new(client, config)),
             max_concurrency: config.max_concurrency.max(1),
-            dcv: DcvSettings {
-                method: config.dcv_method,
-                hook: config.dcv_hook.clone(),
-                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
-                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
-                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
-                expiry_window_days: i64::from(config.dcv_expiry_window_days),
-            },
             handle: Arc::new(BridgeHandle::default()),
             in_flight: Mutex::new(HashSet::new()),
             finished: Notify::new(),
+            reconfigured: Notify::new(),
         }
+    }
+
+    /// New credentials (in `client`) and settings from a reloaded `[sectigo]` section: the
+    /// next step of every domain uses them, and a bridge paused by a 401 probes Sectigo at
+    /// once instead of at its next scheduled probe. (`max_concurrency` keeps its start-up
+    /// value.)
+    pub fn reconfigure(&self, client: SectigoClient, config: &SectigoConfig) {
+        self.settings
+            .store(Arc::new(Settings::new(client, config)));
+        self.reconfigured.notify_one();
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
     }
 
     /// The handle other parts of certline read the bridge's state through.
@@ -135,8 +169,12 @@ impl Worker {
         while !shutdown.is_cancelled() {
             if self.handle.is_paused() {
                 // Paused: one domain at a time probes whether the credentials work again.
+                let retry = self.settings().unauthorized_retry;
                 tokio::select! {
-                    _ = tokio::time::sleep(self.unauthorized_retry) => {}
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = self.reconfigured.notified() => {
+                        tracing::info!("new Sectigo settings: probing whether the bridge may resume");
+                    }
                     _ = shutdown.cancelled() => break,
                 }
                 // The probe is due now by definition: it is the earliest domain waiting.
@@ -270,13 +308,14 @@ impl Worker {
 
     /// One step of the state machine.
     async fn step(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
+        let s = self.settings();
         let now = now();
         match r.phase {
             BridgePhase::Queued
             | BridgePhase::NotForwarded
             | BridgePhase::AwaitingConfirmation
             | BridgePhase::NotInSectigo
-            | BridgePhase::Failed => match self.policy.decide(domain, r.key_confirmed) {
+            | BridgePhase::Failed => match s.policy.decide(domain, r.key_confirmed) {
                 Ok(()) => {
                     r.phase = if r.sectigo_id.is_some() {
                         BridgePhase::Details
@@ -297,7 +336,7 @@ impl Worker {
                 }
             },
             BridgePhase::Lookup => match self
-                .call(BridgePhase::Lookup, self.client.find_domain(domain))
+                .call(BridgePhase::Lookup, s.client.find_domain(domain))
                 .await?
             {
                 Some(found) => {
@@ -305,24 +344,24 @@ impl Worker {
                     r.phase = BridgePhase::Details;
                     Ok(Step::Continue)
                 }
-                None if self.policy.may_create(domain) => {
+                None if s.policy.may_create(domain) => {
                     r.phase = BridgePhase::Create;
                     Ok(Step::Continue)
                 }
                 None => {
                     r.phase = BridgePhase::NotInSectigo;
                     r.checked_at = Some(now);
-                    r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                    r.next_attempt_at = Some(now + s.recheck_interval.as_secs() as i64);
                     Ok(Step::Rest)
                 }
             },
             BridgePhase::Create => {
-                let Some(request) = self.policy.create_request(domain) else {
+                let Some(request) = s.policy.create_request(domain) else {
                     r.phase = BridgePhase::Lookup;
                     return Ok(Step::Continue);
                 };
                 match self
-                    .call(BridgePhase::Create, self.client.create_domain(&request))
+                    .call(BridgePhase::Create, s.client.create_domain(&request))
                     .await?
                 {
                     CreateOutcome::Created { id } => {
@@ -341,7 +380,7 @@ impl Worker {
                     r.phase = BridgePhase::Lookup;
                     return Ok(Step::Continue);
                 };
-                let info = match self.client.domain_info(id).await {
+                let info = match s.client.domain_info(id).await {
                     Ok(info) => info,
                     // Deleted in Sectigo since we saw it: look it up (or create it) again.
                     Err(SectigoError::Api { status: 404, .. }) => {
@@ -352,10 +391,10 @@ impl Worker {
                     Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
                 };
                 r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
-                if let Some(update) = self.policy.monitoring_update(&info) {
+                if let Some(update) = s.policy.monitoring_update(&info) {
                     self.call(
                         BridgePhase::Monitoring,
-                        self.client.set_ct_monitoring(id, &update),
+                        s.client.set_ct_monitoring(id, &update),
                     )
                     .await?;
                     r.ct_monitoring = Some(update.enabled);
@@ -364,7 +403,7 @@ impl Worker {
                 Ok(Step::Continue)
             }
             BridgePhase::DcvStatus => {
-                match self.client.dcv_status(domain).await {
+                match s.client.dcv_status(domain).await {
                     Ok(dcv) => {
                         note_dcv(r, &dcv);
                         r.last_error = None;
@@ -393,7 +432,7 @@ impl Worker {
             }
             BridgePhase::DcvStart => {
                 let challenge = self
-                    .call(BridgePhase::DcvStart, self.client.start_cname(domain))
+                    .call(BridgePhase::DcvStart, s.client.start_cname(domain))
                     .await?;
                 let progress = r
                     .dcv
@@ -410,14 +449,14 @@ impl Worker {
                 };
                 match progress.record_type {
                     DcvRecordType::Cname => {
-                        self.call(BridgePhase::DcvSubmit, self.client.submit_cname(domain))
+                        self.call(BridgePhase::DcvSubmit, s.client.submit_cname(domain))
                             .await?;
                         progress.submitted_at = Some(now);
                         r.phase = BridgePhase::DcvWait;
                     }
                     DcvRecordType::Txt => {
                         let answer = self
-                            .call(BridgePhase::DcvSubmit, self.client.submit_txt(domain))
+                            .call(BridgePhase::DcvSubmit, s.client.submit_txt(domain))
                             .await?;
                         progress.host = Some(answer.host);
                         progress.point = Some(answer.point);
@@ -434,7 +473,7 @@ impl Worker {
                     return Ok(Step::Continue);
                 };
                 let due_again = r.phase == BridgePhase::DcvActionRequired;
-                match &self.dcv.hook {
+                match &s.dcv.hook {
                     Some(hook) if !progress.published => {
                         let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
                             r.phase = BridgePhase::DcvStatus;
@@ -446,7 +485,7 @@ impl Worker {
                             host,
                             value,
                         };
-                        dns_hook::run(hook, HookAction::Publish, &record, self.dcv.hook_timeout)
+                        dns_hook::run(hook, HookAction::Publish, &record, s.dcv.hook_timeout)
                             .await
                             .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
                         self.audit(domain, "dcv-publish", host, now);
@@ -457,7 +496,7 @@ impl Worker {
                     // due again, assume it may be there and let Sectigo check.
                     None if !due_again => {
                         r.phase = BridgePhase::DcvActionRequired;
-                        r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+                        r.next_attempt_at = Some(now + s.dcv.max_poll.as_secs() as i64);
                         return Ok(Step::Rest);
                     }
                     None => progress.published = true,
@@ -470,7 +509,7 @@ impl Worker {
             }
             BridgePhase::DcvWait => {
                 let dcv = self
-                    .call(BridgePhase::DcvWait, self.client.dcv_status(domain))
+                    .call(BridgePhase::DcvWait, s.client.dcv_status(domain))
                     .await?;
                 note_dcv(r, &dcv);
                 if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r)
@@ -485,26 +524,26 @@ impl Worker {
                     return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
                 }
                 let submitted = progress.submitted_at.unwrap_or(progress.started_at);
-                if now - submitted > self.dcv.max_wait.as_secs() as i64 {
+                if now - submitted > s.dcv.max_wait.as_secs() as i64 {
                     return Err(Failure::final_dcv(&format!(
                         "DCV not validated within {} hours of submission",
-                        self.dcv.max_wait.as_secs() / 3600
+                        s.dcv.max_wait.as_secs() / 3600
                     )));
                 }
                 // Sectigo says when it checks next; poll then (within our bounds).
                 let wait = dcv
                     .next_check
                     .map(|t| (t.timestamp() - now).max(1) as u64)
-                    .unwrap_or(self.dcv.max_poll.as_secs())
-                    .min(self.dcv.max_poll.as_secs());
+                    .unwrap_or(s.dcv.max_poll.as_secs())
+                    .min(s.dcv.max_poll.as_secs());
                 r.next_attempt_at = Some(now + wait as i64);
-                if self.dcv.hook.is_none() {
+                if s.dcv.hook.is_none() {
                     r.phase = BridgePhase::DcvActionRequired;
                 }
                 Ok(Step::Rest)
             }
             BridgePhase::DcvCleanup => {
-                if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
+                if let (Some(hook), Some(progress)) = (&s.dcv.hook, &r.dcv)
                     && let (Some(host), Some(value), true) =
                         (&progress.host, &progress.point, progress.published)
                 {
@@ -516,7 +555,7 @@ impl Worker {
                     };
                     // The domain is validated: a failed cleanup leaves a stale record, which
                     // is worth a log line but not a retry loop.
-                    match dns_hook::run(hook, HookAction::Cleanup, &record, self.dcv.hook_timeout)
+                    match dns_hook::run(hook, HookAction::Cleanup, &record, s.dcv.hook_timeout)
                         .await
                     {
                         Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
@@ -545,12 +584,13 @@ impl Worker {
 
     /// Marks a record synced and schedules its recheck: sooner when DCV expires soon.
     fn synced(&self, r: &mut BridgeRecord, now: UnixTime) {
+        let s = self.settings();
         let today = Utc::now().date_naive();
         let expires = r
             .dcv_expires
             .as_deref()
             .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
-        let after = self.policy.recheck_after(expires, today);
+        let after = s.policy.recheck_after(expires, today);
         r.phase = BridgePhase::Synced;
         r.attempts = 0;
         r.checked_at = Some(now);
@@ -561,7 +601,8 @@ impl Worker {
     /// Which DCV run a domain needs now, if any: the operator's method, when DCV is missing,
     /// expired, or expires within the window.
     fn dcv_due(&self, r: &BridgeRecord) -> Option<DcvRecordType> {
-        let record_type = match self.dcv.method {
+        let s = self.settings();
+        let record_type = match s.dcv.method {
             DcvMethod::None => return None,
             DcvMethod::Cname => DcvRecordType::Cname,
             DcvMethod::Txt => DcvRecordType::Txt,
@@ -571,13 +612,14 @@ impl Worker {
     }
 
     fn expires_soon(&self, r: &BridgeRecord) -> bool {
+        let s = self.settings();
         let today = Utc::now().date_naive();
         match r
             .dcv_expires
             .as_deref()
             .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
         {
-            Some(expires) => (expires - today).num_days() <= self.dcv.expiry_window_days,
+            Some(expires) => (expires - today).num_days() <= s.dcv.expiry_window_days,
             None => false,
         }
     }
@@ -610,22 +652,23 @@ impl Worker {
 
     /// Applies a failed step to the record: when to try again, and what to show.
     fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
+        let s = self.settings();
         let now = now();
         match &failure.cause {
             Cause::Sectigo(error @ SectigoError::Unauthorized { .. }) => {
                 if !self.handle.paused.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         error = %error,
-                        retry_secs = self.unauthorized_retry.as_secs(),
+                        retry_secs = s.unauthorized_retry.as_secs(),
                         "BRIDGE PAUSED: Sectigo rejected certline's credentials; no domain is \
                          forwarded until [sectigo.auth] is fixed (certline retries by itself)"
                     );
                 }
-                r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.unauthorized_retry.as_secs() as i64);
             }
             cause if cause.is_retryable() => {
                 let jitter = rand::random_range(0.5..=1.0);
-                let delay = self.backoff.delay(r.attempts, jitter, cause.retry_after());
+                let delay = s.backoff.delay(r.attempts, jitter, cause.retry_after());
                 r.attempts = r.attempts.saturating_add(1);
                 r.next_attempt_at = Some(now + delay.as_secs().max(1) as i64);
                 tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
@@ -643,7 +686,7 @@ impl Worker {
                 r.phase = BridgePhase::Failed;
                 r.attempts = 0;
                 r.dcv = None;
-                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.recheck_interval.as_secs() as i64);
             }
         }
         r.last_error = Some(failure.into_error(now));
