@@ -2,14 +2,17 @@
 //! ([`connection`]), and shut down gracefully.
 
 pub mod connection;
+pub mod limits;
 pub mod listener;
+
+pub use limits::Limits;
 
 use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, Worker};
 use crate::config::Config;
 use crate::confirm::{Confirmations, Mailer};
 use crate::service::Service;
-use crate::store::{Store, StoreError, Timing};
+use crate::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +48,7 @@ pub enum StartError {
 
 /// What every connection task shares.
 pub struct Shared {
-    pub config: Config,
+    pub limits: Limits,
     pub service: Service,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
@@ -65,10 +68,7 @@ impl Server {
         let store = Store::open(
             &config.data_dir,
             config.durability.mode,
-            Timing {
-                relaxed_flush: Duration::from_millis(config.durability.relaxed_flush_ms),
-                checkpoint: Duration::from_millis(config.durability.checkpoint_ms),
-            },
+            config.durability.timing(),
         )?;
         let listener = bind(config.listen, config.limits.listen_backlog).map_err(|source| {
             StartError::Bind {
@@ -145,7 +145,7 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                config,
+                limits: config.limits,
                 service,
                 shutdown,
             }),
@@ -190,7 +190,7 @@ impl Server {
         }
         listener::accept_loop(self.listener, shared.clone(), &tracker).await;
         tracker.close();
-        let grace = Duration::from_millis(shared.config.limits.shutdown_grace_ms);
+        let grace = shared.limits.shutdown_grace();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the shutdown grace period; closing them");
         }
