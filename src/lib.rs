@@ -32,6 +32,7 @@ pub mod config;
 pub mod confirm;
 pub mod domain;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod store;

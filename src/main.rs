@@ -4,7 +4,10 @@ use anyhow::Context as _;
 use certline::App;
 use certline::cli::{self, AdminClient, DomainFilter, Endpoint, Format};
 use certline::config::{Config, LogFormat};
+use certline::reload::ConfigSource;
+use certline::server::activation::Activated;
 use clap::{Args, Parser, Subcommand};
+use sd_notify::NotifyState;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -130,16 +133,12 @@ fn main() -> anyhow::Result<()> {
             data,
             config,
         } => {
-            let mut config = match config {
-                Some(path) => Config::from_file(&path)?,
-                None => Config::default(),
+            let source = ConfigSource {
+                file: config,
+                listen,
+                data_dir: data,
             };
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
-            if let Some(data) = data {
-                config.data_dir = data;
-            }
+            let config = source.load()?;
             init_tracing(&config);
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             runtime.enable_all();
@@ -149,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(serve(config))
+                .block_on(serve(config, source))
         }
         Command::CheckConfig { file } => {
             let report = cli::check::check_config(&file)?;
@@ -254,32 +253,56 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Before anything slow: SIGHUP's default action would end the process.
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let data_dir = config.data_dir.clone();
-    let server = App::start(config)
+    let activated = Activated::from_env(
+        config.listen.port(),
+        config.admin.as_ref().map(|a| a.listen.port()),
+    )?;
+    let app = App::start_activated(config, activated)
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
-    println!("listening on {}", server.local_addr());
-    if let Some(admin) = server.admin_addr() {
+    println!("listening on {}", app.local_addr());
+    if let Some(admin) = app.admin_addr() {
         println!("admin listening on {admin}");
     }
     std::io::stdout().flush()?;
-    let shutdown = server.shutdown_token();
+    notify_systemd(&[NotifyState::Ready]);
+    let shutdown = app.shutdown_token();
+    let reloader = app.reloader(source);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let mut reloading = vec![NotifyState::Reloading];
+                    reloading.extend(NotifyState::monotonic_usec_now().ok());
+                    notify_systemd(&reloading);
+                    // Secrets are files: read them off the runtime's threads.
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    notify_systemd(&[NotifyState::Ready]);
+                }
+            }
+        }
         tracing::info!("signal received: shutting down");
+        notify_systemd(&[NotifyState::Stopping]);
         shutdown.cancel();
     });
-    server.run().await?;
+    app.run().await?;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Tells systemd (Type=notify) where certline is; nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
     }
 }

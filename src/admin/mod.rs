@@ -35,6 +35,7 @@ pub use config::AdminConfig;
 use crate::bridge::BridgeHandle;
 use crate::config::Secret;
 use crate::store::Store;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -54,7 +55,8 @@ pub struct AdminState {
     /// Present when the Sectigo bridge is configured.
     pub bridge: Option<Arc<BridgeHandle>>,
     /// SHA-256 of the bearer token: comparing digests takes the same time for every guess.
-    token_digest: [u8; 32],
+    /// Replaced by a reload (a rotated token works from the next request on).
+    token_digest: ArcSwap<[u8; 32]>,
     pub metrics: PrometheusHandle,
     /// DCV expiring within this many days needs action (the bridge's own window).
     pub dcv_window_days: i64,
@@ -74,11 +76,16 @@ impl AdminState {
         Self {
             store,
             bridge,
-            token_digest: Sha256::digest(token.expose().as_bytes()).into(),
+            token_digest: ArcSwap::from_pointee(digest(token)),
             metrics,
             dcv_window_days: i64::from(dcv_window_days),
             shutdown,
         }
+    }
+
+    /// Accepts `token` instead of the old one from the next request on (reload).
+    pub fn set_token(&self, token: &Secret) {
+        self.token_digest.store(Arc::new(digest(token)));
     }
 
     fn bridge_paused(&self) -> bool {
@@ -100,6 +107,23 @@ impl AdminServer {
             listener,
             state: Arc::new(state),
         })
+    }
+
+    /// Serves on a listener bound elsewhere (socket activation).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        state: AdminState,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener: TcpListener::from_std(listener)?,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The shared state (a reload swaps the token in it).
+    pub fn state(&self) -> Arc<AdminState> {
+        self.state.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -177,6 +201,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+fn digest(token: &Secret) -> [u8; 32] {
+    Sha256::digest(token.expose().as_bytes()).into()
+}
+
 /// Lets a request through only with the right bearer token.
 async fn require_token(
     State(state): State<Arc<AdminState>>,
@@ -196,7 +224,7 @@ async fn require_token(
         let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
         digest
             .iter()
-            .zip(state.token_digest.iter())
+            .zip(state.token_digest.load().iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     });

@@ -34,11 +34,11 @@ use crate::store::{
     AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, Store,
     StoreError, UnixTime,
 };
+use arc_swap::ArcSwap;
 use chrono::Utc;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -142,10 +142,29 @@ impl Worker {
     /// next step of every domain uses them, and a bridge paused by a 401 probes Sectigo at
     /// once instead of at its next scheduled probe. (`max_concurrency` keeps its start-up
     /// value.)
+    ///
+    /// Domains the old policy set aside (not forwarded, awaiting confirmation) wait for no
+    /// timer; when the policy changed, they are queued again, as at start-up.
     pub fn reconfigure(&self, client: SectigoClient, config: &SectigoConfig) {
-        self.settings
-            .store(Arc::new(Settings::new(client, config)));
+        let settings = Settings::new(client, config);
+        // Policy has no PartialEq (it is the bridge's pure decision type); its Debug form
+        // shows every field.
+        let policy_changed =
+            format!("{:?}", self.settings().policy) != format!("{:?}", settings.policy);
+        self.settings.store(Arc::new(settings));
+        if policy_changed {
+            match self.store.backfill_bridge(now()) {
+                Ok(n) => tracing::info!(
+                    domains = n,
+                    "policy changed: domains set aside are queued again"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy changed, but queueing the domains it set aside failed")
+                }
+            }
+        }
         self.reconfigured.notify_one();
+        self.finished.notify_one();
     }
 
     fn settings(&self) -> Arc<Settings> {

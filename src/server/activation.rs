@@ -44,9 +44,7 @@ pub enum ActivationError {
         line_port: u16,
         admin: String,
     },
-    #[error(
-        "systemd passed two sockets for the {role} listener ({first} and {second}); pass one"
-    )]
+    #[error("systemd passed two sockets for the {role} listener ({first} and {second}); pass one")]
     Twice {
         role: &'static str,
         first: SocketAddr,
