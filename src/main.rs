@@ -234,10 +234,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
-    println!("listening on {}", server.local_addr());
+    // The line-protocol line comes last, so a reader knows it has seen every port.
     if let Some(admin) = server.admin_addr() {
         println!("admin listening on {admin}");
     }
+    println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {

@@ -10,15 +10,15 @@
 //! creates (`/opt/certline-e2e/certbot5`, or `CERTLINE_E2E_CERTBOT5=/path/to/certbot`); without
 //! it, that test says why and passes without doing anything.
 
-mod hooks_common;
+mod support;
 
-use hooks_common::*;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::scripts::*;
+use support::wait::wait_until_blocking;
 
 /// certbot's own polling makes a run take a few seconds; this only catches a hang.
 const CERTBOT_LIMIT: Duration = Duration::from_secs(240);
@@ -157,15 +157,14 @@ impl Pebble {
             acme_port,
             ca_bundle: ca,
         };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", acme_port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "pebble did not listen: {}",
-                fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_blocking(Duration::from_secs(20), "pebble listening", || {
+            TcpStream::connect(("127.0.0.1", acme_port)).map_err(|e| {
+                (
+                    e,
+                    fs::read_to_string(dir.join("pebble.log")).unwrap_or_default(),
+                )
+            })
+        });
         pebble
     }
 
