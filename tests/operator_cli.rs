@@ -392,6 +392,31 @@ async fn metrics_are_prometheus_text_and_move_with_the_traffic() {
 }
 
 #[test]
+fn a_config_typo_is_one_clean_message_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[limits]\nmax_line_byte = 10\n").unwrap();
+    for command in ["check-config", "serve"] {
+        let mut c = Command::new(BIN);
+        match command {
+            "serve" => c.args(["serve", "--config"]),
+            _ => c.arg(command),
+        };
+        let o = c.arg(&path).env("RUST_BACKTRACE", "1").output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{command}");
+        let err = stderr(&o);
+        assert!(err.starts_with("error: "), "{command}: {err}");
+        assert_eq!(
+            err.matches("unknown field `max_line_byte`").count(),
+            1,
+            "{command}: the TOML error is printed once: {err}"
+        );
+        assert!(!err.contains("Caused by"), "{command}: {err}");
+        assert!(!err.contains("stack backtrace"), "{command}: {err}");
+    }
+}
+
+#[test]
 fn check_config_validates_the_new_sections_and_their_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
