@@ -11,6 +11,7 @@ use sd_notify::NotifyState;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -125,8 +126,19 @@ impl OutputArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one chain of messages (`{:#}`), never as a `Debug` dump: an operator
+/// with `RUST_BACKTRACE=1` set for another program still gets one clean line.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
@@ -267,10 +279,11 @@ async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
-    println!("listening on {}", app.local_addr());
+    // The line-protocol line comes last, so a reader knows it has seen every port.
     if let Some(admin) = app.admin_addr() {
         println!("admin listening on {admin}");
     }
+    println!("listening on {}", app.local_addr());
     std::io::stdout().flush()?;
     notify_systemd(&[NotifyState::Ready]);
     let shutdown = app.shutdown_token();

@@ -29,11 +29,11 @@ pub struct Activated {
 pub enum ActivationError {
     #[error("reading the sockets systemd passed (LISTEN_FDS): {0}")]
     Environment(std::io::Error),
-    #[error("fd {fd} passed by systemd ({name}) is not a TCP socket: {source}")]
+    #[error("fd {fd} passed by systemd ({name}) is not a TCP socket: {error}")]
     NotTcp {
         fd: RawFd,
         name: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "the socket systemd passed on {addr} ({name}) is neither `listen` (port {line_port}) nor `admin.listen`{admin}: make the ports in certline.socket and certline.toml agree, or name the socket line or admin (FileDescriptorName=)"
@@ -66,10 +66,10 @@ impl Activated {
             let listener = unsafe { TcpListener::from_raw_fd(fd) };
             let addr = listener
                 .local_addr()
-                .map_err(|source| ActivationError::NotTcp {
+                .map_err(|error| ActivationError::NotTcp {
                     fd,
                     name: name.clone(),
-                    source,
+                    error,
                 })?;
             let role = match name.as_str() {
                 "line" => Role::Line,
@@ -101,10 +101,10 @@ impl Activated {
             }
             listener
                 .set_nonblocking(true)
-                .map_err(|source| ActivationError::NotTcp {
+                .map_err(|error| ActivationError::NotTcp {
                     fd,
                     name: name.clone(),
-                    source,
+                    error,
                 })?;
             tracing::info!(%addr, fd, name = %name, role = role_name, "using the socket systemd passed");
             *slot = Some(listener);
