@@ -52,7 +52,7 @@ impl Sockets {
 
 /// Starts certline on the launcher's sockets, as systemd would; `names` is
 /// `LISTEN_FDNAMES` (none: unnamed, told apart by port). Waits for its `listening on` line
-/// and returns it.
+/// and returns it (empty if certline ended first).
 fn activate(
     sockets: &Sockets,
     config: &Path,
@@ -100,8 +100,14 @@ fn activate(
     }
     let mut child = cmd.spawn().expect("spawn certline");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // `admin listening on …` comes first; `listening on …` (the line protocol) last.
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 || line.starts_with("listening on ") {
+            break;
+        }
+    }
     // Keep reading stdout so certline never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     (child, line.trim().to_owned())

@@ -88,3 +88,62 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ClaimCaps, DurabilityMode, Timing};
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    #[test]
+    fn the_index_follows_adds_and_removes_and_is_rebuilt_from_the_key_domain_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let timing = Timing {
+                relaxed_flush: Duration::from_secs(1),
+                checkpoint: Duration::from_secs(3600),
+            };
+            let store = Store::open(dir.path(), DurabilityMode::Relaxed, timing).unwrap();
+            let ip: IpAddr = "127.0.0.1".parse().unwrap();
+            let [a, b] = [0, 1].map(|_| crate::apikey::ApiKey::generate().hash());
+            let mut both = vec![a.clone(), b.clone()];
+            both.sort_by_key(|h| h.0);
+            for key in [&a, &b] {
+                store
+                    .create_key(key, None, &ClaimCaps::default(), ip, 0)
+                    .unwrap();
+            }
+            let shared: crate::domain::Domain = "www.example.org".parse().unwrap();
+            let only_a: crate::domain::Domain = "www.example.org:8443".parse().unwrap();
+            store.add_domain(&a, &shared, ip, 0).unwrap();
+            store.add_domain(&b, &shared, ip, 0).unwrap();
+            store.add_domain(&a, &only_a, ip, 0).unwrap();
+            store.add_domain(&b, &only_a, ip, 0).unwrap();
+            store.remove_domain(&b, &only_a, ip, 0).unwrap();
+            let holders = |store: &Store| {
+                [shared.to_string(), only_a.to_string()].map(|d| {
+                    store
+                        .holders_of(&d)
+                        .unwrap()
+                        .iter()
+                        .map(|h| h.0)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let expected = [both.iter().map(|h| h.0).collect(), vec![a.0]];
+            assert_eq!(holders(&store), expected);
+
+            // A database without the index (older, or after a crash) gets it rebuilt.
+            for entry in store.db.scan_prefix([HOLDER]) {
+                store.db.remove(entry.unwrap().0).unwrap();
+            }
+            store.db.remove(meta_key(HOLDER_INDEX_DONE)).unwrap();
+            assert!(holders(&store).iter().all(Vec::is_empty));
+            store.ensure_holder_index(true).unwrap();
+            assert_eq!(holders(&store), expected);
+            store.close().await.unwrap();
+        });
+    }
+}
