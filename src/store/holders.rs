@@ -108,7 +108,7 @@ mod tests {
             let store = Store::open(dir.path(), DurabilityMode::Relaxed, timing).unwrap();
             let ip: IpAddr = "127.0.0.1".parse().unwrap();
             let [a, b] = [0, 1].map(|_| crate::apikey::ApiKey::generate().hash());
-            let mut both = vec![a.clone(), b.clone()];
+            let mut both = [a, b];
             both.sort_by_key(|h| h.0);
             for key in [&a, &b] {
                 store
