@@ -1,7 +1,11 @@
 //! The configuration: a TOML file (`--config FILE`), every key optional, with defaults that
 //! run a safe server. `certline serve` with no file uses [`Config::default`].
 //!
-//! Every limit the wire protocol mentions is here (protocol.md §9).
+//! Every limit the wire protocol mentions is here (protocol.md §9). Each section is checked
+//! on its own by [`Config::validate`]; combinations of sections that can never work are
+//! found by [`requirements::unmet_requirements`].
+
+pub mod requirements;
 
 use crate::admin::AdminConfig;
 use crate::bridge::SectigoConfig;
@@ -287,11 +291,6 @@ impl Config {
         if let Some(smtp) = &self.smtp {
             smtp.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            if self.admin.is_none() {
-                return invalid(
-                    "[smtp] needs an [admin] section: the confirm and revoke links in the e-mails are served by the admin listener (set admin.public_url to the address users reach it at)",
-                );
-            }
         }
         Ok(())
     }

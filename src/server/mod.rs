@@ -28,6 +28,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     #[error("the [sectigo] section: {0}")]
     Sectigo(String),
     #[error("the [admin] section: {0}")]
@@ -60,8 +62,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and binds the listener. Must be called inside a tokio runtime.
+    /// Refuses a configuration that could never do what it asks
+    /// ([`crate::config::requirements`]), then opens the store and binds the listener. Must be
+    /// called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        crate::config::requirements::check(&config)?;
         let store = Store::open(
             &config.data_dir,
             config.durability.mode,
