@@ -22,9 +22,15 @@ fn smtp_toml(sink: &SmtpSink) -> String {
     )
 }
 
+/// The admin listener's public URL in these tests: what users' browsers would reach it at
+/// (certline refuses `[smtp]` with links under a loopback address). The tests check each
+/// mailed link starts with it, then follow it at the listener's real address.
+const PUBLIC_URL: &str = "https://certline.example.org/";
+
 async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     let base = test_config(&dir.join("data"));
-    let mut config = Config::from_toml(&format!("{}\n{extra}", admin_toml(dir))).unwrap();
+    let admin = format!("{}public_url = \"{PUBLIC_URL}\"\n", admin_toml(dir));
+    let mut config = Config::from_toml(&format!("{admin}\n{extra}")).unwrap();
     config.listen = base.listen;
     config.data_dir = base.data_dir;
     config.rate_limit = base.rate_limit;
@@ -33,15 +39,20 @@ async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     (server, admin)
 }
 
-/// The confirm and revoke links of a captured message.
-fn links(message: &Captured) -> (String, String) {
+/// The confirm and revoke links of a captured message, which must be under [`PUBLIC_URL`],
+/// rewritten to the admin listener of `server`.
+fn links(message: &Captured, server: &InProcess) -> (String, String) {
     let links = message.links();
+    let local = format!("http://{}/", server.admin.expect("admin listener"));
     let find = |part: &str| {
-        links
+        let link = links
             .iter()
             .find(|l| l.contains(part))
-            .unwrap_or_else(|| panic!("no {part} link in {}", message.data))
-            .clone()
+            .unwrap_or_else(|| panic!("no {part} link in {}", message.data));
+        let path = link
+            .strip_prefix(PUBLIC_URL)
+            .unwrap_or_else(|| panic!("{link} is not under admin.public_url {PUBLIC_URL}"));
+        format!("{local}{path}")
     };
     (find("/link/confirm/"), find("/link/revoke/"))
 }
@@ -82,8 +93,12 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let id = ApiKey::parse(&key).unwrap().hash().id();
     assert!(mail.body().contains(&id), "the mail names the key id");
     assert!(!mail.data.contains(&key), "the mail never carries the key");
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, &server);
     assert!(confirm.starts_with(&format!("http://{}/link/confirm/", server.admin.unwrap())));
+    assert!(
+        mail.body().contains(&format!("{PUBLIC_URL}link/confirm/")),
+        "the mail's links are under admin.public_url"
+    );
 
     let status_line = |key: String| {
         let addr = server.addr;
@@ -160,7 +175,7 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let second = reply.data.unwrap();
     let mail = sink.wait_for(2, PATIENCE).await.remove(1);
     assert_eq!(mail.to, ["dev@example.org"]);
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, &server);
     let (code, page) = follow(&revoke).await;
     assert_eq!(code, 200);
     assert!(page.contains("Key revoked"), "{page}");
@@ -208,7 +223,7 @@ async fn an_expired_link_fails_and_changes_nothing() {
     let reply = call(server.addr, "command apikey email ops@example.org").await;
     let key = reply.data.unwrap();
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, &server);
     // Validity is counted in whole seconds: after two, the one-second link is over.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = reqwest::Client::new().post(&confirm).send().await.unwrap();
@@ -397,7 +412,7 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
     assert_eq!(waiting[0]["key"], "unconfirmed");
 
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, &server);
     let (code, page) = follow(&confirm).await;
     assert_eq!(code, 200, "{page}");
     let start = Instant::now();
