@@ -22,14 +22,15 @@
 mod support;
 use certline::apikey::ApiKey;
 use certline::config::requirements::Rule;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 use support::client::call;
 use support::scm_sim::ScmSim;
+use support::server::{Binary, Launch};
 use support::smtp_sink::SmtpSink;
+use support::wait::wait_until;
 use toml::{Table, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_certline");
@@ -272,63 +273,24 @@ async fn every_toml_example_passes_check_config_or_fails_only_as_documented() {
     );
 }
 
-/// A running `certline serve`.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `certline serve` on `file`; `Err(stderr)` when it exits instead of listening.
 fn serve(
     world: &World,
     n: usize,
     file: &Path,
     envs: &[(String, String)],
-) -> Result<Served, String> {
+) -> Result<Binary, String> {
     let stderr = world.dir.path().join(format!("serve-{n}.stderr"));
-    let has_admin = std::fs::read_to_string(file)
-        .unwrap()
-        .parse::<Table>()
-        .unwrap()
-        .contains_key("admin");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(world.dir.path().join(format!("data-{n}")))
-        .arg("--config")
-        .arg(file)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let Some(addr) = line.trim().strip_prefix("listening on ") else {
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "exited 0 without listening: {line:?}");
-        return Err(std::fs::read_to_string(&stderr).unwrap());
-    };
-    let addr = addr.parse().unwrap();
-    let admin = has_admin.then(|| {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("admin listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .parse()
-            .unwrap()
-    });
-    Ok(Served { child, addr, admin })
+    let data = world.dir.path().join(format!("data-{n}"));
+    Launch::new(&data)
+        .config(file)
+        .envs(envs)
+        .logged("warn", Some(&stderr))
+        .try_start()
+        .map_err(|status| {
+            assert!(!status.success(), "exited 0 without listening");
+            std::fs::read_to_string(&stderr).unwrap()
+        })
 }
 
 async fn status(addr: SocketAddr, key: &str) -> String {
@@ -344,7 +306,7 @@ async fn status(addr: SocketAddr, key: &str) -> String {
 /// Confirms `key` the way the example provides: the mailed link when it has `[smtp]` (the
 /// link is under `admin.public_url`, followed at the listener's real address), else
 /// `certline confirm`.
-async fn confirm(world: &World, served: &Served, public_url: Option<&str>, key: &str) {
+async fn confirm(world: &World, served: &Binary, public_url: Option<&str>, key: &str) {
     let admin = served
         .admin
         .expect("waiting for a confirmation needs [admin]");
@@ -423,23 +385,27 @@ async fn every_configuration_example_brings_a_domain_to_sectigo_or_is_refused_at
             off += 1;
             continue;
         }
-        let start = Instant::now();
-        let mut confirmed = false;
-        loop {
-            let data = status(served.addr, &key).await;
-            if data.contains(" sectigo=synced") {
-                break;
-            }
-            if data.contains(" waiting=key_confirmation") && !confirmed {
-                confirm(&world, &served, public_url, &key).await;
-                confirmed = true;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "{}: the domain never reached Sectigo: {data}",
-                example.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // The domain reaches Sectigo, or says it waits for its key's confirmation.
+        let why = format!("{}: {DOMAIN} reaching Sectigo", example.name);
+        let limit = Duration::from_secs(90);
+        let reached = |want: &'static [&'static str]| {
+            let (addr, key) = (served.addr, key.clone());
+            wait_until(limit, &why, move || {
+                let key = key.clone();
+                async move {
+                    let data = status(addr, &key).await;
+                    if want.iter().any(|w| data.contains(w)) {
+                        Ok(data)
+                    } else {
+                        Err(data)
+                    }
+                }
+            })
+        };
+        let data = reached(&[" sectigo=synced", " waiting=key_confirmation"]).await;
+        if data.contains(" waiting=key_confirmation") {
+            confirm(&world, &served, public_url, &key).await;
+            reached(&[" sectigo=synced"]).await;
         }
         assert!(
             world.sim.domain_id(DOMAIN).is_some(),

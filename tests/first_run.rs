@@ -16,12 +16,13 @@ use certline::apikey::ApiKey;
 use certline::config::requirements::Rule;
 use certline::store::AuditKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 use support::admin::{Admin, TOKEN, admin_toml};
-use support::client::{PATIENCE, call};
+use support::client::call;
 use support::scm_sim::{self, ScmSim};
-use support::server::{InProcess, test_config};
+use support::server::{InProcess, Launch, test_config};
+use support::wait::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certline");
 
@@ -79,39 +80,23 @@ fn check_config(file: &Path) -> Output {
 }
 
 /// `certline serve --config FILE`, which must exit by itself (a refusal): its status and
-/// stderr. A server that starts instead is killed and the test fails.
+/// stderr. A server that starts instead fails the test.
 fn serve_refused(dir: &Path, file: &Path) -> (std::process::ExitStatus, String) {
     let stderr = dir.join("serve.stderr");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(file)
-        .envs(SECRETS)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("spawn certline serve");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("certline serve started with {}", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(
-        !out.contains("listening on"),
-        "refused, but it listened: {out}"
-    );
-    (status, std::fs::read_to_string(stderr).unwrap())
+    let secrets: Vec<(String, String)> = SECRETS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let data = dir.join("data");
+    match Launch::new(&data)
+        .config(file)
+        .envs(&secrets)
+        .logged("warn", Some(&stderr))
+        .try_start()
+    {
+        Ok(_) => panic!("certline serve started with {}", file.display()),
+        Err(status) => (status, std::fs::read_to_string(stderr).unwrap()),
+    }
 }
 
 /// A dead end: `body` alone is refused by check-config and serve with `messages`; each of
@@ -323,26 +308,18 @@ fn cli(admin: std::net::SocketAddr, args: &[&str]) -> Output {
         .expect("run certline")
 }
 
-/// Polls `status` until its data line contains `want`.
+/// Polls `status` until its data line contains `want`; returns that line.
 async fn wait_status(server: &InProcess, key: &str, domain: &str, want: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let data = call(
-            server.addr,
-            &format!("command status apikey {key} domain {domain}"),
-        )
-        .await
-        .data
-        .unwrap();
+    let line = format!("command status apikey {key} domain {domain}");
+    wait_until(Duration::from_secs(60), want, || async {
+        let data = call(server.addr, &line).await.data.unwrap();
         if data.contains(want) {
-            return data;
+            Ok(data)
+        } else {
+            Err(data)
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "waiting for {want}: {data}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
