@@ -61,6 +61,7 @@ pub struct App {
     store: Arc<Store>,
     worker: Option<Arc<Worker>>,
     admin: Option<AdminServer>,
+    confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
 }
 
@@ -118,6 +119,7 @@ impl App {
                         error,
                     })?;
                 let base = admin_config.public_url(admin.local_addr());
+                store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
                     store.clone(),
                     base,
@@ -129,7 +131,7 @@ impl App {
             None => (None, None),
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
+            .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
@@ -143,6 +145,7 @@ impl App {
             store,
             worker,
             admin,
+            confirmations,
             shutdown,
         })
     }
@@ -176,6 +179,9 @@ impl App {
         }
         if let Some(admin) = self.admin {
             tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        if let Some(confirmations) = self.confirmations {
+            tracker.spawn(confirmations.run(self.shutdown.clone()));
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;

@@ -9,7 +9,8 @@
 //! validates each section ([`Config::validate`]). Combinations of sections that can never work
 //! are found by [`requirements::unmet_requirements`]. What every section shares, the
 //! error type and secret loading, is in [`error`] and [`secret`]: those two files import
-//! nothing else from the crate.
+//! nothing else from the crate, and the layers import them by their own paths
+//! (`config::secret::Secret`), never this module, so no layer depends on the whole file.
 
 pub mod error;
 pub mod requirements;
