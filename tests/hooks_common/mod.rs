@@ -1,7 +1,8 @@
-//! Shared by `tests/hooks.rs` and `tests/certbot_e2e.rs`: the real certline server on an
-//! ephemeral loopback port, a line client, a temporary certbot tree built from the fixtures in
-//! `tests/fixtures/hooks/`, a PATH holding only the tools the scripts may use, and a runner that
-//! bounds how long a script may take.
+//! Shared by `tests/hooks.rs`, `tests/certbot_e2e.rs`, `tests/ansible.rs` and
+//! `tests/first_boot.rs`: the real certline server on an ephemeral loopback port, a line
+//! client, a temporary certbot tree built from the fixtures in `tests/fixtures/hooks/`, a PATH
+//! holding only the tools the scripts may use, and a runner that bounds how long a script may
+//! take.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 use std::collections::BTreeMap;
