@@ -72,6 +72,47 @@ fn cloud_config_embeds_the_current_register_script() {
     );
 }
 
+/// README's "Cloud-init and containers" shows the user-data shortened; every line it does
+/// show is in the real file, so a copy-paste of the settings and runcmd is what is tested.
+#[test]
+fn readme_cloud_config_is_the_tested_file_shortened() {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let snippet = readme
+        .split("```yaml\n")
+        .find(|block| block.starts_with("#cloud-config\n"))
+        .and_then(|block| block.split("```").next())
+        .expect("README shows a #cloud-config block");
+    let yaml = fs::read_to_string(cloud_config()).unwrap();
+    let mut checked = 0;
+    for line in snippet.lines().filter(|l| !l.contains("...")) {
+        assert!(
+            yaml.lines().any(|l| l == line),
+            "README's cloud-config line {line:?} is not in {}",
+            cloud_config().display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} lines compared");
+    // The Dockerfile copies files that exist in this repository.
+    let dockerfile = readme
+        .split("```dockerfile\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("README shows a Dockerfile");
+    let copy: Vec<&str> = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("COPY "))
+        .expect("a COPY line")
+        .split_whitespace()
+        .collect();
+    let (_, sources) = copy.split_last().expect("COPY has a destination");
+    assert_eq!(sources.len(), 2);
+    for file in sources {
+        assert!(repo().join(file).is_file(), "{file}");
+    }
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/certline-entrypoint\"]"));
+}
+
 /// Finds a tool of the cloud-init package, or fails with what to do.
 fn require_cloud_init() -> PathBuf {
     let path = Path::new("/usr/bin/cloud-init");
