@@ -9,6 +9,7 @@
 //! skipping.
 
 mod hooks_common;
+mod support;
 
 use hooks_common::{Finished, Server, closed_port, mode_of, read_trimmed, repo, run_bounded};
 use serde_json::{Value, json};
@@ -17,6 +18,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+use support::bridge_setup::sectigo_section;
+use support::scm_sim::{self, ScmSim};
+use support::server::{InProcess, test_config};
 
 /// ansible-playbook starts a Python interpreter per task; on a loaded 2-core machine a short
 /// playbook still takes seconds. This bounds a hung run, not a slow one.
@@ -192,7 +196,11 @@ fn new_key(server: &Server) -> String {
 }
 
 fn domain_task(server: &Server, key: Value, names: &[&str], state: &str) -> Value {
-    let mut args = json!({"port": server.port, "host": "127.0.0.1", "name": names, "state": state});
+    domain_task_on(server.port, key, names, state)
+}
+
+fn domain_task_on(port: u16, key: Value, names: &[&str], state: &str) -> Value {
+    let mut args = json!({"port": port, "host": "127.0.0.1", "name": names, "state": state});
     for (k, v) in key.as_object().expect("key option").iter() {
         args[k] = v.clone();
     }
@@ -599,6 +607,66 @@ fn domain_info_returns_the_status_fields_as_a_dict() {
         r["domains"]["missing.example.org"],
         json!({"present": false})
     );
+}
+
+/// The README's playbook, end to end with the Sectigo bridge on: a key in a private file, the
+/// domain registered with it, then `certline_domain_info` polled until certline reports the
+/// domain synced into the SCM simulator with its DCV validated.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs ansible-core; .ci/e2e installs it and runs them with --include-ignored"]
+async fn a_playbook_waits_until_sectigo_has_the_domain() {
+    let ansible = Ansible::new();
+    let sim = ScmSim::start().await;
+    let today = chrono::Utc::now().date_naive();
+    let expires = today + chrono::Duration::days(300);
+    sim.add_domain("www.example.edu");
+    sim.set_dcv_validated("www.example.edu", today, expires);
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("sectigo-password");
+    fs::write(&password_file, scm_sim::PASSWORD).unwrap();
+    let settings = "allowed_suffixes = [\"example.edu\"]\ncreate_missing = false\n\
+                    ct_monitoring = false\nrequire_confirmed_key = false\n";
+    let mut config =
+        certline::Config::from_toml(&sectigo_section(&sim, &password_file, settings)).unwrap();
+    let base = test_config(&dir.path().join("data"));
+    config.listen = base.listen;
+    config.data_dir = base.data_dir;
+    config.rate_limit = base.rate_limit;
+    let server = InProcess::start_with(config).await;
+    let port = server.addr.port();
+    let key_file = ansible.path("apikey");
+
+    let tasks = vec![
+        json!({"certline.registry.certline_apikey": {"port": port, "path": key_file}}),
+        domain_task_on(
+            port,
+            json!({"api_key_file": key_file}),
+            &["www.example.edu"],
+            "present",
+        ),
+        json!({
+            "certline.registry.certline_domain_info": {
+                "port": port, "api_key_file": key_file, "name": "www.example.edu"},
+            "until": "r2.domains['www.example.edu'].sectigo | default('') == 'synced' \
+                      and r2.domains['www.example.edu'].dcv | default('') == 'VALIDATED'",
+            "retries": 120,
+            "delay": 1,
+        }),
+    ];
+    // ansible-playbook blocks; the in-process server and the simulator keep running.
+    let results = tokio::task::spawn_blocking(move || ansible.play(&tasks, &[]).results)
+        .await
+        .unwrap();
+    for r in &results {
+        assert_succeeded(r);
+    }
+    let status = &results[2]["domains"]["www.example.edu"];
+    assert_eq!(status["sectigo"], json!("synced"), "{status}");
+    assert_eq!(status["dcv"], json!("VALIDATED"));
+    assert_eq!(status["dcv_expires"], json!(expires.to_string()));
+    let id = sim.domain_id("www.example.edu").expect("in the simulator");
+    assert_eq!(status["id"], json!(id.to_string()));
+    server.stop().await;
 }
 
 /// protocol.md's `status` examples, and the quoting rules of `dcv_value` and `error`, through
