@@ -14,6 +14,7 @@ mod support;
 use hooks_common::{Finished, Server, closed_port, mode_of, read_trimmed, repo, run_bounded};
 use serde_json::{Value, json};
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -400,6 +401,36 @@ fn refusals_fail_the_task_with_the_servers_code_and_text() {
     );
 
     assert_eq!(server.domains(&key), ["ok.example.org"]);
+}
+
+/// A server at its connection cap answers `503 too many connections` and closes: the task
+/// fails with that code, not with a vague connection error.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs ansible-core; .ci/e2e installs it and runs them with --include-ignored"]
+async fn a_full_server_fails_the_task_with_503() {
+    let ansible = Ansible::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.limits.max_connections = 1;
+    let server = InProcess::start_with(config).await;
+    let port = server.addr.port();
+    // The one allowed connection, held open (the ping proves the server counted it).
+    let mut held = std::net::TcpStream::connect(server.addr).unwrap();
+    held.write_all(b"command ping\n").unwrap();
+    let mut pong = [0u8; 19];
+    held.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"status ok 200 pong\n");
+    let key = json!({"api_key": "00000000-0000-0000-0000-000000000000"});
+    let task = domain_task_on(port, key, &["www.example.org"], "present");
+    let results = tokio::task::spawn_blocking(move || ansible.play(&[task], &[]).results)
+        .await
+        .unwrap();
+    let r = &results[0];
+    assert_eq!(r["failed"], json!(true), "{r}");
+    assert_eq!(r["status_code"], json!(503), "{r}");
+    assert_eq!(r["status_text"], json!("too many connections"));
+    drop(held);
+    server.stop().await;
 }
 
 #[test]

@@ -250,7 +250,12 @@ class Client(object):
         if self._sock is None:
             self._connect()
         try:
-            self._sock.sendall(line)
+            try:
+                self._sock.sendall(line)
+            except (socket.error, OSError):
+                # A server at its connection cap answers `503 too many connections` at once
+                # and closes; that reply may already be waiting, so read before giving up.
+                pass
             data = None
             while True:
                 reply_line = self._read_line()
