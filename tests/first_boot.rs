@@ -12,8 +12,8 @@
 mod hooks_common;
 
 use hooks_common::{
-    Server, closed_port, minimal_path, mode_of, read_trimmed, register_script, repo, run_bounded,
-    strings,
+    Server, assert_claimed_by, closed_port, minimal_path, mode_of, read_trimmed, register_script,
+    repo, run_bounded, strings,
 };
 use serde_json::Value;
 use std::fs;
@@ -30,14 +30,6 @@ fn cloud_config() -> PathBuf {
 
 fn entrypoint() -> PathBuf {
     repo().join("contrib/container/certline-entrypoint")
-}
-
-fn assert_claimed_by(server: &Server, key: &str, email: &str) {
-    assert_eq!(
-        server.request(&format!("command claim apikey {key} email {email}")),
-        "status ok 200 api key already claimed\n",
-        "the key should already be claimed by {email}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -271,3 +271,12 @@ pub fn sorted(mut v: Vec<String>) -> Vec<String> {
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// `key` is claimed by `email` (compared as the server does, case-insensitively).
+pub fn assert_claimed_by(server: &Server, key: &str, email: &str) {
+    assert_eq!(
+        server.request(&format!("command claim apikey {key} email {email}")),
+        "status ok 200 api key already claimed\n",
+        "the key should already be claimed by {email}"
+    );
+}

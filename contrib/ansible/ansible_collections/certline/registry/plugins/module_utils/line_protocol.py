@@ -4,7 +4,8 @@
 
 """certline's line protocol (protocol.md) over a plain TCP socket, for the certline modules.
 
-Only the standard library is used, so the modules run on any managed node with Python 3.
+Only the standard library is used (no Ansible either: module_support holds the Ansible
+glue), so the modules run on any managed node with Python 3 and this file can be tested alone.
 One connection carries every request of a module run: the protocol answers pipelined
 requests in order, and each request is one line ending in LF.
 
@@ -34,23 +35,6 @@ STATUS_RE = re.compile(r"^status (ok|error) ([0-9]{3}) ?(.*)$")
 
 # A `status` data field: name=token, or name="quoted" (dcv_value escapes \ and ").
 FIELD_NAME_RE = re.compile(r"([A-Za-z0-9_]+)=")
-
-
-def connection_argument_spec():
-    """The options every certline module shares (documented in the `connection` fragment)."""
-    return dict(
-        host=dict(type="str", default="localhost"),
-        port=dict(type="int", default=10023),
-        timeout=dict(type="float", default=10.0),
-    )
-
-
-def api_key_argument_spec():
-    """`api_key` or `api_key_file` (documented in the `api_key` fragment)."""
-    return dict(
-        api_key=dict(type="str", no_log=True),
-        api_key_file=dict(type="path"),
-    )
 
 
 class CertlineError(Exception):
@@ -119,25 +103,6 @@ def read_api_key_file(path):
     problem = check_api_key(key)
     if problem:
         raise ValueError("api_key_file %s: %s" % (path, problem))
-    return key
-
-
-def module_api_key(module):
-    """The API key from `api_key` or `api_key_file`; fails the module on a bad key.
-
-    A key read from a file is added to the module's no_log values, so Ansible masks it in
-    every result and log line as it masks `api_key`.
-    """
-    key = module.params.get("api_key")
-    if key is None:
-        try:
-            key = read_api_key_file(module.params["api_key_file"])
-        except ValueError as exc:
-            module.fail_json(msg=str(exc))
-    module.no_log_values.add(key)
-    problem = check_api_key(key)
-    if problem:
-        module.fail_json(msg=problem)
     return key
 
 
@@ -281,22 +246,3 @@ class Client(object):
                 self.close()
             raise CertlineError(code, text, command)
         return Reply(data, ok, code, text)
-
-
-def module_client(module):
-    """A Client for the module's host, port and timeout."""
-    params = module.params
-    return Client(params["host"], params["port"], params["timeout"])
-
-
-def fail_from(module, exc, **result):
-    """Fails the module with the server's code and text, or the reason no reply came."""
-    if isinstance(exc, CertlineError):
-        module.fail_json(
-            msg="%s: %s %s" % (result.pop("action", "request"), exc.code, exc.text),
-            status_code=exc.code,
-            status_text=exc.text,
-            **result
-        )
-    result.pop("action", None)
-    module.fail_json(msg=str(exc), **result)

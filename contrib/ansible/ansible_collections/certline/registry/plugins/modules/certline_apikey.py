@@ -121,9 +121,11 @@ from ansible_collections.certline.registry.plugins.module_utils.line_protocol im
     CertlineUnreachable,
     check_api_key,
     check_value,
+    key_id,
+)
+from ansible_collections.certline.registry.plugins.module_utils.module_support import (
     connection_argument_spec,
     fail_from,
-    key_id,
     module_client,
 )
 

@@ -123,19 +123,16 @@ status_text:
   sample: invalid domain
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.certline.registry.plugins.module_utils.line_protocol import (
     CertlineError,
     CertlineUnreachable,
-    api_key_argument_spec,
-    check_value,
-    connection_argument_spec,
-    fail_from,
     key_id,
-    module_api_key,
-    module_client,
     parse_status_fields,
+)
+from ansible_collections.certline.registry.plugins.module_utils.module_support import (
+    domains_module,
+    fail_from,
+    module_client,
 )
 
 # The status texts of protocol.md section 7 that mean "nothing changed".
@@ -172,24 +169,9 @@ def predict(client, command, name, api_key):
 
 
 def main():
-    argument_spec = dict(
-        name=dict(type="list", elements="str", required=True, aliases=["domain", "domains"]),
+    module, api_key, names = domains_module(
         state=dict(type="str", default="present", choices=["present", "absent"]),
     )
-    argument_spec.update(connection_argument_spec())
-    argument_spec.update(api_key_argument_spec())
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=[("api_key", "api_key_file")],
-        required_one_of=[("api_key", "api_key_file")],
-        supports_check_mode=True,
-    )
-    api_key = module_api_key(module)
-    names = module.params["name"]
-    for name in names:
-        problem = check_value("name", name)
-        if problem:
-            module.fail_json(msg=problem)
     command = "add" if module.params["state"] == "present" else "remove"
     step = predict if module.check_mode else apply
 

@@ -101,18 +101,15 @@ status_text:
   sample: unknown api key
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.certline.registry.plugins.module_utils.line_protocol import (
     CertlineError,
     CertlineUnreachable,
-    api_key_argument_spec,
-    check_value,
-    connection_argument_spec,
-    fail_from,
-    module_api_key,
-    module_client,
     parse_status_fields,
+)
+from ansible_collections.certline.registry.plugins.module_utils.module_support import (
+    domains_module,
+    fail_from,
+    module_client,
 )
 
 
@@ -132,27 +129,11 @@ def domain_status(client, name, api_key):
 
 
 def main():
-    argument_spec = dict(
-        name=dict(type="list", elements="str", required=True, aliases=["domain", "domains"]),
-    )
-    argument_spec.update(connection_argument_spec())
-    argument_spec.update(api_key_argument_spec())
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=[("api_key", "api_key_file")],
-        required_one_of=[("api_key", "api_key_file")],
-        supports_check_mode=True,
-    )
-    api_key = module_api_key(module)
-    for name in module.params["name"]:
-        problem = check_value("name", name)
-        if problem:
-            module.fail_json(msg=problem)
-
+    module, api_key, names = domains_module()
     client = module_client(module)
     domains = {}
     try:
-        for name in module.params["name"]:
+        for name in names:
             try:
                 domains[name] = domain_status(client, name, api_key)
             except (CertlineError, CertlineUnreachable) as exc:
