@@ -115,7 +115,9 @@ impl Ansible {
             .env("ANSIBLE_COLLECTIONS_SCAN_SYS_PATH", "false")
             .env("ANSIBLE_PYTHON_INTERPRETER", python)
             .env("ANSIBLE_NOCOLOR", "1")
-            .env("ANSIBLE_RETRY_FILES_ENABLED", "false");
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "false")
+            // No __pycache__ in the collection's source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1");
         cmd
     }
 
