@@ -703,8 +703,10 @@ async fn a_playbook_waits_until_sectigo_has_the_domain() {
 }
 
 /// protocol.md's `status` examples, and the quoting rules of `dcv_value` and `error`, through
-/// the module_utils parser (plain Python, no Ansible needed).
+/// the module_utils parser (plain Python, no Ansible needed; but `cargo test` alone needs only
+/// Rust and bash, so it runs with the others).
 #[test]
+#[ignore = "needs python3; .ci/e2e runs it with --include-ignored"]
 fn status_fields_are_parsed_as_protocol_md_writes_them() {
     let script = r#"
 import json, sys
