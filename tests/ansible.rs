@@ -574,8 +574,8 @@ fn apikey_module_keeps_a_private_key_file_and_reuses_it() {
     assert_eq!(r["status_text"], json!("api key claimed by another email"));
     assert_eq!(read_trimmed(&path), key);
 
-    // A client-made key is created by its claim; without e-mail a key the server does not
-    // know fails with 401.
+    // A client-made key is created by its claim; without e-mail, a kept key the server does
+    // not know fails with 401.
     let own = "my-own-key-0123456789";
     let own_path = ansible.path("keys/own");
     let mut own_task = task(json!({"api_key": own}));
@@ -588,7 +588,22 @@ fn apikey_module_keeps_a_private_key_file_and_reuses_it() {
         .as_object_mut()
         .unwrap()
         .remove("email");
-    let run = ansible.play(&[own_task, unknown_task], &[]);
+    // Without e-mail, the kept key is checked with the read-only `list` and reused.
+    let mut reuse_task = task(json!({}));
+    reuse_task["certline.registry.certline_apikey"]
+        .as_object_mut()
+        .unwrap()
+        .remove("email");
+    let run = ansible.play(&[own_task, unknown_task, reuse_task], &[]);
+    assert_succeeded(&run.results[2]);
+    assert_eq!(
+        run.results[2]["changed"],
+        json!(false),
+        "{}",
+        run.results[2]
+    );
+    assert!(run.results[2].get("claim").is_none());
+    assert_eq!(read_trimmed(&path), key);
     assert_succeeded(&run.results[0]);
     assert_eq!(run.results[0]["claim"], json!("api key claimed"));
     assert_eq!(read_trimmed(&own_path), own);
