@@ -8,10 +8,8 @@
 //! `--include-ignored`. Run that way without ansible-core they fail: they never pass by
 //! skipping.
 
-mod hooks_common;
 mod support;
 
-use hooks_common::{Finished, Server, closed_port, mode_of, read_trimmed, repo, run_bounded};
 use serde_json::{Value, json};
 use std::fs;
 use std::io::{Read, Write};
@@ -21,6 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 use support::bridge_setup::sectigo_section;
 use support::scm_sim::{self, ScmSim};
+use support::scripts::{Finished, Server, closed_port, mode_of, read_trimmed, repo, run_bounded};
 use support::server::{InProcess, test_config};
 
 /// ansible-playbook starts a Python interpreter per task; on a loaded 2-core machine a short

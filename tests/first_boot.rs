@@ -9,17 +9,17 @@
 //! by default; `.ci/e2e` installs it and runs them with `--include-ignored`, where a missing
 //! package fails them.
 
-mod hooks_common;
+mod support;
 
-use hooks_common::{
-    Server, assert_claimed_by, closed_port, minimal_path, mode_of, read_trimmed, register_script,
-    repo, run_bounded, strings,
-};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::scripts::{
+    Server, assert_claimed_by, closed_port, minimal_path, mode_of, read_trimmed, register_script,
+    repo, run_bounded, strings,
+};
 
 /// Generous bound for a script that talks to a live server on loopback.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -284,7 +284,12 @@ impl Container {
 
     /// `certline-entrypoint COMMAND...` as a container runtime starts it: nothing in the
     /// environment but PATH and the image's ENV.
-    fn run(&self, port: u16, vars: &[(&str, &str)], command: &[&str]) -> hooks_common::Finished {
+    fn run(
+        &self,
+        port: u16,
+        vars: &[(&str, &str)],
+        command: &[&str],
+    ) -> support::scripts::Finished {
         let mut cmd = Command::new(entrypoint());
         cmd.env_clear()
             .env("PATH", &self.bin)
