@@ -31,7 +31,7 @@ pub mod views;
 pub use config::AdminConfig;
 
 use crate::bridge::BridgeHandle;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};
