@@ -27,6 +27,10 @@ const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 /// `main` prints the whole chain.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// The sections each validate, but together could never do what they ask
+    /// ([`crate::config::requirements`]); every such problem, with its ways out.
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
     /// setting); the message names the key.
     #[error(transparent)]
@@ -68,14 +72,16 @@ pub struct App {
     store: Arc<Store>,
     worker: Option<Arc<Worker>>,
     admin: Option<AdminServer>,
+    confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
     /// The configuration it started with, for [`App::reloader`].
     config: Config,
 }
 
 impl App {
-    /// Opens the store, loads the secrets and binds the listeners. Must be called inside a
-    /// tokio runtime. Fails before serving anything, so a bad secret never half-starts.
+    /// Refuses a configuration that could never do what it asks, then opens the store, loads
+    /// the secrets and binds the listeners. Must be called inside a tokio runtime. Fails
+    /// before serving anything, so a bad secret never half-starts.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         Self::start_activated(config, Activated::default()).await
     }
@@ -83,6 +89,7 @@ impl App {
     /// Like [`App::start`], serving on the listeners systemd passed where it passed one
     /// (socket activation) and binding the others.
     pub async fn start_activated(config: Config, activated: Activated) -> Result<Self, StartError> {
+        crate::config::requirements::check(&config)?;
         let running = config.clone();
         let store = Arc::new(Store::open(
             &config.data_dir,
@@ -142,6 +149,7 @@ impl App {
                         })?,
                 };
                 let base = admin_config.public_url(admin.local_addr());
+                store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
                     store.clone(),
                     base,
@@ -160,7 +168,7 @@ impl App {
             }
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
+            .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
@@ -184,6 +192,7 @@ impl App {
             store,
             worker,
             admin,
+            confirmations,
             shutdown,
             config: running,
         })
@@ -230,6 +239,9 @@ impl App {
         }
         if let Some(admin) = self.admin {
             tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        if let Some(confirmations) = self.confirmations {
+            tracker.spawn(confirmations.run(self.shutdown.clone()));
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;

@@ -1,5 +1,6 @@
 //! Reload (`SIGHUP`, `systemctl reload`): read the configuration file and the secrets it
-//! names again, validate them as `serve` and `check-config` do, and apply what can change
+//! names again, validate them as `serve` and `check-config` do (the values, the
+//! combinations of [`crate::config::requirements`], the secrets), and apply what can change
 //! while certline runs. Nothing is applied unless everything validates and every secret
 //! loads: a failed reload keeps the running configuration and says why.
 //!
@@ -58,6 +59,9 @@ impl ConfigSource {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The sections each validate but cannot work together (as at start-up).
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     #[error("the Sectigo client: {0}")]
     SectigoClient(#[from] SectigoError),
 }
@@ -122,6 +126,7 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let new = self.source.load()?;
+        crate::config::requirements::check(&new)?;
         // Everything that can fail happens before anything is applied.
         let client = match (&new.sectigo, &self.worker) {
             (Some(sectigo), Some(_)) => Some(SectigoClient::new(sectigo.client_options()?)?),

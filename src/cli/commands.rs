@@ -4,7 +4,8 @@
 use super::client::{AdminClient, CliError};
 use super::table::{Format, ListWriter};
 use crate::admin::views::{
-    DomainList, DomainView, ImportRequest, ImportResponse, KeyList, KeyView, Requeued, Revoked,
+    DomainList, DomainView, ImportRequest, ImportResponse, KeyConfirmed, KeyList, KeyView,
+    Requeued, Revoked,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -163,6 +164,25 @@ pub async fn revoke(client: &AdminClient, prefix: &str) -> Result<String, CliErr
             "key {} revoked; its requests are refused from now on\n",
             r.id
         )
+    })
+}
+
+/// `certline confirm PREFIX`.
+pub async fn confirm(client: &AdminClient, prefix: &str) -> Result<String, CliError> {
+    let c: KeyConfirmed = client
+        .post(&["api", "keys", prefix, "confirm"], None::<&()>)
+        .await?;
+    let released = match c.requeued {
+        0 => String::new(),
+        n => format!("; {n} waiting domain(s) go on to Sectigo now"),
+    };
+    Ok(if c.already {
+        format!(
+            "key {} was already confirmed ({}){released}\n",
+            c.id, c.confirmed
+        )
+    } else {
+        format!("key {} confirmed{released}\n", c.id)
     })
 }
 

@@ -1,5 +1,5 @@
 //! The operator's command-line client for the admin API (`certline domains`, `keys`,
-//! `revoke`, `requeue`, `import`). `main.rs` only parses arguments and calls in here.
+//! `revoke`, `confirm`, `requeue`, `import`). `main.rs` only parses arguments and calls in here.
 //!
 //! Where the admin API is and its token come from, first found wins: the flags
 //! (`--admin-url`, `--admin-token`), the environment (`CERTLINE_ADMIN_URL`,
@@ -13,5 +13,5 @@ mod table;
 
 pub use client::{AdminClient, CliError, Endpoint};
 pub use commands::ImportReport;
-pub use commands::{DomainFilter, domains, import, keys, requeue, revoke};
+pub use commands::{DomainFilter, confirm, domains, import, keys, requeue, revoke};
 pub use table::Format;
