@@ -177,11 +177,14 @@ impl Server {
     }
 
     /// Serves until the shutdown token is cancelled, then lets open connections finish their
-    /// current request (up to `limits.shutdown_grace_ms`) and flushes the store.
+    /// current request (up to `limits.shutdown_grace_ms`) and flushes the store. Also shuts
+    /// down, and returns the store's error, when the store fails in a way only a restart
+    /// mends (README, "Durability"): the process then exits non-zero for systemd to restart.
     pub async fn run(self) -> Result<(), StoreError> {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
         tracker.spawn(prune_rate_limiters(shared.clone()));
+        tracker.spawn(shut_down_if_the_store_fails(shared.clone()));
         if let Some(worker) = self.worker {
             tracker.spawn(worker.run(shared.shutdown.clone()));
         }
@@ -223,6 +226,17 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+async fn shut_down_if_the_store_fails(shared: Arc<Shared>) {
+    let store = shared.service.store().clone();
+    tokio::select! {
+        _ = store.fatal().cancelled() => {
+            tracing::error!("the store failed for good: shutting down so that a restart replays the write-ahead log");
+            shared.shutdown.cancel();
+        }
+        _ = shared.shutdown.cancelled() => {}
+    }
 }
 
 async fn prune_rate_limiters(shared: Arc<Shared>) {

@@ -58,3 +58,25 @@ pub async fn new_key(addr: SocketAddr) -> String {
     assert!(reply.is_ok(), "{reply:?}");
     reply.data.expect("apikey returns data")
 }
+
+/// Every domain registered under `key`, following `next=` across pages.
+pub async fn all_domains(addr: SocketAddr, key: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut offset = 0u64;
+    loop {
+        let reply = call(addr, &format!("command list apikey {key} offset {offset}")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let data = reply.data.unwrap();
+        let domains = data.split(" domains=").nth(1).unwrap();
+        out.extend(
+            domains
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+        );
+        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
+            Some(next) => offset = next.parse().unwrap(),
+            None => return out,
+        }
+    }
+}
