@@ -348,3 +348,70 @@ async fn a_change_whose_log_write_failed_is_never_visible() {
     );
     s.stop().await;
 }
+
+/// sled cannot be mended in-process after an I/O error: when flushing it fails on a full
+/// disk, the store turns fatal (the server exits on that, for systemd to restart it), says
+/// why and what to do, and nothing acknowledged is lost: the next start, once there is room,
+/// replays the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_fails_on_a_full_disk_is_fatal_and_the_log_keeps_everything() {
+    use certline::apikey::ApiKey;
+    use certline::store::{ClaimCaps, DurabilityMode, Store, Timing};
+    assert!(
+        is_root(),
+        "this test mounts a tmpfs and needs root (CI runs the suite as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&dir.path().join("disk"), 48);
+    let data = fs.path.join("data");
+    let timing = Timing {
+        relaxed_flush: Duration::from_secs(1),
+        checkpoint: Duration::from_secs(3600),
+    };
+    let hash = ApiKey::generate().hash();
+    let ip = "127.0.0.1".parse().unwrap();
+    let domains: Vec<certline::domain::Domain> = (0..2000)
+        .map(|i| format!("d{i}.example.org").parse().unwrap())
+        .collect();
+    {
+        let store = Store::open(&data, DurabilityMode::Durable, timing).unwrap();
+        store
+            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .unwrap();
+        for d in &domains {
+            store.add_domain(&hash, d, ip, 0).unwrap();
+        }
+        store.commit().await.unwrap();
+        // Another tenant fills the disk to the last byte.
+        let mut filler = std::fs::File::create(fs.path.join("filler")).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        drop(filler);
+        // A clean shutdown must flush sled, which now cannot write.
+        let error = store.close().await.unwrap_err().to_string();
+        assert!(store.fatal().is_cancelled(), "{error}");
+        assert!(
+            error.contains("exits for its supervisor") && error.contains("free space"),
+            "{error}"
+        );
+        assert!(store.writable().is_err());
+        let refused: certline::domain::Domain = "refused.example.org".parse().unwrap();
+        assert!(store.add_domain(&hash, &refused, ip, 0).is_err());
+    }
+    // Room again: the next start replays the log.
+    std::fs::remove_file(fs.path.join("filler")).unwrap();
+    let started = Instant::now();
+    let store = loop {
+        // sled's threads let go of the file lock a moment after the handle is dropped.
+        match Store::open(&data, DurabilityMode::Durable, timing) {
+            Ok(store) => break store,
+            Err(certline::store::StoreError::Open { .. }) if started.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
+    };
+    assert_eq!(store.key_domains(&hash, 0).count(), domains.len());
+    assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2000);
+    store.close().await.unwrap();
+}

@@ -39,7 +39,8 @@
 //!   one when they resume.
 //! * **Space runs low.** Once a second the flusher looks at the free space of the data
 //!   directory's file system; below [`MIN_FREE_BYTES`] the store stops taking writes the same
-//!   way, before sled itself meets a full disk, and resumes when there is room again.
+//!   way, before sled itself meets a full disk, and resumes when there is room again. No
+//!   checkpoint runs while writes are refused: the log holds everything meanwhile.
 //! * **sled fails** (an insert, a flush, or the sync of its file). sled 0.34 refuses all
 //!   further work after an I/O error, and a failed fsync may have dropped pages it believes
 //!   written, so this cannot be mended in-process: the store turns *fatal* ([`Health`]), every
@@ -861,8 +862,10 @@ async fn run_flusher(log: Arc<Log>, timing: Timing, stop: CancellationToken) {
         } else {
             timing.checkpoint
         };
+        // Not while writes are refused: the log holds everything, and flushing sled on a
+        // full disk is what would break it for good.
         if last_checkpoint.elapsed() >= period
-            && !log.health.fatal.load(Ordering::Acquire)
+            && log.health.writable.load(Ordering::Acquire)
             && !log.checkpointing.swap(true, Ordering::SeqCst)
         {
             last_checkpoint = Instant::now();
