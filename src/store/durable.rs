@@ -243,6 +243,8 @@ struct Log {
     /// The undo of lost changes, to be logged before the next write (durable mode).
     compensation: Mutex<Vec<u8>>,
     kick: Notify,
+    /// To the thread that writes the audit log lines, in order (see [`AuditLines`]).
+    audit_lines: Mutex<Option<std::sync::mpsc::Sender<Vec<AuditEvent>>>>,
     progress: Progress,
     health: Health,
     mode: DurabilityMode,
@@ -296,9 +298,12 @@ impl Log {
             .flush_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         metrics::histogram!("certline_flush_seconds").record(elapsed.as_secs_f64());
-        // The audit trail's log lines say what was stored, so they come only now.
-        for event in &round.audit {
-            tracing::info!(event = event.kind.name(), key = %event.key_id, ip = %event.ip, kind = ?event.kind, "audit");
+        // The audit trail's log lines say what was stored, so they come only now; written by
+        // their own thread, so that formatting them does not delay the next round.
+        if !round.audit.is_empty()
+            && let Some(lines) = lock(&self.audit_lines).as_ref()
+        {
+            let _ = lines.send(round.audit);
         }
         Ok(())
     }
@@ -590,6 +595,30 @@ pub struct GroupCommit {
     /// Stops the flusher task (which holds a handle on the database) at close.
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The audit log writer, joined at close so that no line is lost at exit.
+    audit_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The thread that writes audit log lines for the rounds that reached the disk.
+struct AuditLines {
+    sender: std::sync::mpsc::Sender<Vec<AuditEvent>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AuditLines {
+    fn start() -> std::io::Result<Self> {
+        let (sender, rounds) = std::sync::mpsc::channel::<Vec<AuditEvent>>();
+        let thread = std::thread::Builder::new()
+            .name("certline-audit".into())
+            .spawn(move || {
+                for round in rounds {
+                    for event in &round {
+                        tracing::info!(event = event.kind.name(), key = %event.key_id, ip = %event.ip, kind = ?event.kind, "audit");
+                    }
+                }
+            })?;
+        Ok(Self { sender, thread })
+    }
 }
 
 impl GroupCommit {
@@ -605,6 +634,7 @@ impl GroupCommit {
     ) -> std::io::Result<Self> {
         let file = wal::create_segment(&dir, next_segment)?;
         wal::ensure_spare(&dir)?;
+        let audit_lines = AuditLines::start()?;
         let log = Arc::new(Log {
             pending: Mutex::new(Pending::default()),
             segment: Mutex::new(Segment {
@@ -617,6 +647,7 @@ impl GroupCommit {
             rounds: Mutex::new(()),
             compensation: Mutex::new(Vec::new()),
             kick: Notify::new(),
+            audit_lines: Mutex::new(Some(audit_lines.sender)),
             progress: Progress {
                 applied: AtomicU64::new(0),
                 settled: AtomicU64::new(0),
@@ -648,6 +679,7 @@ impl GroupCommit {
             log,
             stop,
             task: Mutex::new(Some(task)),
+            audit_thread: Mutex::new(Some(audit_lines.thread)),
         })
     }
 
@@ -748,19 +780,15 @@ impl GroupCommit {
             let _ = task.await;
         }
         let log = self.log.clone();
+        let audit_thread = lock(&self.audit_thread).take();
         run_blocking(move || {
-            if log.health.fatal.load(Ordering::Acquire) {
-                // Nothing more reaches the disk; the next start replays the log.
-                let _ = log.mend_torn_block();
-                return Err(log.health.refusal());
+            let result = close_log(&log);
+            // Every audit line of what was stored is out before the process may exit.
+            lock(&log.audit_lines).take();
+            if let Some(thread) = audit_thread {
+                let _ = thread.join();
             }
-            log.flush_round()?;
-            while log.checkpointing.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            log.checkpoint(true)?;
-            wal::mark_clean(&log.dir)
-                .map_err(|e| FlushError::new(format!("marking a clean shutdown: {e}")))
+            result
         })
         .await
     }
@@ -890,4 +918,19 @@ async fn run_flusher(log: Arc<Log>, timing: Timing, stop: CancellationToken) {
             });
         }
     }
+}
+
+/// The last flush and checkpoint of a clean shutdown.
+fn close_log(log: &Log) -> Result<(), FlushError> {
+    if log.health.fatal.load(Ordering::Acquire) {
+        // Nothing more reaches the disk; the next start replays the log.
+        let _ = log.mend_torn_block();
+        return Err(log.health.refusal());
+    }
+    log.flush_round()?;
+    while log.checkpointing.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    log.checkpoint(true)?;
+    wal::mark_clean(&log.dir).map_err(|e| FlushError::new(format!("marking a clean shutdown: {e}")))
 }

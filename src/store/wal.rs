@@ -30,6 +30,7 @@
 //! torn tail left by a crash in the middle of a write, never acknowledged.
 
 use super::records::{AuditEvent, Record};
+use smallvec::SmallVec;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -51,8 +52,9 @@ pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
-    /// The audit events among the changes, logged once they are on disk.
-    audit: Vec<AuditEvent>,
+    /// The audit events among the changes, logged once they are on disk. Inline: a batch
+    /// has one or two, and a write should not cost an allocation for them.
+    audit: SmallVec<[AuditEvent; 2]>,
 }
 
 impl WriteBatch {
@@ -79,7 +81,7 @@ impl WriteBatch {
     }
 
     /// The changes and the audit events, for the store to apply.
-    pub(super) fn into_parts(self) -> (Vec<Op>, Vec<AuditEvent>) {
+    pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[AuditEvent; 2]>) {
         (self.ops, self.audit)
     }
 
@@ -140,7 +142,7 @@ impl WriteBatch {
         }
         r.0.is_empty().then_some(Self {
             ops,
-            audit: Vec::new(),
+            audit: SmallVec::new(),
         })
     }
 }
