@@ -217,6 +217,8 @@ struct Health {
     log_broken: AtomicBool,
     /// sled failed: nothing more can be stored in this process.
     fatal: AtomicBool,
+    /// The store was closed (shutdown): nothing more is written.
+    closed: AtomicBool,
     /// Why writes are refused, while they are.
     reason: Mutex<Option<FlushError>>,
     /// Cancelled when the store turns fatal; the server exits.
@@ -224,6 +226,11 @@ struct Health {
 }
 
 impl Health {
+    /// Failed for good, or closed: no commit can succeed any more.
+    fn finished(&self) -> bool {
+        self.fatal.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
+    }
+
     fn refusal(&self) -> FlushError {
         lock(&self.reason)
             .clone()
@@ -659,6 +666,7 @@ impl GroupCommit {
                 writable: AtomicBool::new(true),
                 log_broken: AtomicBool::new(false),
                 fatal: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 reason: Mutex::new(None),
                 fatal_token: CancellationToken::new(),
             },
@@ -739,7 +747,7 @@ impl GroupCommit {
     /// the caller wrote, or read, was not stored and must not be shown or acknowledged.
     pub async fn commit_since(&self, since: Mark) -> Result<(), FlushError> {
         let log = &*self.log;
-        if log.health.fatal.load(Ordering::Acquire) {
+        if log.health.finished() {
             return Err(log.health.refusal());
         }
         if self.mode == DurabilityMode::Relaxed {
@@ -752,7 +760,7 @@ impl GroupCommit {
             let mut settled = progress.settled_tx.subscribe();
             // The sender lives as long as `log`, which we borrow.
             let _ = settled.wait_for(|s| *s >= target).await;
-            if log.health.fatal.load(Ordering::Acquire) {
+            if log.health.finished() {
                 return Err(log.health.refusal());
             }
         }
@@ -782,7 +790,16 @@ impl GroupCommit {
         let log = self.log.clone();
         let audit_thread = lock(&self.audit_thread).take();
         run_blocking(move || {
+            // No change from now on: what is applied is what the last round writes.
+            {
+                let _pending = lock(&log.pending);
+                log.health.closed.store(true, Ordering::Release);
+                log.health.writable.store(false, Ordering::Release);
+                *lock(&log.health.reason) = Some(FlushError::new("the store is closed"));
+            }
             let result = close_log(&log);
+            // Anyone still waiting hears that the store is closed.
+            log.progress.settle(u64::MAX);
             // Every audit line of what was stored is out before the process may exit.
             lock(&log.audit_lines).take();
             if let Some(thread) = audit_thread {
@@ -869,7 +886,7 @@ async fn run_flusher(log: Arc<Log>, timing: Timing, stop: CancellationToken) {
             _ = health_tick.tick() => {
                 let health = log.clone();
                 let _ = run_blocking(move || {
-                    if health.health.fatal.load(Ordering::Acquire) {
+                    if health.health.finished() {
                         Ok(())
                     } else if health.health.writable.load(Ordering::Acquire) {
                         health.check_space();
