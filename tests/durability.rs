@@ -2,8 +2,14 @@
 
 mod support;
 use std::collections::BTreeSet;
-use support::client::{all_domains, call, new_key};
+use std::net::SocketAddr;
+use support::client::{call, list_all, new_key};
 use support::server::Binary;
+
+/// Every domain registered under `key`.
+async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
+    list_all(addr, key).await.domains.into_iter().collect()
+}
 
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("certline.toml");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::admin::admin_toml;
-use support::client::{PATIENCE, all_domains, call, new_key, read_reply};
+use support::client::{PATIENCE, call, list_all, new_key, read_reply};
 use support::server::{Binary, InProcess, test_config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -93,6 +93,11 @@ async fn add_pipelined(addr: SocketAddr, key: &str, domains: &[String]) -> Vec<u
         }
     }
     codes
+}
+
+/// Every domain registered under `key` (the paging contract checked on the way).
+async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
+    list_all(addr, key).await.domains.into_iter().collect()
 }
 
 async fn readyz(admin: SocketAddr) -> (u16, String) {

@@ -88,7 +88,7 @@ fn describe() {
     describe_histogram!(
         "certline_flush_seconds",
         metrics::Unit::Seconds,
-        "Duration of one group-commit round (write-ahead log write + fdatasync)."
+        "Duration of one group-commit round (one write-ahead log write + fdatasync)."
     );
     describe_counter!(
         "certline_storage_failures_total",

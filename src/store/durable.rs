@@ -16,8 +16,8 @@
 //! shows a change that is not on disk yet, the way Redis sends the replies of an event-loop
 //! turn only after that turn's fsync. When nothing is in flight the wait is three atomic loads.
 //!
-//! Every `checkpoint` period the flusher starts a checkpoint in the background: it switches to
-//! a new segment, flushes sled and `fdatasync`s sled's `db` file through a handle of our own
+//! Every `checkpoint_ms` the flusher starts a checkpoint in the background: it switches to a
+//! new segment, flushes sled and `fdatasync`s sled's `db` file through a handle of our own
 //! (sled 0.34 makes its own log stable with `sync_file_range` only; sled issue #1452), then
 //! deletes the segments the checkpoint covers.
 //!
