@@ -121,10 +121,11 @@ fn audited_domains(log: &Path) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "mounts a tmpfs, so it needs root; .ci/run runs it (as root) with --include-ignored"]
 async fn a_disk_that_fills_up_refuses_writes_and_takes_them_again_once_it_has_room() {
     assert!(
         is_root(),
-        "this test mounts a tmpfs and needs root (CI runs the suite as root)"
+        "this test mounts a tmpfs and needs root: run it as root (.ci/run does)"
     );
     let dir = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(&dir.path().join("disk"), 64);
@@ -359,12 +360,13 @@ async fn a_change_whose_log_write_failed_is_never_visible() {
 /// why and what to do, and nothing acknowledged is lost: the next start, once there is room,
 /// replays the log.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "mounts a tmpfs, so it needs root; .ci/run runs it (as root) with --include-ignored"]
 async fn a_database_that_fails_on_a_full_disk_is_fatal_and_the_log_keeps_everything() {
     use certline::apikey::ApiKey;
     use certline::store::{ClaimCaps, DurabilityMode, Store, Timing};
     assert!(
         is_root(),
-        "this test mounts a tmpfs and needs root (CI runs the suite as root)"
+        "this test mounts a tmpfs and needs root: run it as root (.ci/run does)"
     );
     let dir = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(&dir.path().join("disk"), 48);
