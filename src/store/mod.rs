@@ -45,7 +45,7 @@ pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
-    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime, rfc3339,
+    DcvState, DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime, rfc3339,
 };
 use std::net::IpAddr;
 use std::path::Path;

@@ -190,7 +190,7 @@ impl SectigoClient {
                     )),
                 })
             }
-            _ => Err(classify_failure(status, &headers, &body)),
+            _ => Err(classify_failure(status, &headers, &body, token_url)),
         }
     }
 }

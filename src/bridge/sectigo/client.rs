@@ -38,6 +38,10 @@ pub struct ClientOptions {
     pub max_requests_per_second: f64,
     /// Path version for DCV start/submit.
     pub dcv_action_api: DcvApiVersion,
+    /// Accept `http://` URLs (local simulators in tests only; credentials travel in clear).
+    pub allow_insecure_http: bool,
+    /// Extra trusted CA certificates (PEM), besides the platform's: a private test CA.
+    pub extra_root_certificates_pem: Vec<Vec<u8>>,
 }
 
 impl ClientOptions {
@@ -55,6 +59,8 @@ impl ClientOptions {
             max_concurrency: 2,
             max_requests_per_second: 2.0,
             dcv_action_api,
+            allow_insecure_http: false,
+            extra_root_certificates_pem: Vec::new(),
         }
     }
 }
@@ -73,6 +79,10 @@ pub(super) struct Inner {
     permits: Semaphore,
     limiter: DefaultDirectRateLimiter,
     dcv_action_api: DcvApiVersion,
+    /// Until when every request waits: set by a 429 or 503 with `Retry-After`. SCM documents
+    /// no rate limit, so such an answer is read as the server asking all callers to wait,
+    /// not just the request that got it.
+    slow_down: std::sync::Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for SectigoClient {
@@ -100,13 +110,23 @@ impl SectigoClient {
     /// Builds a client. Makes no request yet (an OAuth2 token is fetched on first use).
     pub fn new(options: ClientOptions) -> Result<Self, SectigoError> {
         let mut base = options.base_url;
+        require_secure("base URL", &base, options.allow_insecure_http)?;
+        if let Credentials::OAuth2 { token_url, .. } = &options.credentials {
+            require_secure("OAuth2 token URL", token_url, options.allow_insecure_http)?;
+        }
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
         let mut defaults = HeaderMap::new();
         defaults.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for pem in &options.extra_root_certificates_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| SectigoError::Setup(format!("invalid CA certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .default_headers(defaults)
             .timeout(options.request_timeout)
             .connect_timeout(options.connect_timeout)
@@ -166,6 +186,7 @@ impl SectigoClient {
                 permits: Semaphore::new(options.max_concurrency.max(1)),
                 limiter: RateLimiter::direct(quota),
                 dcv_action_api: options.dcv_action_api,
+                slow_down: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -221,8 +242,23 @@ impl SectigoClient {
     }
 
     /// The domain named exactly `name`, if SCM has it.
+    ///
+    /// An internationalised name is looked up as certline stores it (A-label,
+    /// `xn--…`) and, if SCM has nothing under that spelling, as its U-label: an
+    /// administrator may have entered it in Unicode in the SCM interface, and creating the
+    /// A-label then only meets -700.
     pub async fn find_domain(&self, name: &str) -> Result<Option<DomainRef>, SectigoError> {
-        Ok(self.find_domains_by_name(name).await?.into_iter().next())
+        if let Some(found) = self.find_domains_by_name(name).await?.into_iter().next() {
+            return Ok(Some(found));
+        }
+        match unicode_spelling(name) {
+            Some(u_label) => Ok(self
+                .find_domains_by_name(&u_label)
+                .await?
+                .into_iter()
+                .next()),
+            None => Ok(None),
+        }
     }
 
     /// `GET /api/domain/v1/{id}`.
@@ -261,6 +297,24 @@ impl SectigoClient {
             &format!("domain/v1/{id}/monitoring"),
             &[],
             Some(to_json(monitoring)?),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /api/domain/v1/{id}/delegation/approve`: approve a `REQUESTED` delegation to
+    /// `org_id`. SCM allows it to MRAO admins only; others get a 400 (code -3/-25/-226).
+    pub async fn approve_delegation(&self, id: u64, org_id: u64) -> Result<(), SectigoError> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Approve {
+            org_id: u64,
+        }
+        self.send(
+            Method::POST,
+            &format!("domain/v1/{id}/delegation/approve"),
+            &[],
+            Some(to_json(&Approve { org_id })?),
         )
         .await
         .map(drop)
@@ -328,6 +382,35 @@ impl SectigoClient {
         .await
     }
 
+    /// Pauses every request of this client for `wait` (a 429/503 `Retry-After`), capped at
+    /// an hour so a nonsense header cannot stop the bridge for good.
+    fn slow_down_for(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(Duration::from_secs(3600));
+        let mut slot = self
+            .inner
+            .slow_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none_or(|current| current < until) {
+            tracing::warn!(
+                wait_secs = wait.as_secs(),
+                "Sectigo asked certline to slow down (Retry-After); pausing all requests"
+            );
+            *slot = Some(until);
+        }
+    }
+
+    async fn wait_out_slow_down(&self) {
+        let until = *self
+            .inner
+            .slow_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
     /// Sends one request to `path` (relative to the API root, e.g. `domain/v1`) under the
     /// concurrency and rate limits, with authentication, and sorts a failure into a
     /// [`SectigoError`]. Every endpoint method goes through here; other modules (the ACME
@@ -360,6 +443,7 @@ impl SectigoClient {
         }
         let mut retried_auth = false;
         loop {
+            self.wait_out_slow_down().await;
             self.inner.limiter.until_ready().await;
             let (auth_headers, token_generation) = self.auth_headers().await?;
             let mut request = self
@@ -400,7 +484,12 @@ impl SectigoClient {
                     body: bytes,
                 });
             }
-            let err = classify_failure(status, &headers, &bytes);
+            let err = classify_failure(status, &headers, &bytes, &url);
+            if matches!(status.as_u16(), 429 | 503)
+                && let Some(wait) = err.retry_after()
+            {
+                self.slow_down_for(wait);
+            }
             tracing::debug!(%method, path = url.path(), error = %err, "sectigo request refused");
             return Err(err);
         }
@@ -425,6 +514,32 @@ fn total_count(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The U-label spelling of a name with `xn--` labels, when it differs.
+fn unicode_spelling(name: &str) -> Option<String> {
+    if !name
+        .split('.')
+        .any(|l| l.len() > 4 && l[..4].eq_ignore_ascii_case("xn--"))
+    {
+        return None;
+    }
+    let (unicode, result) = idna::domain_to_unicode(name);
+    (result.is_ok() && unicode != name).then_some(unicode)
+}
+
+/// Refuses `http://` unless allowed: every request carries the password or a token.
+fn require_secure(what: &str, url: &Url, allow_http: bool) -> Result<(), SectigoError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => Ok(()),
+        "http" => Err(SectigoError::Setup(format!(
+            "the Sectigo {what} {url} is http://, which would send credentials in clear; use https://"
+        ))),
+        other => Err(SectigoError::Setup(format!(
+            "the Sectigo {what} has scheme {other}:, expected https://"
+        ))),
+    }
 }
 
 /// The id at the end of `Location: https://cert-manager.com/api/domain/v1/396`.
@@ -457,8 +572,28 @@ pub fn decode<T: DeserializeOwned>(reply: &Reply, what: &'static str) -> Result<
     }
     serde_json::from_slice(&reply.body).map_err(|e| SectigoError::Decode {
         what,
-        detail: truncate(&e.to_string(), 300),
+        detail: format!(
+            "{}; body starts {}",
+            truncate(&e.to_string(), 200),
+            body_preview(&reply.body)
+        ),
     })
+}
+
+/// The first bytes of a body SCM should not have sent, for the operator: printable ASCII
+/// only, 60 characters at most. Only API bodies are shown this way (they carry domain data,
+/// never credentials); the token endpoint's body never is.
+fn body_preview(body: &[u8]) -> String {
+    let shown: String = body
+        .iter()
+        .take(60)
+        .map(|&b| match b {
+            b' '..=b'~' if b != b'"' => char::from(b),
+            b'"' => '\'',
+            _ => '?',
+        })
+        .collect();
+    format!("\"{shown}\"{}", if body.len() > 60 { "…" } else { "" })
 }
 
 /// Encodes a request body.
@@ -474,6 +609,15 @@ fn comparable_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idn_names_have_a_unicode_spelling() {
+        assert_eq!(
+            unicode_spelling("xn--bcher-kva.example").as_deref(),
+            Some("bücher.example")
+        );
+        assert_eq!(unicode_spelling("plain.example"), None);
+    }
 
     #[test]
     fn location_ids() {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
-use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
 
 /// Sectigo error code for "Such domain already exists".
 pub const CODE_DOMAIN_EXISTS: i64 = -700;
@@ -91,6 +92,21 @@ pub enum SectigoError {
         /// The parser's complaint (position, not content).
         detail: String,
     },
+    /// SCM answered with a redirect. certline never follows one (the credentials would go
+    /// along), and SCM's API does not redirect: the base URL is wrong. Final.
+    #[error(
+        "Sectigo answered {url} with HTTP {status} (redirect to {location}); sectigo.base_url is probably wrong: \
+         it must be the API root including /api, over https://, on your instance's host \
+         (e.g. https://cert-manager.com/api or https://admin.enterprise.sectigo.com/api)"
+    )]
+    Redirect {
+        /// HTTP status (301, 302, 307, 308, ...).
+        status: u16,
+        /// The URL that was requested (no credentials are ever in it).
+        url: String,
+        /// Where SCM pointed, or `nowhere` without a `Location` header.
+        location: String,
+    },
     /// The client could not be built (TLS backend, invalid header value in the login).
     #[error("cannot set up the Sectigo client: {0}")]
     Setup(String),
@@ -163,21 +179,61 @@ impl SectigoError {
 }
 
 /// Sectigo's error body: `{"code":-16,"description":"Unknown user"}`; the OpenAPI spec adds
-/// optional `items` and `details`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// optional `items` and `details`. Parsed leniently, field by field, so a body whose `items`
+/// is `null` or holds numbers (or whose `code` is a string) still yields its code and
+/// description.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ApiErrorBody {
     /// Negative error code.
-    #[serde(default)]
     pub code: Option<i64>,
     /// Human-readable description.
-    #[serde(default)]
     pub description: Option<String>,
-    /// Extra items (OpenAPI only).
-    #[serde(default)]
+    /// Extra items (OpenAPI only), each as text.
     pub items: Vec<String>,
     /// Extra details (OpenAPI only).
-    #[serde(default)]
     pub details: Option<String>,
+}
+
+impl ApiErrorBody {
+    /// Reads an error body; `None` when it is not a JSON object at all.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let Value::Object(map) = serde_json::from_slice::<Value>(body).ok()? else {
+            return None;
+        };
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        };
+        let code = map.get("code").and_then(|c| match c {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+        let items = match map.get("items") {
+            Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
+            Some(Value::Null) | None => Vec::new(),
+            Some(other) => text(other).into_iter().collect(),
+        };
+        Some(ApiErrorBody {
+            code,
+            description: map.get("description").and_then(text),
+            items,
+            details: map.get("details").and_then(text),
+        })
+    }
+
+    /// The description with `details` and `items` appended, for the operator.
+    fn full_description(&self) -> Option<String> {
+        let mut parts: Vec<String> = self.description.iter().cloned().collect();
+        if let Some(d) = &self.details {
+            parts.push(d.clone());
+        }
+        if !self.items.is_empty() {
+            parts.push(self.items.join(", "));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,14 +275,24 @@ pub(super) fn classify_failure(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    url: &Url,
 ) -> SectigoError {
-    let parsed: Option<ApiErrorBody> = serde_json::from_slice(body).ok();
+    let parsed = ApiErrorBody::parse(body);
     let code = parsed.as_ref().and_then(|p| p.code);
     let description = parsed
         .as_ref()
-        .and_then(|p| p.description.clone())
+        .and_then(ApiErrorBody::full_description)
         .map(|d| truncate(&d, 500));
     match status.as_u16() {
+        300..=399 => SectigoError::Redirect {
+            status: status.as_u16(),
+            url: url.to_string(),
+            location: headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| truncate(l, 200))
+                .unwrap_or_else(|| "nowhere".into()),
+        },
         401 => SectigoError::Unauthorized { code, description },
         408 | 429 | 500..=599 => SectigoError::Transient {
             kind: if status == StatusCode::TOO_MANY_REQUESTS {
@@ -304,16 +370,18 @@ mod tests {
     #[test]
     fn failures_are_classified_by_status_and_body() {
         let h = HeaderMap::new();
+        let u = Url::parse("https://scm.example/api/domain/v1").unwrap();
         let e = classify_failure(
             StatusCode::BAD_REQUEST,
             &h,
             br#"{"code":-732,"description":"Invalid domain name."}"#,
+            &u,
         );
         assert!(
             matches!(&e, SectigoError::Api { status: 400, code: Some(-732), description } if description == "Invalid domain name.")
         );
         assert!(!e.is_retryable());
-        let e = classify_failure(StatusCode::UNAUTHORIZED, &h, b"");
+        let e = classify_failure(StatusCode::UNAUTHORIZED, &h, b"", &u);
         assert!(matches!(
             e,
             SectigoError::Unauthorized {
@@ -321,15 +389,44 @@ mod tests {
                 description: None
             }
         ));
-        let e = classify_failure(StatusCode::NOT_FOUND, &h, b"<html>secret-ish</html>");
+        let e = classify_failure(StatusCode::NOT_FOUND, &h, b"<html>secret-ish</html>", &u);
         assert!(!e.to_string().contains("secret-ish"), "{e}");
-        let e = classify_failure(StatusCode::BAD_GATEWAY, &h, b"");
+        let e = classify_failure(StatusCode::BAD_GATEWAY, &h, b"", &u);
         assert!(e.is_retryable());
         let e = classify_failure(
             StatusCode::BAD_REQUEST,
             &h,
             br#"{"code":-700,"description":"Such domain already exists"}"#,
+            &u,
         );
         assert!(e.is_already_exists());
+        // items null or non-strings, code as a string: code and description survive.
+        let e = classify_failure(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"code":"-723","description":"x is not a high-level domain.","items":null}"#,
+            &u,
+        );
+        assert_eq!(e.code(), Some(-723));
+        assert!(e.to_string().contains("not a high-level domain"), "{e}");
+        let e = classify_failure(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"code":-1601,"description":"Field invalid.","items":[1,null,"size"],"details":null}"#,
+            &u,
+        );
+        assert_eq!(e.code(), Some(-1601));
+        assert!(e.to_string().contains("Field invalid.; 1, size"), "{e}");
+        // A redirect names the URL and what to check.
+        let mut moved = HeaderMap::new();
+        moved.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("https://cert-manager.com/customer/x"),
+        );
+        let e = classify_failure(StatusCode::MOVED_PERMANENTLY, &moved, b"", &u);
+        let text = e.to_string();
+        assert!(text.contains("https://scm.example/api/domain/v1"), "{text}");
+        assert!(text.contains("base_url"), "{text}");
+        assert!(!e.is_retryable());
     }
 }
