@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::bridge_setup::{AuthMode, register, sectigo_section_with};
 use support::client::call;
-use support::scm_sim::{self, ScmSim};
+use support::scm_sim::ScmSim;
 use support::server::{InProcess, test_config};
 
 struct Env {
