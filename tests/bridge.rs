@@ -504,3 +504,65 @@ async fn shutdown_is_not_held_up_by_a_hanging_sectigo() {
     );
     assert!(text.contains("store closed; stopped"), "{text}");
 }
+
+#[test]
+fn check_config_reports_the_bridge_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "x").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sectigo]\nallowed_suffixes = [\"example.edu\"]\ndcv_method = \"cname\"\n\
+             dcv_domains = [\"dept.example.edu\"]\ndcv_hook_env = [\"DNS_TOKEN\"]\n\
+             approve_delegations = true\n[sectigo.auth]\nmode = \"headers\"\nlogin = \"l\"\n\
+             customer_uri = \"c\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_certline"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("sectigo dcv: dcv_method = Cname, dcv_domains = [\"dept.example.edu\"] (others validate at their registrable domain), dcv_hook_env = [\"DNS_TOKEN\"], approve_delegations = true, allow_insecure_http = false"),
+        "{text}"
+    );
+    // http:// is refused with the reason.
+    let text_http = std::fs::read_to_string(&path).unwrap().replace(
+        "[sectigo]\n",
+        "[sectigo]\nbase_url = \"http://127.0.0.1:1/api\"\n",
+    );
+    std::fs::write(&path, text_http).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_certline"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(all.contains("credentials in clear"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_answers_end_failed_after_a_few_attempts_with_the_body_start() {
+    let sim = ScmSim::start().await;
+    sim.malform_next(1000, scm_sim::Malform::Garbage);
+    let s = setup(&sim, scm_sim::PASSWORD, "");
+    let server = InProcess::start_with(in_process_config(&s)).await;
+    let key = register(server.addr, &["garbled.example.edu".into()]).await;
+    let data = wait_state(server.addr, &key, "garbled.example.edu", "failed").await;
+    assert!(data.contains("error_step=lookup"), "{data}");
+    assert!(data.contains("Gateway hiccup"), "{data}");
+    let lists = sim.count("GET /api/domain/v1");
+    assert!((5..=6).contains(&lists), "{lists} attempts");
+    server.stop().await;
+}

@@ -1088,3 +1088,33 @@ async fn list_paging_works_when_x_total_count_is_sometimes_absent() {
     assert_eq!(found.len(), 1);
     assert!(sim.count(LIST) >= 3, "all pages were read");
 }
+
+#[tokio::test]
+async fn over_tls_both_auth_modes_work_without_allowing_http() {
+    let sim = ScmSim::start_tls().await;
+    sim.add_domain("tls.example.edu");
+    let root = sim.tls_root_pem().unwrap().as_bytes().to_vec();
+    for credentials in [header_credentials(), oauth_credentials(&sim)] {
+        let mut o = options(&sim, credentials);
+        o.allow_insecure_http = false;
+        o.extra_root_certificates_pem = vec![root.clone()];
+        let client = SectigoClient::new(o).unwrap();
+        assert!(
+            client
+                .find_domain("tls.example.edu")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(sim.token_requests(), 1);
+    // Without trusting the simulator's certificate, the TLS handshake fails (transient).
+    let mut o = options(&sim, header_credentials());
+    o.allow_insecure_http = false;
+    let err = SectigoClient::new(o)
+        .unwrap()
+        .find_domain("tls.example.edu")
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}

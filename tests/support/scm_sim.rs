@@ -206,6 +206,8 @@ struct State {
 pub struct ScmSim {
     addr: SocketAddr,
     token_addr: SocketAddr,
+    /// PEM of the self-signed certificate when the simulator speaks HTTPS.
+    tls_root_pem: Option<String>,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
 }
@@ -228,6 +230,50 @@ impl ScmSim {
     /// [`CUSTOMER_URI`], [`CLIENT_ID`], [`CLIENT_SECRET`]), tokens valid for 5 minutes, an empty
     /// inventory and the background DCV check running every 20 ms.
     pub async fn start() -> ScmSim {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`ScmSim::start`], but both hosts speak HTTPS with a fresh self-signed
+    /// certificate for `127.0.0.1` (rcgen + rustls); [`ScmSim::tls_root_pem`] is what a
+    /// client must trust.
+    pub async fn start_tls() -> ScmSim {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("rcgen");
+        let cert_pem = certified.cert.pem();
+        let cert_der = certified.cert.der().clone();
+        let key_der = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(
+            certified.signing_key.serialize_der(),
+        )
+        .expect("key der");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der], key_der)
+            .expect("server certificate");
+        let mut sim =
+            Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        sim.tls_root_pem = Some(cert_pem);
+        let base = format!("https://{}", sim.addr);
+        sim.st().base_url = base;
+        sim
+    }
+
+    /// The certificate to trust for a simulator from [`ScmSim::start_tls`].
+    pub fn tls_root_pem(&self) -> Option<&str> {
+        self.tls_root_pem.as_deref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls_root_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> ScmSim {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind simulator");
@@ -268,12 +314,14 @@ impl ScmSim {
         tokio::spawn(accept_loop(
             listener,
             Host::Api,
+            tls.clone(),
             state.clone(),
             stop.clone(),
         ));
         tokio::spawn(accept_loop(
             token_listener,
             Host::Token,
+            tls,
             state.clone(),
             stop.clone(),
         ));
@@ -283,6 +331,7 @@ impl ScmSim {
             token_addr,
             state,
             stop,
+            tls_root_pem: None,
         }
     }
 
@@ -292,17 +341,17 @@ impl ScmSim {
 
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
     }
 
     /// The API root the client should use: `http://127.0.0.1:<port>/api`.
     pub fn api_url(&self) -> String {
-        format!("http://{}/api", self.addr)
+        format!("{}://{}/api", self.scheme(), self.addr)
     }
 
     /// The OAuth2 token endpoint, on its own host (port), as Sectigo's is.
     pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.token_addr)
+        format!("{}://{}{TOKEN_PATH}", self.scheme(), self.token_addr)
     }
 
     // --- strictness switches ------------------------------------------------------------
@@ -640,6 +689,7 @@ enum Host {
 async fn accept_loop(
     listener: TcpListener,
     host: Host,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
 ) {
@@ -665,22 +715,44 @@ async fn accept_loop(
         let kill = CancellationToken::new();
         let state = state.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc_kill = kill.clone();
-            let service = service_fn(move |req| handle(state.clone(), host, svc_kill.clone(), req));
-            let mut conn =
-                Box::pin(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = kill.cancelled() => {
-                    let _ = socket2::SockRef::from(&spare).set_linger(Some(Duration::ZERO));
+            match tls {
+                None => serve(stream, host, state, kill, stop, spare).await,
+                Some(acceptor) => {
+                    if let Ok(tls_stream) = acceptor.accept(stream).await {
+                        serve(tls_stream, host, state, kill, stop, spare).await;
+                    }
                 }
-                _ = stop.cancelled() => {}
             }
-            drop(conn);
-            drop(spare);
         });
     }
+}
+
+/// Serves one connection (plain or TLS) until it ends, a reset fault kills it, or the
+/// simulator stops.
+async fn serve<IO>(
+    io: IO,
+    host: Host,
+    state: Arc<Mutex<State>>,
+    kill: CancellationToken,
+    stop: CancellationToken,
+    spare: std::net::TcpStream,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_kill = kill.clone();
+    let service = service_fn(move |req| handle(state.clone(), host, svc_kill.clone(), req));
+    let mut conn = Box::pin(http1::Builder::new().serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = kill.cancelled() => {
+            let _ = socket2::SockRef::from(&spare).set_linger(Some(Duration::ZERO));
+        }
+        _ = stop.cancelled() => {}
+    }
+    drop(conn);
+    drop(spare);
 }
 
 async fn handle(
