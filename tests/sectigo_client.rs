@@ -330,6 +330,12 @@ async fn cname_dcv_goes_submitted_then_validated_once_the_record_is_published() 
         challenge.host.trim_end_matches('.'),
         challenge.point.trim_end_matches('.'),
     );
+    // SCM checks at its announced nextCheck (2 h by default), not as soon as DNS changes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = client.dcv_status("cname-dcv.edu").await.unwrap();
+    assert_eq!(early.status, Some(ValidationStatus::NotValidated));
+    assert!(early.next_check.unwrap() > Utc::now() + chrono::Duration::minutes(60));
+    sim.check_dcv_now();
     let done = wait_validated(&client, "cname-dcv.edu").await;
     assert!(done.expiration_date.unwrap() > done.validation_date.unwrap());
 
@@ -342,6 +348,7 @@ async fn cname_dcv_goes_submitted_then_validated_once_the_record_is_published() 
 async fn txt_dcv_value_survives_backslash_and_backtick() {
     let sim = ScmSim::start().await;
     sim.add_domain("txt-dcv.edu");
+    sim.set_next_check_interval(Duration::from_millis(50));
     let client = oauth_client(&sim);
     let r = client.submit_txt("txt-dcv.edu").await.unwrap();
     assert_eq!(

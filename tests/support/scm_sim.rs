@@ -31,6 +31,9 @@
 //!   while `REQUESTED` (else 400 -705).
 //! * **DCV errors as 404 where the OpenAPI says so** (§2b: OAS declares 404 ErrorResponse
 //!   per operation): -727 answers 404 on `/api/dcv/v2/...`, 400 on v1 (DOC25.5, CTOPHS).
+//! * **Validation only at the announced `nextCheck`** (§6b v2 status, §6e: checks are
+//!   scheduled, 2 h apart in Sectigo's example): a submitted order is looked at no sooner;
+//!   tests shorten the interval with [`ScmSim::set_next_check_interval`].
 //! * **Error bodies with `items: null`** (§2a OAS `ErrorResponse.items`) when switched on.
 //! * **Page size** (§3): `size` above 200 is refused (-1601; unconfirmed, the harsh choice);
 //!   [`ScmSim::set_total_count_sometimes_absent`] leaves `X-Total-Count` off every other page.
@@ -102,6 +105,8 @@ struct Dcv {
     backend_id: Option<String>,
     submitted_date: Option<NaiveDate>,
     last_check: Option<chrono::DateTime<Utc>>,
+    /// The announced `nextCheck`: SCM looks at the proof no sooner (§6b, §6e).
+    next_check: Option<chrono::DateTime<Utc>>,
 }
 
 impl Default for Dcv {
@@ -118,6 +123,7 @@ impl Default for Dcv {
             backend_id: None,
             submitted_date: None,
             last_check: None,
+            next_check: None,
         }
     }
 }
@@ -559,9 +565,10 @@ impl ScmSim {
         find_by_name(&s, name).map(|id| s.domains[&id].dcv.status.to_string())
     }
 
-    /// Runs the DCV check once, now (the background check also runs every 20 ms).
+    /// Runs the DCV check once, now, whatever `nextCheck` said (the background check runs
+    /// every 20 ms but looks at an order only once its announced `nextCheck` has come).
     pub fn check_dcv_now(&self) {
-        run_dcv_checks(&mut self.st());
+        run_dcv_checks(&mut self.st(), true);
     }
 
     // --- faults -------------------------------------------------------------------------
@@ -1040,6 +1047,7 @@ fn dispatch(
                 return refusal;
             }
             let backend = next_backend_id(s);
+            let interval = s.next_check_interval;
             let d = s.domains.get_mut(&id).expect("checked");
             if d.dcv.order_mode != Some("CNAME") || d.dcv.host.is_none() {
                 return error(
@@ -1048,7 +1056,7 @@ fn dispatch(
                     &format!("Error while validating the domain {}", d.name),
                 );
             }
-            submit(&mut d.dcv, backend.clone());
+            submit(&mut d.dcv, backend.clone(), interval);
             json_response(
                 200,
                 &json!({"status": d.dcv.status, "orderStatus": "SUBMITTED",
@@ -1061,12 +1069,13 @@ fn dispatch(
             }
             let backend = next_backend_id(s);
             let point = txt_value(&mut s.rng);
+            let interval = s.next_check_interval;
             let d = s.domains.get_mut(&id).expect("checked");
             let host = format!("_pki-validation.{}.", d.name);
             d.dcv.order_mode = Some("TXT");
             d.dcv.host = Some(host.clone());
             d.dcv.point = Some(point.clone());
-            submit(&mut d.dcv, backend.clone());
+            submit(&mut d.dcv, backend.clone(), interval);
             json_response(
                 200,
                 &json!({"status": d.dcv.status, "orderStatus": "SUBMITTED",
@@ -1371,8 +1380,9 @@ fn dcv_list(s: &mut State, query: &str) -> Resp {
     r
 }
 
-fn submit(dcv: &mut Dcv, backend: String) {
+fn submit(dcv: &mut Dcv, backend: String, next_check_interval: chrono::Duration) {
     dcv.order_status = "SUBMITTED";
+    dcv.next_check = Some(Utc::now() + next_check_interval);
     dcv.submitted_date = Some(Utc::now().date_naive());
     dcv.backend_id = Some(backend);
 }
@@ -1411,11 +1421,13 @@ fn dcv_status_json(d: &Dcv, next_check_interval: chrono::Duration) -> Value {
         v["point"] = json!(d.point);
         v["orderBackendId"] = json!(d.backend_id);
         v["submittedDate"] = json!(d.submitted_date.map(|x| x.to_string()));
-        let last = d.last_check.unwrap_or_else(Utc::now);
-        v["lastCheck"] = json!(last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        v["nextCheck"] = json!(
-            (last + next_check_interval).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        );
+        if let Some(last) = d.last_check {
+            v["lastCheck"] = json!(last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+        let next = d
+            .next_check
+            .unwrap_or_else(|| Utc::now() + next_check_interval);
+        v["nextCheck"] = json!(next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
     v
 }
@@ -1456,20 +1468,26 @@ async fn dcv_checker(state: Arc<Mutex<State>>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => run_dcv_checks(&mut state.lock().expect("simulator state poisoned")),
+            _ = tick.tick() => run_dcv_checks(&mut state.lock().expect("simulator state poisoned"), false),
         }
     }
 }
 
-fn run_dcv_checks(s: &mut State) {
+/// Checks submitted orders whose announced `nextCheck` has come (all of them with `force`).
+fn run_dcv_checks(s: &mut State, force: bool) {
     let now = Utc::now();
+    let interval = s.next_check_interval;
     let published = &s.published;
     let zone_dir = s.zone_dir.clone();
     for d in s.domains.values_mut() {
         if d.dcv.order_status != "SUBMITTED" {
             continue;
         }
+        if !force && d.dcv.next_check.is_some_and(|next| now < next) {
+            continue;
+        }
         d.dcv.last_check = Some(now);
+        d.dcv.next_check = Some(now + interval);
         let (Some(host), Some(point)) = (&d.dcv.host, &d.dcv.point) else {
             continue;
         };
