@@ -1,13 +1,14 @@
 //! The `certline` command line.
 
 use anyhow::Context as _;
+use certline::App;
 use certline::cli::{self, AdminClient, Endpoint, Format};
 use certline::config::{Config, LogFormat};
-use certline::server::Server;
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -122,8 +123,19 @@ impl OutputArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one chain of messages (`{:#}`), never as a `Debug` dump: an operator
+/// with `RUST_BACKTRACE=1` set for another program still gets one clean line.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
@@ -230,14 +242,15 @@ fn init_tracing(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let server = Server::bind(config)
+    let server = App::start(config)
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
-    println!("listening on {}", server.local_addr());
+    // The line-protocol line comes last, so a reader knows it has seen every port.
     if let Some(admin) = server.admin_addr() {
         println!("admin listening on {admin}");
     }
+    println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {

@@ -6,11 +6,12 @@ use certline::Config;
 use certline::apikey::ApiKey;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::admin::{Admin, TOKEN, admin_toml, names};
 use support::client::{call, new_key, request};
 use support::scm_sim::{self, ScmSim};
 use support::server::{InProcess, test_config};
+use support::wait::wait_until;
 
 /// A server with `[admin]` (and `extra` TOML) on a fresh directory.
 async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
@@ -43,21 +44,19 @@ async fn add(addr: std::net::SocketAddr, key: &str, domain: &str) {
 
 /// Polls the inventory until `domain` is in `state`.
 async fn wait_state(admin: &Admin, domain: &str, state: &str) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let all = admin.domains("").await;
-        let d = all.iter().find(|d| d["domain"] == domain).cloned();
-        if let Some(d) = &d
-            && d["sectigo"] == state
-        {
-            return d.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{domain} never reached {state}: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{domain} in {state}"),
+        || async {
+            let all = admin.domains("").await;
+            let d = all.iter().find(|d| d["domain"] == domain).cloned();
+            match d {
+                Some(d) if d["sectigo"] == state => Ok(d),
+                other => Err(other),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
