@@ -41,6 +41,8 @@ const PHASES: &[BridgePhase] = &[
     BridgePhase::NotForwarded,
     BridgePhase::NotInSectigo,
     BridgePhase::AwaitingConfirmation,
+    BridgePhase::AwaitingDelegationApproval,
+    BridgePhase::Suspended,
     BridgePhase::Failed,
 ];
 

@@ -330,6 +330,8 @@ impl Worker {
             let (rest, outcome) = match result {
                 Ok(step) => {
                     record.waiting_on_credentials = false;
+                    // `attempts` counts consecutive failures of one step.
+                    record.attempts = 0;
                     (matches!(step, Step::Rest), "ok")
                 }
                 Err(failure) => {
@@ -396,6 +398,8 @@ impl Worker {
     fn apply_policy(&self, domain: &str, r: &mut BridgeRecord) -> Step {
         match self.policy.decide(domain, r.key_confirmed) {
             Ok(()) => {
+                // A recheck or requeue after a bounded -700 cycle gets one more bounded cycle.
+                r.exists_rounds = 0;
                 r.phase = if r.sectigo_id.is_some() {
                     BridgePhase::Details
                 } else {
