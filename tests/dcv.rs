@@ -159,12 +159,26 @@ async fn two_hundred_domains_validate_by(method: &str, mode: AuthMode) {
     let server = InProcess::start_with(config_with(mode, &sim, &env, method, Some(&hook))).await;
     let domains = subdomains(200, method);
     let key = register(server.addr, &domains).await;
+    // A subdomain is synced as soon as it is in the inventory; its DCV follows its
+    // validation domain's, which certline validates once (and then cleans up after).
     wait_for(
         server.addr,
         &key,
         &domains,
-        "sectigo=synced id=",
+        " dcv=VALIDATED ",
         Duration::from_secs(180),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the validation domains synced (DCV records cleaned up)",
+        || async {
+            let phases: Vec<_> = PARENTS
+                .iter()
+                .map(|p| server.store.bridge(p).unwrap().map(|r| r.phase.name()))
+                .collect();
+            done_or(phases.iter().all(|p| *p == Some("synced")), phases)
+        },
     )
     .await;
     let record_type = method.to_ascii_uppercase();

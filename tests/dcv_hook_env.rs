@@ -78,7 +78,8 @@ async fn run() {
         )
         .await;
         let data = reply.data.unwrap();
-        if data.contains("dcv=VALIDATED") {
+        // Synced with DCV validated: the cleanup run of the hook is done too.
+        if data.contains("sectigo=synced") && data.contains("dcv=VALIDATED") {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{data}");
