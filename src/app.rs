@@ -57,6 +57,7 @@ pub struct App {
     store: Arc<Store>,
     worker: Option<Arc<Worker>>,
     admin: Option<AdminServer>,
+    confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
 }
 
@@ -112,6 +113,7 @@ impl App {
                         error,
                     })?;
                 let base = admin_config.public_url(admin.local_addr());
+                store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
                     store.clone(),
                     base,
@@ -123,7 +125,7 @@ impl App {
             None => (None, None),
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
+            .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
@@ -137,6 +139,7 @@ impl App {
             store,
             worker,
             admin,
+            confirmations,
             shutdown,
         })
     }
@@ -170,6 +173,9 @@ impl App {
         }
         if let Some(admin) = self.admin {
             tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        if let Some(confirmations) = self.confirmations {
+            tracker.spawn(confirmations.run(self.shutdown.clone()));
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use support::admin::{Admin, admin_toml};
 use support::client::{PATIENCE, call, new_key, request};
 use support::scm_sim::{self, ScmSim};
+use support::scripts::closed_port;
 use support::server::{Binary, InProcess, test_config};
 use support::smtp_sink::{Captured, SmtpSink};
 use support::wait::{done_or, wait_until};
@@ -285,12 +286,7 @@ async fn the_claim_caps_refuse_with_the_documented_replies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let dir = tempfile::tempdir().unwrap();
     let smtp = format!(
         "\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n"
@@ -305,16 +301,68 @@ async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
         .await,
         "status ok 200 api key claimed\n"
     );
-    // The failure is counted for the operator.
-    wait_until(PATIENCE, "the failed mail counted", || async {
+    // The failure is counted for the operator, and the mail waits in the outbox for a retry.
+    wait_until(PATIENCE, "the failed mail counted and pending", || async {
         let (_, metrics) = admin.get("/metrics").await;
         let counted = metrics
             .lines()
             .any(|l| l.starts_with("certline_confirmation_mails_total{result=\"failed\"}"));
-        done_or(counted, metrics)
+        let pending = metrics
+            .lines()
+            .any(|l| l == "certline_confirmation_mail_outbox 1");
+        done_or(counted && pending, metrics)
     })
     .await;
+    assert_eq!(server.store.mail_outbox_len(), 1);
     server.stop().await;
+}
+
+/// The mail job is written with the claim: a crash right after the `ok` (here with the relay
+/// down, so the mail cannot have left before the kill) still mails the links after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_mail_survives_kill_9_after_the_ok() {
+    let dead_port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certline.toml");
+    let data = dir.path().join("data");
+    let smtp = |port: u16| {
+        format!(
+            "{}\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n",
+            admin_toml(dir.path())
+        )
+    };
+    std::fs::write(&config, smtp(dead_port)).unwrap();
+    let server = Binary::start(&data, Some(&config));
+    let key = new_key(server.addr).await;
+    assert_eq!(
+        request(
+            server.addr,
+            &format!("command claim apikey {key} email a@example.org\n")
+        )
+        .await,
+        "status ok 200 api key claimed\n"
+    );
+    server.kill9();
+
+    let sink = SmtpSink::start().await;
+    std::fs::write(&config, smtp(sink.addr.port())).unwrap();
+    let server = Binary::start(&data, Some(&config));
+    let mail = sink.wait_for(1, PATIENCE).await.remove(0);
+    assert_eq!(mail.to, ["a@example.org"]);
+    let (confirm, _) = links(&mail);
+    let (code, page) = follow(&confirm).await;
+    assert_eq!(code, 200, "{page}");
+    let admin = Admin::new(server.admin.expect("admin listener"));
+    wait_until(PATIENCE, "the outbox empty again", || async {
+        let (_, metrics) = admin.get("/metrics").await;
+        let empty = metrics
+            .lines()
+            .any(|l| l == "certline_confirmation_mail_outbox 0");
+        done_or(empty, metrics)
+    })
+    .await;
+    // Exactly one mail: the job left the outbox when it was sent.
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,4 +1,4 @@
-//! Crash test (protocol.md §8, design.md §7): a `200` to a write means the write is on disk.
+//! Crash test (protocol.md §8, ARCHITECTURE.md §4): a `200` to a write means the write is on disk.
 //!
 //! The real binary runs in durable mode (the default). 32 connections register distinct
 //! domains as fast as the server answers, recording every domain that got `status ok 200`;

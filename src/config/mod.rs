@@ -9,7 +9,8 @@
 //! validates the combination. The layers receive their section as a value from
 //! [`crate::app`] and never read the whole configuration. What every section shares, the
 //! error type and secret loading, is in [`error`] and [`secret`]: those two files import
-//! nothing else from the crate.
+//! nothing else from the crate, and the layers import them by their own paths
+//! (`config::secret::Secret`), never this module, so no layer depends on the whole file.
 
 pub mod error;
 pub mod secret;

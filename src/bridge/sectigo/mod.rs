@@ -24,7 +24,7 @@ pub mod client;
 pub mod error;
 pub mod types;
 
-pub use crate::config::Secret;
+pub use crate::config::secret::Secret;
 pub use auth::Credentials;
 pub use client::{ClientOptions, MAX_PAGE_SIZE, SectigoClient};
 pub use error::{
