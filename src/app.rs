@@ -25,6 +25,10 @@ const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 /// `main` prints the whole chain.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// The sections each validate, but together could never do what they ask
+    /// ([`crate::config::requirements`]); every such problem, with its ways out.
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
     /// setting); the message names the key.
     #[error(transparent)]
@@ -62,9 +66,11 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store, loads the secrets and binds the listeners. Must be called inside a
-    /// tokio runtime. Fails before serving anything, so a bad secret never half-starts.
+    /// Refuses a configuration that could never do what it asks, then opens the store, loads
+    /// the secrets and binds the listeners. Must be called inside a tokio runtime. Fails
+    /// before serving anything, so a bad secret never half-starts.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::config::requirements::check(&config)?;
         let store = Arc::new(Store::open(
             &config.data_dir,
             config.durability.mode,

@@ -7,6 +7,7 @@
 mod support;
 use certline::Config;
 use certline::apikey::ApiKey;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use support::admin::{Admin, admin_toml};
@@ -24,9 +25,15 @@ fn smtp_toml(sink: &SmtpSink) -> String {
     )
 }
 
+/// The admin listener's public URL in these tests: what users' browsers would reach it at
+/// (certline refuses `[smtp]` with links under a loopback address). The tests check each
+/// mailed link starts with it, then follow it at the listener's real address.
+const PUBLIC_URL: &str = "https://certline.example.org/";
+
 async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     let base = test_config(&dir.join("data"));
-    let mut config = Config::from_toml(&format!("{}\n{extra}", admin_toml(dir))).unwrap();
+    let admin = format!("{}public_url = \"{PUBLIC_URL}\"\n", admin_toml(dir));
+    let mut config = Config::from_toml(&format!("{admin}\n{extra}")).unwrap();
     config.listen = base.listen;
     config.data_dir = base.data_dir;
     config.rate_limit = base.rate_limit;
@@ -35,15 +42,20 @@ async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     (server, admin)
 }
 
-/// The confirm and revoke links of a captured message.
-fn links(message: &Captured) -> (String, String) {
+/// The confirm and revoke links of a captured message, which must be under [`PUBLIC_URL`],
+/// rewritten to the admin listener at `admin`.
+fn links(message: &Captured, admin: Option<SocketAddr>) -> (String, String) {
     let links = message.links();
+    let local = format!("http://{}/", admin.expect("admin listener"));
     let find = |part: &str| {
-        links
+        let link = links
             .iter()
             .find(|l| l.contains(part))
-            .unwrap_or_else(|| panic!("no {part} link in {}", message.data))
-            .clone()
+            .unwrap_or_else(|| panic!("no {part} link in {}", message.data));
+        let path = link
+            .strip_prefix(PUBLIC_URL)
+            .unwrap_or_else(|| panic!("{link} is not under admin.public_url {PUBLIC_URL}"));
+        format!("{local}{path}")
     };
     (find("/link/confirm/"), find("/link/revoke/"))
 }
@@ -84,8 +96,12 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let id = ApiKey::parse(&key).unwrap().hash().id();
     assert!(mail.body().contains(&id), "the mail names the key id");
     assert!(!mail.data.contains(&key), "the mail never carries the key");
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, server.admin);
     assert!(confirm.starts_with(&format!("http://{}/link/confirm/", server.admin.unwrap())));
+    assert!(
+        mail.body().contains(&format!("{PUBLIC_URL}link/confirm/")),
+        "the mail's links are under admin.public_url"
+    );
 
     let status_line = |key: String| {
         let addr = server.addr;
@@ -162,7 +178,7 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let second = reply.data.unwrap();
     let mail = sink.wait_for(2, PATIENCE).await.remove(1);
     assert_eq!(mail.to, ["dev@example.org"]);
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, server.admin);
     let (code, page) = follow(&revoke).await;
     assert_eq!(code, 200);
     assert!(page.contains("Key revoked"), "{page}");
@@ -210,7 +226,7 @@ async fn an_expired_link_fails_and_changes_nothing() {
     let reply = call(server.addr, "command apikey email ops@example.org").await;
     let key = reply.data.unwrap();
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, server.admin);
     // Validity is counted in whole seconds: after two, the one-second link is over.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = reqwest::Client::new().post(&confirm).send().await.unwrap();
@@ -327,7 +343,7 @@ async fn a_claim_mail_survives_kill_9_after_the_ok() {
     let data = dir.path().join("data");
     let smtp = |port: u16| {
         format!(
-            "{}\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n",
+            "{}public_url = \"{PUBLIC_URL}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n",
             admin_toml(dir.path())
         )
     };
@@ -349,7 +365,7 @@ async fn a_claim_mail_survives_kill_9_after_the_ok() {
     let server = Binary::start(&data, Some(&config));
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
     assert_eq!(mail.to, ["a@example.org"]);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, server.admin);
     let (code, page) = follow(&confirm).await;
     assert_eq!(code, 200, "{page}");
     let admin = Admin::new(server.admin.expect("admin listener"));
@@ -439,7 +455,7 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
     assert_eq!(waiting[0]["key"], "unconfirmed");
 
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, server.admin);
     let (code, page) = follow(&confirm).await;
     assert_eq!(code, 200, "{page}");
     wait_until(Duration::from_secs(60), "sectigo=synced", || async {

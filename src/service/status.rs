@@ -45,6 +45,9 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
         return;
     };
     let _ = write!(out, " sectigo={}", r.phase.name());
+    if let Some(why) = waiting_on(r.phase) {
+        let _ = write!(out, " waiting={why}");
+    }
     if paused {
         out.push_str(" bridge=paused");
     }
@@ -97,6 +100,16 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
             })
             .collect();
         let _ = write!(out, " error=\"{text}\"");
+    }
+}
+
+/// Whom a domain waits for, when that is not the bridge itself: a host that sees
+/// `sectigo=awaiting_confirmation` alone cannot tell that it is its own key's e-mail link
+/// (or the operator's `certline confirm`) that would release it.
+fn waiting_on(phase: BridgePhase) -> Option<&'static str> {
+    match phase {
+        BridgePhase::AwaitingConfirmation => Some("key_confirmation"),
+        _ => None,
     }
 }
 

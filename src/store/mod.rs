@@ -42,7 +42,7 @@ pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
-pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
+pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 pub use mail_outbox::DueMail;
