@@ -7,7 +7,7 @@
 //! | applied at once | how |
 //! |---|---|
 //! | `[limits]` (but `listen_backlog`) | to connections accepted after the reload |
-//! | `[sectigo]` credentials (re-read from their files or variables), policy, timings | from each domain's next bridge step; a bridge paused by a 401 probes at once |
+//! | `[sectigo]` credentials (re-read from their files or variables), policy, timings, DCV (`dcv_domains`, `dcv_hook_env`, …), `approve_delegations`, `allow_insecure_http` | from each domain's next bridge step; a bridge paused by a 401 probes at once, and every domain the 401 parked follows the probe ([`Worker::reconfigure`]) |
 //! | the admin token (re-read) | from the next admin request |
 //!
 //! Everything else (`listen`, `data_dir`, `[durability]`, `worker_threads`, `[log]`,

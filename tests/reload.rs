@@ -1,8 +1,10 @@
 //! Reload on SIGHUP (issue 19): the configuration file and the secrets it names are read
-//! again; new Sectigo credentials resume a paused bridge at once, a policy change applies at
-//! the next bridge step, limits apply to new connections, a rotated admin token works at
-//! once; settings that need a restart are reported and kept; a reload that fails validation
-//! keeps the running configuration and logs why. No connection is dropped by any of it.
+//! again; new Sectigo credentials resume a paused bridge at once, with every domain the 401
+//! parked; a policy change applies at the next bridge step; limits apply to new connections;
+//! a rotated admin token works at once; settings that need a restart are reported and kept;
+//! a reload that fails validation (a value, a combination, a bridge key such as
+//! `allow_insecure_http`) keeps the running configuration and logs why. No connection is
+//! dropped by any of it.
 //!
 //! The real binary runs in a child process and gets real signals.
 
@@ -129,33 +131,122 @@ fn start(sim: &ScmSim, settings: &str, password: &str) -> Setup {
 /// it within the test.
 const POLICY: &str = "allowed_suffixes = [\"example.edu\"]\ncreate_missing = false\nrequire_confirmed_key = false\nunauthorized_retry_secs = 3600";
 
+/// The domains of the credential-rotation test.
+const PARKED: [&str; 4] = [
+    "www.example.edu",
+    "a.example.edu",
+    "b.example.edu",
+    "c.example.edu",
+];
+
+/// Polls the inventory under `suffix` until `check` accepts every entry of `domains`.
+async fn wait_all(
+    admin: &Admin,
+    suffix: &str,
+    domains: &[&str],
+    check: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = admin.json(&format!("/api/domains?suffix={suffix}")).await;
+        let entries = page["domains"].as_array().cloned().unwrap_or_default();
+        let all = domains.iter().all(|d| {
+            entries
+                .iter()
+                .find(|e| e["domain"] == *d)
+                .is_some_and(|e| check(&page, e))
+        });
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{domains:?}: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn new_credentials_by_sighup_resume_a_paused_bridge_at_once_without_dropping_a_connection() {
+async fn new_credentials_by_sighup_resume_every_parked_domain_at_once_without_dropping_a_connection()
+ {
     let sim = ScmSim::start().await;
-    sim.add_domain("www.example.edu");
-    let s = start(&sim, POLICY, "a-wrong-password");
+    for d in PARKED {
+        sim.add_domain(d);
+    }
+    // Probes every second while the password is wrong, so each domain in turn meets the 401
+    // and is parked by it (not only the first one).
+    let probing = POLICY.replace(
+        "unauthorized_retry_secs = 3600",
+        "unauthorized_retry_secs = 1",
+    );
+    let s = start(&sim, &probing, "a-wrong-password");
     let key = new_key(s.server.addr).await;
     let mut held = TcpStream::connect(s.server.addr).await.unwrap();
-    let add = format!("command add apikey {key} domain www.example.edu");
-    assert!(
-        on(&mut held, &add)
-            .await
-            .starts_with("data www.example.edu\nstatus ok 200")
-    );
-    // Sectigo answers 401 to the wrong password: the bridge pauses.
-    wait_domain(&s.admin, "www.example.edu", |page, _| {
-        page["bridge"] == "paused"
+    for d in PARKED {
+        let add = format!("command add apikey {key} domain {d}");
+        let reply = on(&mut held, &add).await;
+        assert!(
+            reply.starts_with(&format!("data {d}\nstatus ok 200")),
+            "{reply}"
+        );
+    }
+    // Sectigo answers 401 to the wrong password: the bridge pauses, and every domain has
+    // been refused by it (each carries the 401 as its error).
+    wait_all(&s.admin, "example.edu", &PARKED, |page, d| {
+        page["bridge"] == "paused" && !d["error"].is_null() && d["sectigo"] != "synced"
     })
     .await;
+    assert_eq!(sim.domain_count(), PARKED.len(), "nothing created");
 
+    // First a probe interval of an hour, the password still wrong: the reload's probe meets
+    // the 401 again and the bridge stays paused, now for an hour, so from here on only a
+    // reload can resume it within the test.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    write(
+        &s.config,
+        &text.replace(
+            "unauthorized_retry_secs = 1",
+            "unauthorized_retry_secs = 3600",
+        ),
+    );
+    let text = reload(&s.server, &s.log).await;
+    assert!(text.contains("configuration reloaded"), "{text}");
+    wait_all(&s.admin, "example.edu", &PARKED, |page, d| {
+        page["bridge"] == "paused" && !d["error"].is_null()
+    })
+    .await;
+    // Wait for that probe: a domain it parked is next due in about an hour. From then on
+    // the bridge sleeps for the hour, and no probe of the old one-second rhythm is pending.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = s.admin.json("/api/domains?suffix=example.edu").await;
+        let in_an_hour = page["domains"].as_array().unwrap().iter().any(|d| {
+            d["next_attempt"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.timestamp() > chrono::Utc::now().timestamp() + 1800)
+        });
+        if in_an_hour {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe after the reload: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The right password: the reload must release every parked domain behind one probe,
+    // not just the one that probes.
     write(&s.password, scm_sim::PASSWORD);
     let text = reload(&s.server, &s.log).await;
     assert!(text.contains("configuration reloaded"), "{text}");
-    let entry = wait_domain(&s.admin, "www.example.edu", |page, d| {
-        page["bridge"] == "on" && d["sectigo"] == "synced"
+    wait_all(&s.admin, "example.edu", &PARKED, |page, d| {
+        page["bridge"] == "on" && d["sectigo"] == "synced" && d["error"].is_null()
     })
     .await;
-    assert_eq!(entry["id"], sim.domain_id("www.example.edu").unwrap());
+    for d in PARKED {
+        let entry = wait_domain(&s.admin, d, |_, e| e["sectigo"] == "synced").await;
+        assert_eq!(entry["id"], sim.domain_id(d).unwrap(), "{d}");
+    }
 
     // The connection opened before the reload is still served.
     let status = format!("command status apikey {key} domain www.example.edu");
@@ -181,6 +272,24 @@ async fn a_policy_change_by_sighup_applies_at_the_next_bridge_step() {
     write(&s.config, &text.replace("example.org", "example.edu"));
     reload(&s.server, &s.log).await;
     wait_domain(&s.admin, "www.example.edu", |_, d| d["sectigo"] == "synced").await;
+
+    // A reload is validated like a start: without allow_insecure_http the simulator's
+    // http:// URL is refused, and the running bridge goes on as it was.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    assert!(text.contains("allow_insecure_http = true\n"));
+    write(&s.config, &text.replace("allow_insecure_http = true\n", ""));
+    let log = reload(&s.server, &s.log).await;
+    assert!(
+        log.contains("reload failed") && log.contains("sectigo.base_url"),
+        "{log}"
+    );
+    sim.add_domain("mail.example.edu");
+    let add = format!("command add apikey {key} domain mail.example.edu");
+    assert!(call(s.server.addr, &add).await.is_ok());
+    wait_domain(&s.admin, "mail.example.edu", |_, d| {
+        d["sectigo"] == "synced"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
