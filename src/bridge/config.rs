@@ -164,6 +164,10 @@ pub struct SectigoConfig {
     /// started again at the next recheck).
     #[serde(default = "default_dcv_max_wait_hours")]
     pub dcv_max_wait_hours: u64,
+
+    /// `[sectigo.acme]`: SCM ACME accounts for API keys (off when absent; see `crate::acme`).
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// Which DNS DCV method certline drives.
@@ -292,6 +296,9 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
 impl SectigoConfig {
     /// Checks the section for combinations that cannot work, before anything talks to SCM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(acme) = &self.acme {
+            acme.validate(self.org_id)?;
+        }
         if let Some(hook) = &self.dcv_hook
             && !hook.is_file()
         {

@@ -795,9 +795,9 @@ impl fmt::Debug for SectigoClient {
 }
 
 /// What a successful exchange returned, before any parsing.
-struct Reply {
-    headers: HeaderMap,
-    body: bytes::Bytes,
+pub(crate) struct Reply {
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: bytes::Bytes,
 }
 
 impl SectigoClient {
@@ -1035,7 +1035,7 @@ impl SectigoClient {
     /// Sends one request under the concurrency and rate limits, with authentication. With
     /// OAuth2, a 401 drops the cached token and the request is retried once with a new one
     /// (tokens can be revoked before they expire).
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         method: Method,
         path: &str,
@@ -1348,7 +1348,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some((when - Utc::now()).to_std().unwrap_or(Duration::ZERO))
 }
 
-fn total_count(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn total_count(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("x-total-count")?
         .to_str()
@@ -1359,7 +1359,7 @@ fn total_count(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The id at the end of `Location: https://cert-manager.com/api/domain/v1/396`.
-fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError> {
+pub(crate) fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError> {
     let bad = |detail: &str| SectigoError::Decode {
         what: "the domain creation",
         detail: detail.to_string(),
@@ -1377,7 +1377,10 @@ fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError> {
         .ok_or_else(|| bad("Location header does not end in a domain id"))
 }
 
-fn decode<T: DeserializeOwned>(reply: &Reply, what: &'static str) -> Result<T, SectigoError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    reply: &Reply,
+    what: &'static str,
+) -> Result<T, SectigoError> {
     if reply.body.iter().all(u8::is_ascii_whitespace) {
         return Err(SectigoError::Decode {
             what,
@@ -1390,7 +1393,7 @@ fn decode<T: DeserializeOwned>(reply: &Reply, what: &'static str) -> Result<T, S
     })
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, SectigoError> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, SectigoError> {
     serde_json::to_vec(value)
         .map_err(|e| SectigoError::Setup(format!("cannot encode request: {e}")))
 }

@@ -4,11 +4,12 @@
 pub mod connection;
 pub mod listener;
 
+use crate::acme::{AcmeApi, AcmeWorker};
 use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, Worker};
 use crate::config::Config;
 use crate::confirm::{Confirmations, Mailer};
-use crate::service::Service;
+use crate::service::{AcmeHandOut, Service};
 use crate::store::{Store, StoreError, Timing};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     worker: Option<Arc<Worker>>,
+    acme_worker: Option<Arc<AcmeWorker>>,
     admin: Option<AdminServer>,
 }
 
@@ -77,6 +79,7 @@ impl Server {
             }
         })?;
         let store = Arc::new(store);
+        let mut acme_worker = None;
         let worker = match &config.sectigo {
             Some(sectigo) => {
                 let options = sectigo
@@ -86,6 +89,12 @@ impl Server {
                     SectigoClient::new(options).map_err(|e| StartError::Sectigo(e.to_string()))?;
                 store.enable_bridge();
                 tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
+                acme_worker = AcmeWorker::new(store.clone(), AcmeApi::new(client.clone()), sectigo)
+                    .map(Arc::new);
+                if acme_worker.is_some() {
+                    store.enable_acme();
+                    tracing::info!("Sectigo ACME accounts on");
+                }
                 Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
             }
             None => {
@@ -142,6 +151,14 @@ impl Server {
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
+        if let Some(sectigo) = &config.sectigo
+            && let Some(acme) = sectigo.acme.as_ref().filter(|a| a.hand_out_eab)
+        {
+            service = service.with_acme_hand_out(AcmeHandOut {
+                server: acme.acme_server.clone(),
+                require_confirmed_key: sectigo.require_confirmed_key,
+            });
+        }
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -150,6 +167,7 @@ impl Server {
                 shutdown,
             }),
             worker,
+            acme_worker,
             admin,
         })
     }
@@ -183,6 +201,9 @@ impl Server {
         let shared = self.shared.clone();
         tracker.spawn(prune_rate_limiters(shared.clone()));
         if let Some(worker) = self.worker {
+            tracker.spawn(worker.run(shared.shutdown.clone()));
+        }
+        if let Some(worker) = self.acme_worker {
             tracker.spawn(worker.run(shared.shutdown.clone()));
         }
         if let Some(admin) = self.admin {

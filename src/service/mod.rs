@@ -4,6 +4,7 @@
 //! order protocol.md §6 documents: field formats (422, 406), rate limits (429), the key
 //! (401, 403), then the command. Every write waits for [`Store::commit`] before it says `ok`.
 
+mod acme;
 mod add;
 mod apikey;
 mod claim;
@@ -17,6 +18,7 @@ use crate::bridge::BridgeHandle;
 use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
+pub use acme::AcmeHandOut;
 use rate_limit::RateLimiters;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -112,6 +114,8 @@ pub struct Service {
     /// Sends claim confirmation links; present when the admin listener (which serves the
     /// links) is configured.
     confirmations: Option<Arc<Confirmations>>,
+    /// Present when `[sectigo.acme]` has `hand_out_eab = true`.
+    acme: Option<AcmeHandOut>,
 }
 
 impl From<CapExceeded> for ServiceError {
@@ -132,6 +136,7 @@ impl Service {
             bridge: None,
             caps: ClaimCaps::default(),
             confirmations: None,
+            acme: None,
         }
     }
 
@@ -160,6 +165,12 @@ impl Service {
         self
     }
 
+    /// Answers `command acme` with the EAB of the key's ACME account.
+    pub fn with_acme_hand_out(mut self, hand_out: AcmeHandOut) -> Self {
+        self.acme = Some(hand_out);
+        self
+    }
+
     /// The store, for the server's shutdown flush and for tests.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
@@ -180,6 +191,7 @@ impl Service {
             Request::Status { apikey, domain } => status::run(self, &apikey, &domain).await,
             Request::List { apikey, offset } => list::run(self, &apikey, offset.as_deref()),
             Request::Remove { apikey, domain } => remove::run(self, &apikey, &domain, ctx).await,
+            Request::Acme { apikey } => acme::run(self, &apikey),
         };
         result.unwrap_or_else(ServiceError::into_reply)
     }

@@ -17,6 +17,8 @@
 //! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
 //! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
 //! | `M` | a name | store metadata (migrations done, the readiness probe) |
+//! | `U` | key hash | [`AcmeKeyRecord`] (the key's SCM ACME account and its domains' mapping) |
+//! | `Q` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -31,6 +33,7 @@
 //! Write methods change sled's in-memory state and queue a write-ahead log record; nothing is
 //! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
 
+mod acme_state;
 mod bridge_state;
 mod claims;
 pub mod durable;
@@ -40,6 +43,7 @@ pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
+pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
 pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
@@ -120,6 +124,9 @@ pub struct Store {
     audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
+    /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
+    acme_enabled: AtomicBool,
+    acme_wakeup: tokio::sync::Notify,
 }
 
 impl Store {
@@ -206,6 +213,8 @@ impl Store {
             bridge_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
+            acme_enabled: AtomicBool::new(false),
+            acme_wakeup: tokio::sync::Notify::new(),
         };
         store.migrate_email_index()?;
         Ok(store)
@@ -368,7 +377,9 @@ impl Store {
             let mut batch = WriteBatch::default();
             batch.insert(key_key(hash), record.encode());
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
+            acme_state::touch_key(self, &mut batch, hash, now)?;
             self.write(batch)?;
+            self.acme_wakeup.notify_one();
         }
         Ok(true)
     }
@@ -424,7 +435,9 @@ impl Store {
         }
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         if queued || released {
             self.bridge_wakeup.notify_one();
         }
@@ -455,7 +468,9 @@ impl Store {
         batch.remove(kd_key);
         let kind = AuditKind::DomainRemoved { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         Ok(true)
     }
 
