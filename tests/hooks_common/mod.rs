@@ -4,6 +4,8 @@
 //! bounds how long a script may take.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+pub mod pebble;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -16,19 +16,37 @@ pub const ACME_SERVER: &str = "https://acme.sectigo.com/v2/OV";
 pub const ORG: u64 = 1;
 
 /// A config file body: the bridge (`sectigo_settings` more `[sectigo]` lines) and
-/// `[sectigo.acme]` (`acme_settings` more lines), with fast timers.
+/// `[sectigo.acme]` for [`ACME_SERVER`] (`acme_settings` more lines), with fast timers.
 pub fn acme_toml(
     sim: &ScmSim,
     password_file: &Path,
     sectigo_settings: &str,
     acme_settings: &str,
 ) -> String {
+    acme_toml_for(
+        sim,
+        password_file,
+        sectigo_settings,
+        ACME_SERVER,
+        acme_settings,
+    )
+}
+
+/// Like [`acme_toml`], for another ACME server (which the simulator must know).
+pub fn acme_toml_for(
+    sim: &ScmSim,
+    password_file: &Path,
+    sectigo_settings: &str,
+    acme_server: &str,
+    acme_settings: &str,
+) -> String {
     let settings = format!(
-        "max_concurrency = 8\nunauthorized_retry_secs = 1\norg_id = {ORG}\nallowed_suffixes = [\"example.edu\"]\n{sectigo_settings}"
+        "max_concurrency = 8\nunauthorized_retry_secs = 1\norg_id = {ORG}\n\
+         allowed_suffixes = [\"example.edu\"]\n{sectigo_settings}"
     );
     format!(
         "[rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n{}\n\
-         [sectigo.acme]\nacme_server = \"{ACME_SERVER}\"\npending_recheck_secs = 1\n{acme_settings}\n",
+         [sectigo.acme]\nacme_server = \"{acme_server}\"\npending_recheck_secs = 1\n{acme_settings}\n",
         sectigo_section(sim, password_file, &settings)
     )
 }

@@ -401,6 +401,18 @@ impl super::ScmSim {
         self.st().acme.eab_pool = pairs.iter().cloned().collect();
     }
 
+    /// Makes SCM list another ACME server (an OV server at `url`), e.g. a local Pebble.
+    pub fn add_acme_server(&self, url: &str) {
+        let mut s = self.st();
+        let ca_id = 40_486 + s.acme.servers.len() as u64;
+        s.acme.servers.push(SimAcmeServer {
+            url: url.into(),
+            name: format!("Test ACME Server {ca_id}"),
+            ca_id,
+            validation_type: "OV",
+        });
+    }
+
     /// Every ACME account, in id order.
     pub fn acme_accounts(&self) -> Vec<AcmeAccountView> {
         self.st()
