@@ -1,7 +1,7 @@
 //! The `[sectigo.acme]` section: which SCM ACME server certline maps domains for, and how
 //! accounts relate to API keys. Absent means off.
 
-use crate::bridge::config::ConfigError;
+use crate::config::ConfigError;
 use serde::Deserialize;
 
 /// How SCM ACME accounts relate to certline's API keys.
@@ -76,32 +76,25 @@ fn default_recheck_hours() -> u64 {
 /// The longest account name SCM accepts (OAS: `name` 1..128).
 const MAX_ACCOUNT_NAME: usize = 128;
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        problem: problem.into(),
-    }
-}
-
 impl AcmeConfig {
     /// Checks the section; `bridge_org_id` is `[sectigo].org_id`.
     pub fn validate(&self, bridge_org_id: Option<u64>) -> Result<(), ConfigError> {
         let server = self.acme_server.trim();
         if server.is_empty() || server.len() > 1024 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "sectigo.acme.acme_server",
                 "must name the ACME server as SCM lists it (GET /api/acme/v1/server), \
                  e.g. \"https://acme.sectigo.com/v2/OV\"; 1 to 1024 characters",
             ));
         }
         if server.chars().any(char::is_whitespace) {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "sectigo.acme.acme_server",
                 "must not contain spaces: hosts receive it as one token (server=...)",
             ));
         }
         if self.org_id.or(bridge_org_id).is_none() {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "sectigo.acme.org_id",
                 "SCM needs an organizationId for ACME accounts: set sectigo.acme.org_id \
                  or sectigo.org_id",
@@ -109,14 +102,14 @@ impl AcmeConfig {
         }
         match (self.accounts, self.account_id) {
             (AccountModel::Shared, None) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "sectigo.acme.account_id",
                     "accounts = \"shared\" needs the SCM id of the existing account \
                      (the numeric `id` in GET /api/acme/v2/account)",
                 ));
             }
             (AccountModel::PerKey, Some(_)) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "sectigo.acme.account_id",
                     "only used with accounts = \"shared\"; remove it or set accounts = \"shared\"",
                 ));
@@ -130,13 +123,13 @@ impl AcmeConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "sectigo.acme.account_name_prefix",
                 "1 to 116 characters of letters, digits, '-', '_' and '.'",
             ));
         }
         if self.pending_recheck_secs == 0 || self.recheck_hours == 0 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "sectigo.acme.pending_recheck_secs",
                 "pending_recheck_secs and recheck_hours must be at least 1",
             ));

@@ -8,10 +8,10 @@
 //! - v2 add/remove use the singular `/domain` path, and DELETE carries a JSON body;
 //! - the account's `macKey` is a credential: it is never part of an error text.
 
-use crate::bridge::secret::Secret;
 use crate::bridge::sectigo::{
     MAX_PAGE_SIZE, SectigoClient, SectigoError, decode, id_from_location, to_json, total_count,
 };
+use crate::config::Secret;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 

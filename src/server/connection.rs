@@ -27,7 +27,7 @@ const READ_CHUNK: usize = 2048;
 
 /// Serves one connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let framer = LineFramer::new(shared.config.limits.max_line_bytes);
+    let framer = LineFramer::new(shared.limits.max_line_bytes);
     let mut conn = Connection {
         stream,
         peer,
@@ -74,9 +74,9 @@ impl Connection {
             }
             let waiting_for_line_end = !self.buf.is_empty();
             let wait = if waiting_for_line_end {
-                self.shared.config.quiet_period()
+                self.shared.limits.quiet_period()
             } else {
-                self.shared.config.idle_timeout()
+                self.shared.limits.idle_timeout()
             };
             match self.read_more(wait).await? {
                 Input::Bytes => {}
@@ -115,7 +115,7 @@ impl Connection {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Input::Timeout),
                 _ = self.shared.shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
-                    deadline = deadline.min(Instant::now() + self.shared.config.quiet_period());
+                    deadline = deadline.min(Instant::now() + self.shared.limits.quiet_period());
                     continue;
                 }
             }
@@ -179,7 +179,7 @@ impl Connection {
     }
 
     async fn close_gracefully(&mut self) {
-        let linger = self.shared.config.linger();
+        let linger = self.shared.limits.linger();
         let _ = self.stream.shutdown().await;
         discard_until_eof(&mut self.stream, linger).await;
     }

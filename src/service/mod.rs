@@ -20,6 +20,7 @@ use crate::protocol::{ErrorCode, Reply, Request};
 use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
 pub use acme::AcmeHandOut;
 use rate_limit::RateLimiters;
+pub use rate_limit::RateLimits;
 use std::net::IpAddr;
 use std::sync::Arc;
 use thiserror::Error;
@@ -129,7 +130,7 @@ impl From<CapExceeded> for ServiceError {
 
 impl Service {
     /// A service over `store` with the given per-address rate limits.
-    pub fn new(store: Arc<Store>, limits: &crate::config::RateLimits) -> Self {
+    pub fn new(store: Arc<Store>, limits: &RateLimits) -> Self {
         Self {
             store,
             limiters: RateLimiters::new(limits),
