@@ -308,3 +308,62 @@ async fn the_acme_command_answers_only_what_the_operator_enabled() {
     assert_eq!(reply.code(), 404, "{reply:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_account_holds_every_keys_names_and_keeps_a_name_another_key_holds() {
+    let sim = ScmSim::start().await;
+    sim.set_eab_pool(&eab_pool(1));
+    let shared = sim.add_acme_account("example.edu hosts", support::acme_setup::ORG);
+    let x: Vec<String> = (1..=3).map(|i| format!("x{i}.example.edu")).collect();
+    seed_validated(&sim, &x);
+    let s = setup(
+        &sim,
+        OPEN,
+        &format!("accounts = \"shared\"\naccount_id = {shared}"),
+    );
+    let server = start(&s).await;
+    let key_a = register(server.addr, &x[..2]).await;
+    let key_b = register(server.addr, &x[1..]).await;
+    wait_acme(server.addr, &key_a, &x[..2], "mapped", LIMIT).await;
+    wait_acme(server.addr, &key_b, &x[1..], "mapped", LIMIT).await;
+    let (_, account, _) = acme_state(server.addr, &key_a, &x[0]).await;
+    assert_eq!(account, Some(shared));
+    assert_eq!(sim.acme_accounts()[0].domains, x);
+
+    // A lets go of x2, which B still holds: it stays.
+    let reply = call(
+        server.addr,
+        &format!("command remove apikey {key_a} domain {}", x[1]),
+    )
+    .await;
+    assert!(reply.is_ok());
+    let hash_a = ApiKey::parse(&key_a).unwrap().hash();
+    wait_for("A's pass after the removal", LIMIT, async || {
+        server
+            .store
+            .acme_key(&hash_a)
+            .unwrap()
+            .is_some_and(|r| !r.domains.contains_key(&x[1]))
+    })
+    .await;
+    assert_eq!(sim.acme_accounts()[0].domains, x);
+
+    // B is revoked: its names leave the account (x2 now has no holder), the account stays.
+    let hash_b = ApiKey::parse(&key_b).unwrap().hash();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    server
+        .store
+        .revoke_key(&hash_b, ip, chrono::Utc::now().timestamp())
+        .unwrap();
+    wait_for("B's names to leave the shared account", LIMIT, async || {
+        sim.acme_accounts()[0].domains == [x[0].clone()]
+    })
+    .await;
+    assert_eq!(sim.acme_accounts().len(), 1);
+    assert_eq!(
+        sim.count("POST /api/acme/v2/account"),
+        0,
+        "shared: never creates"
+    );
+    server.stop().await;
+}

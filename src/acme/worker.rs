@@ -238,6 +238,7 @@ impl AcmeWorker {
             }
             Err(e) => return Err(e.into()),
         };
+        record.account_id = Some(id);
         if self.config.hand_out_eab && record.eab.is_none() {
             record.eab = self.api.account(id).await?.eab().map(|eab| StoredEab {
                 kid: eab.kid,

@@ -70,7 +70,8 @@ pub struct AcmeKeyRecord {
     pub attempts: u32,
     /// The last failure, kept until a pass succeeds.
     pub last_error: Option<String>,
-    /// The key was revoked and its account deleted in SCM.
+    /// The key was revoked and retired in SCM: its own account deleted (`per_key`), or its
+    /// names taken out of the shared account (`shared`). Nothing more to do for it.
     pub account_deleted: bool,
     /// Bumped by every [`touch_key`]: lets a save by the worker see that the key changed
     /// while it worked, so the change is not lost.
@@ -243,4 +244,65 @@ fn acme_outbox_key(due: UnixTime, hash: &KeyHash) -> Vec<u8> {
     k.extend_from_slice(&due.max(0).to_be_bytes());
     k.extend_from_slice(&hash.0);
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DurabilityMode, Timing};
+    use std::time::Duration;
+
+    fn store(dir: &std::path::Path) -> Store {
+        let timing = Timing {
+            relaxed_flush: Duration::from_secs(1),
+            checkpoint: Duration::from_secs(3600),
+        };
+        Store::open(dir, DurabilityMode::Durable, timing).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn a_touch_while_the_worker_holds_a_copy_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.enable_acme();
+        let hash = KeyHash([7; 32]);
+        s.touch_acme_key(&hash, 100).unwrap();
+        assert_eq!(s.due_acme_keys(100, 10).unwrap(), vec![hash]);
+        // The worker reads the record, works, and meanwhile the key is touched again.
+        let mut copy = s.acme_key(&hash).unwrap().unwrap();
+        s.touch_acme_key(&hash, 150).unwrap();
+        copy.account_id = Some(24_282);
+        copy.next_attempt_at = Some(100 + 86_400);
+        s.save_acme_key(&hash, &copy, 160).unwrap();
+        let saved = s.acme_key(&hash).unwrap().unwrap();
+        assert_eq!(
+            saved.account_id,
+            Some(24_282),
+            "the worker's result is kept"
+        );
+        assert_eq!(
+            saved.next_attempt_at,
+            Some(160),
+            "and the key stays due now"
+        );
+        assert_eq!(s.due_acme_keys(160, 10).unwrap(), vec![hash]);
+        assert_eq!(s.next_acme_due().unwrap(), Some(160));
+        // Without a touch in between, the worker's schedule holds; one outbox entry only.
+        let copy = s.acme_key(&hash).unwrap().unwrap();
+        let mut later = copy.clone();
+        later.next_attempt_at = Some(500);
+        s.save_acme_key(&hash, &later, 170).unwrap();
+        assert!(s.due_acme_keys(499, 10).unwrap().is_empty());
+        assert_eq!(s.due_acme_keys(500, 10).unwrap(), vec![hash]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_while_acme_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let hash = KeyHash([9; 32]);
+        s.touch_acme_key(&hash, 100).unwrap();
+        assert!(s.acme_key(&hash).unwrap().is_none());
+        assert_eq!(s.next_acme_due().unwrap(), None);
+    }
 }

@@ -194,6 +194,8 @@ impl Store {
                     self.audit(&mut batch, now, ip, &hash, AuditKind::KeyConfirmed)?;
                 }
                 let requeued = self.confirm_bridge_records(&mut batch, &hash, now)?;
+                // A confirmed key's names may now go into its ACME account.
+                super::acme_state::touch_key(self, &mut batch, &hash, now)?;
                 LinkOutcome::Confirmed { key_id, requeued }
             }
             LinkAction::Revoke => {
@@ -202,10 +204,13 @@ impl Store {
                     batch.insert(key_key(&hash), key.encode());
                     self.audit(&mut batch, now, ip, &hash, AuditKind::KeyRevoked)?;
                 }
+                // Its ACME account must go, so the host's EAB stops working.
+                super::acme_state::touch_key(self, &mut batch, &hash, now)?;
                 LinkOutcome::Revoked { key_id }
             }
         };
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         if let LinkOutcome::Confirmed { requeued: 1.., .. } = outcome {
             self.bridge_wakeup.notify_one();
         }
