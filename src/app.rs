@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 
 /// certline could not start. Each variant says which part failed; the message says what to do.
+/// No variant also carries its cause as an error `source`: the message already has it, and
+/// `main` prints the whole chain.
 #[derive(Debug, Error)]
 pub enum StartError {
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
@@ -33,20 +35,20 @@ pub enum StartError {
     Store(#[from] StoreError),
     /// The Sectigo client could not be built from a valid `[sectigo]` section.
     #[error("the Sectigo client: {0}")]
-    SectigoClient(#[from] SectigoError),
+    SectigoClient(SectigoError),
     /// The line-protocol port could not be bound.
-    #[error("listening on {addr}: {source} (is another process using the port?)")]
+    #[error("listening on {addr}: {error} (is another process using the port?)")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The admin port could not be bound.
     #[error(
-        "admin listener on {addr}: {source} (is another process using the port? change admin.listen)"
+        "admin listener on {addr}: {error} (is another process using the port? change admin.listen)"
     )]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -73,7 +75,8 @@ impl App {
         let mut acme_worker = None;
         let worker = match &config.sectigo {
             Some(sectigo) => {
-                let client = SectigoClient::new(sectigo.client_options()?)?;
+                let client = SectigoClient::new(sectigo.client_options()?)
+                    .map_err(StartError::SectigoClient)?;
                 store.enable_bridge();
                 tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
                 acme_worker = AcmeWorker::new(store.clone(), AcmeApi::new(client.clone()), sectigo)
@@ -113,9 +116,9 @@ impl App {
                 );
                 let admin = AdminServer::bind(admin_config.listen, state)
                     .await
-                    .map_err(|source| StartError::AdminBind {
+                    .map_err(|error| StartError::AdminBind {
                         addr: admin_config.listen,
-                        source,
+                        error,
                     })?;
                 let base = admin_config.public_url(admin.local_addr());
                 let confirmations = Confirmations::new(
@@ -142,9 +145,9 @@ impl App {
             });
         }
         let server = Server::bind(config.listen, config.limits, service, shutdown.clone())
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: config.listen,
-                source,
+                error,
             })?;
         Ok(Self {
             server,

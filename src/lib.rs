@@ -1,5 +1,6 @@
 //! certline: a KeyChest-compatible TCP line-protocol server that registers hosts' domains
-//! and bridges them into Sectigo Certificate Manager.
+//! and bridges them into Sectigo Certificate Manager. `ARCHITECTURE.md` has the layer map,
+//! the keyspace, the bridge state machine and the durability contract.
 //!
 //! # Map
 //!

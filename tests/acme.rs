@@ -10,12 +10,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use support::acme_setup::{
-    ACME_SERVER, acme_state, acme_toml, eab_pool, seed_validated, wait_acme, wait_for,
+    ACME_SERVER, acme_state, acme_toml, eab_pool, seed_validated, wait_acme,
 };
 use support::bridge_setup::register;
 use support::client::call;
 use support::scm_sim::{self, ScmSim};
 use support::server::{Binary, InProcess, test_config};
+use support::wait::{done_or, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -110,8 +111,11 @@ async fn two_keys_two_accounts_each_with_only_its_own_domains_removal_unmaps_rev
     )
     .await;
     assert!(reply.is_ok());
-    wait_for("a1 to leave A's account", LIMIT, async || {
-        account_of(&sim, &key_a).unwrap().domains == [a_names[0].clone(), a_names[2].clone()]
+    wait_until(LIMIT, "a1 to leave A's account", || async {
+        done_or(
+            account_of(&sim, &key_a).unwrap().domains == [a_names[0].clone(), a_names[2].clone()],
+            sim.acme_accounts(),
+        )
     })
     .await;
 
@@ -125,8 +129,8 @@ async fn two_keys_two_accounts_each_with_only_its_own_domains_removal_unmaps_rev
             .unwrap()
     );
     server.store.commit().await.unwrap();
-    wait_for("B's account to be deleted", LIMIT, async || {
-        account_of(&sim, &key_b).is_none()
+    wait_until(LIMIT, "B's account to be deleted", || async {
+        done_or(account_of(&sim, &key_b).is_none(), sim.acme_accounts())
     })
     .await;
     assert_eq!(sim.acme_accounts().len(), 1);
@@ -165,8 +169,8 @@ async fn kill_9_between_account_created_and_id_stored_leaves_one_account() {
     let server = Binary::start_logged(&data, Some(&s.config_file), "trace", Some(&log));
     let key = register(server.addr, &domains).await;
     // The account exists in SCM; certline has not seen the answer (every ACME call fails).
-    wait_for("the account to be created", LIMIT, async || {
-        sim.acme_accounts().len() == 1
+    wait_until(LIMIT, "the account to be created", || async {
+        done_or(sim.acme_accounts().len() == 1, sim.acme_accounts())
     })
     .await;
     let reply = call(server.addr, &format!("command acme apikey {key}")).await;
@@ -338,12 +342,15 @@ async fn a_shared_account_holds_every_keys_names_and_keeps_a_name_another_key_ho
     .await;
     assert!(reply.is_ok());
     let hash_a = ApiKey::parse(&key_a).unwrap().hash();
-    wait_for("A's pass after the removal", LIMIT, async || {
-        server
-            .store
-            .acme_key(&hash_a)
-            .unwrap()
-            .is_some_and(|r| !r.domains.contains_key(&x[1]))
+    wait_until(LIMIT, "A's pass after the removal", || async {
+        done_or(
+            server
+                .store
+                .acme_key(&hash_a)
+                .unwrap()
+                .is_some_and(|r| !r.domains.contains_key(&x[1])),
+            sim.acme_accounts(),
+        )
     })
     .await;
     assert_eq!(sim.acme_accounts()[0].domains, x);
@@ -355,8 +362,11 @@ async fn a_shared_account_holds_every_keys_names_and_keeps_a_name_another_key_ho
         .store
         .revoke_key(&hash_b, ip, chrono::Utc::now().timestamp())
         .unwrap();
-    wait_for("B's names to leave the shared account", LIMIT, async || {
-        sim.acme_accounts()[0].domains == [x[0].clone()]
+    wait_until(LIMIT, "B's names to leave the shared account", || async {
+        done_or(
+            sim.acme_accounts()[0].domains == [x[0].clone()],
+            sim.acme_accounts(),
+        )
     })
     .await;
     assert_eq!(sim.acme_accounts().len(), 1);

@@ -9,17 +9,16 @@
 //! Needs certbot, pebble and openssl (`.ci/install-e2e-deps`), so it is ignored by default;
 //! `.ci/e2e` runs it with `--include-ignored`.
 
-mod hooks_common;
 mod support;
 
-use hooks_common::pebble::{Pebble, require};
-use hooks_common::{Finished, register_script, run_bounded};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::acme_setup::{acme_state, acme_toml_for, eab_pool, seed_validated, wait_acme};
+use support::pebble::{Pebble, require};
 use support::scm_sim::{self, ScmSim};
+use support::scripts::{Finished, register_script, run_bounded};
 use support::server::{InProcess, test_config};
 
 const CERTBOT_LIMIT: Duration = Duration::from_secs(240);

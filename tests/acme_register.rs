@@ -5,10 +5,8 @@
 //! `--eab-hmac-key=KEY` even for a key that starts with `-`, installs the deploy hook with the
 //! same key, and never prints the HMAC key.
 
-mod hooks_common;
 mod support;
 
-use hooks_common::{minimal_path, mode_of, read_trimmed, register_script, run_bounded};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 use support::acme_setup::{ACME_SERVER, acme_toml, seed_validated};
 use support::scm_sim::{self, ScmSim};
+use support::scripts::{minimal_path, mode_of, read_trimmed, register_script, run_bounded};
 use support::server::{InProcess, test_config};
 
 /// A certbot stand-in: appends its arguments (one per line, then `--`) to `calls`, and on

@@ -5,11 +5,12 @@
 mod support;
 use certline::Config;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::bridge_setup::{register, sectigo_section};
 use support::client::call;
 use support::scm_sim::{self, ScmSim};
 use support::server::{Binary, InProcess, test_config};
+use support::wait::{done_or, wait_until};
 
 /// A config file body pointing at the simulator, with fast timers for tests.
 fn sectigo_toml(sim: &ScmSim, password_file: &Path, extra: &str) -> String {
@@ -82,25 +83,24 @@ async fn wait_all_synced(
     domains: &[String],
     limit: Duration,
 ) {
-    let start = Instant::now();
-    let mut pending: Vec<String> = domains.to_vec();
-    while !pending.is_empty() {
+    // Only the domains not yet synced are asked again.
+    let pending = std::sync::Mutex::new(domains.to_vec());
+    wait_until(limit, "every domain synced", || async {
+        let asked = std::mem::take(&mut *pending.lock().unwrap());
         let mut still = Vec::new();
-        for d in &pending {
-            if bridge_state(addr, key, d).await.0 != "synced" {
-                still.push(d.clone());
+        let mut example = String::new();
+        for d in asked {
+            let (state, data) = bridge_state(addr, key, &d).await;
+            if state != "synced" {
+                example = data;
+                still.push(d);
             }
         }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        if start.elapsed() > limit {
-            let (_, example) = bridge_state(addr, key, &pending[0]).await;
-            panic!("{} domains not synced, e.g. {example}", pending.len());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        let left = still.len();
+        *pending.lock().unwrap() = still;
+        done_or(left == 0, format!("{left} not synced, e.g. {example}"))
+    })
+    .await;
 }
 
 fn names(n: usize, prefix: &str) -> Vec<String> {
@@ -145,14 +145,10 @@ async fn kill_9_in_the_middle_of_a_faulty_run_and_a_restart_finishes_the_rest() 
     let domains = names(1000, "k");
     let key = register(server.addr, &domains).await;
     // Let the bridge get part of the way, then pull the plug.
-    let start = Instant::now();
-    while sim.domain_count() < 150 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "bridge made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(120), "150 domains in SCM", || async {
+        done_or(sim.domain_count() >= 150, sim.domain_count())
+    })
+    .await;
     server.kill9();
     let before = sim.domain_count();
     assert!(before < domains.len(), "the run was not interrupted");
@@ -172,25 +168,30 @@ async fn a_401_pauses_the_bridge_and_it_resumes_when_the_credentials_work() {
     let server = InProcess::start_with(in_process_config(&s)).await;
     let domains = names(5, "p");
     let key = register(server.addr, &domains).await;
-    let start = Instant::now();
-    loop {
+    let (state, data) = wait_until(Duration::from_secs(30), "the bridge paused", || async {
         let (state, data) = bridge_state(server.addr, &key, &domains[0]).await;
         if data.contains("bridge=paused") {
-            assert!(data.contains("error_code=-16"), "{data}");
-            assert_eq!(state, "lookup", "{data}");
-            break;
+            Ok((state, data))
+        } else {
+            Err(data)
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "never paused: {data}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Paused means quiet: a probe per `unauthorized_retry_secs`, not a retry storm.
+    })
+    .await;
+    assert!(data.contains("error_code=-16"), "{data}");
+    assert_eq!(state, "lookup", "{data}");
+    // Paused means quiet: one probe per `unauthorized_retry_secs` (1 s here), not a retry
+    // storm. When the second probe is seen, a storm would already have sent many more.
     let before = sim.total_requests();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let during = sim.total_requests() - before;
-    assert!(during <= 6, "{during} requests while paused");
+    let during = wait_until(
+        Duration::from_secs(30),
+        "two probes while paused",
+        || async {
+            let during = sim.total_requests() - before;
+            done_or(during >= 2, during).map(|()| during)
+        },
+    )
+    .await;
+    assert!(during <= 3, "{during} requests while paused");
     assert_eq!(sim.domain_count(), 0);
 
     // The operator restarts certline with the right credentials.
@@ -210,15 +211,11 @@ async fn a_paused_bridge_resumes_by_itself_once_sectigo_accepts_it_again() {
     let server = InProcess::start_with(in_process_config(&s)).await;
     let domains = names(3, "r");
     let key = register(server.addr, &domains).await;
-    let start = Instant::now();
-    while !bridge_state(server.addr, &key, &domains[0])
-        .await
-        .1
-        .contains("bridge=paused")
-    {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(30), "the bridge paused", || async {
+        let (_, data) = bridge_state(server.addr, &key, &domains[0]).await;
+        done_or(data.contains("bridge=paused"), data)
+    })
+    .await;
     sim.set_unauthorized(false);
     wait_all_synced(server.addr, &key, &domains, Duration::from_secs(60)).await;
     assert!(
@@ -268,20 +265,23 @@ async fn a_refused_step_is_final_and_shows_sectigos_code_and_text() {
     let server = InProcess::start_with(in_process_config(&s)).await;
     // "a.b" passes certline's rules and the policy, but SCM wants at least 4 characters.
     let key = register(server.addr, &["a.b".to_owned()]).await;
-    let start = Instant::now();
-    loop {
+    let data = wait_until(Duration::from_secs(30), "a.b failed", || async {
         let (state, data) = bridge_state(server.addr, &key, "a.b").await;
-        if state == "failed" {
-            assert!(data.contains(" error_step=create error_code=-712 error=\"The domain name should be at least 4 characters in length.\""), "{data}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{data}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Final: no retry storm.
-    let creates = sim.count("POST /api/domain/v1");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(sim.count("POST /api/domain/v1"), creates);
+        done_or(state == "failed", data.clone()).map(|()| data)
+    })
+    .await;
+    assert!(data.contains(" error_step=create error_code=-712 error=\"The domain name should be at least 4 characters in length.\""), "{data}");
+    // Final: not retried with backoff, only looked at again at the next recheck (hours away),
+    // so there is no retry storm to wait for.
+    let record = server
+        .store
+        .bridge("a.b")
+        .unwrap()
+        .expect("a bridge record");
+    let due_in =
+        record.next_attempt_at.expect("rechecked eventually") - chrono::Utc::now().timestamp();
+    assert!(due_in > 3600, "a final failure is due again in {due_in} s");
+    assert_eq!(sim.count("POST /api/domain/v1"), 1);
     server.stop().await;
 }
 
@@ -307,11 +307,15 @@ async fn without_create_permission_missing_domains_are_reported_not_created() {
         Duration::from_secs(60),
     )
     .await;
-    let start = Instant::now();
-    while bridge_state(server.addr, &key, "new.example.edu").await.0 != "not_in_sectigo" {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "new.example.edu not_in_sectigo",
+        || async {
+            let (state, data) = bridge_state(server.addr, &key, "new.example.edu").await;
+            done_or(state == "not_in_sectigo", data)
+        },
+    )
+    .await;
     assert_eq!(sim.count("POST /api/domain/v1"), 0);
     assert_eq!(sim.created("new.example.edu"), 0);
     server.stop().await;

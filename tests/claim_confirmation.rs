@@ -8,12 +8,13 @@ mod support;
 use certline::Config;
 use certline::apikey::ApiKey;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::admin::{Admin, admin_toml};
 use support::client::{PATIENCE, call, new_key, request};
 use support::scm_sim::{self, ScmSim};
 use support::server::{Binary, InProcess, test_config};
 use support::smtp_sink::{Captured, SmtpSink};
+use support::wait::{done_or, wait_until};
 
 fn smtp_toml(sink: &SmtpSink) -> String {
     format!(
@@ -305,18 +306,14 @@ async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
         "status ok 200 api key claimed\n"
     );
     // The failure is counted for the operator.
-    let start = Instant::now();
-    loop {
+    wait_until(PATIENCE, "the failed mail counted", || async {
         let (_, metrics) = admin.get("/metrics").await;
-        if metrics
+        let counted = metrics
             .lines()
-            .any(|l| l.starts_with("certline_confirmation_mails_total{result=\"failed\"}"))
-        {
-            break;
-        }
-        assert!(start.elapsed() < PATIENCE, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .any(|l| l.starts_with("certline_confirmation_mails_total{result=\"failed\"}"));
+        done_or(counted, metrics)
+    })
+    .await;
     server.stop().await;
 }
 
@@ -329,15 +326,12 @@ async fn without_smtp_the_links_are_logged_for_the_operator() {
     let server = Binary::start_logged(&dir.path().join("data"), Some(&config), "info", Some(&log));
     let reply = call(server.addr, "command apikey email ops@example.org").await;
     let key = reply.data.unwrap();
-    let start = Instant::now();
-    let line = loop {
+    let line = wait_until(PATIENCE, "a confirm link in the log", || async {
         let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(line) = text.lines().find(|l| l.contains("/link/confirm/")) {
-            break line.to_owned();
-        }
-        assert!(start.elapsed() < PATIENCE, "no link logged: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let line = text.lines().find(|l| l.contains("/link/confirm/"));
+        line.map(str::to_owned).ok_or(text)
+    })
+    .await;
     assert!(
         line.contains("/link/revoke/") && line.contains("ops@example.org"),
         "{line}"
@@ -378,11 +372,11 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
         .data
         .unwrap()
     };
-    let start = Instant::now();
-    while !state().await.contains(" sectigo=awaiting_confirmation") {
-        assert!(start.elapsed() < PATIENCE, "{}", state().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(PATIENCE, "sectigo=awaiting_confirmation", || async {
+        let now = state().await;
+        done_or(now.contains(" sectigo=awaiting_confirmation"), now)
+    })
+    .await;
     assert!(state().await.contains(" key=unconfirmed "));
     assert_eq!(
         sim.name_hits("www.example.edu"),
@@ -400,15 +394,11 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
     let (confirm, _) = links(&mail);
     let (code, page) = follow(&confirm).await;
     assert_eq!(code, 200, "{page}");
-    let start = Instant::now();
-    while !state().await.contains(" sectigo=synced") {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            state().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(60), "sectigo=synced", || async {
+        let now = state().await;
+        done_or(now.contains(" sectigo=synced"), now)
+    })
+    .await;
     assert!(state().await.contains(" key=confirmed "));
     assert_eq!(sim.created("www.example.edu"), 1);
     let entry = &admin.domains("suffix=example.edu").await[0];

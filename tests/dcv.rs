@@ -6,11 +6,12 @@ mod support;
 use certline::Config;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::bridge_setup::{register, sectigo_section};
 use support::client::call;
 use support::scm_sim::{self, ScmSim};
 use support::server::{InProcess, test_config};
+use support::wait::{done_or, wait_until};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -106,28 +107,24 @@ async fn wait_for(
     want: &str,
     limit: Duration,
 ) {
-    let start = Instant::now();
-    let mut pending = domains.to_vec();
-    loop {
+    // Only the domains not there yet are asked again.
+    let pending = std::sync::Mutex::new(domains.to_vec());
+    wait_until(limit, &format!("every domain with {want:?}"), || async {
+        let asked = std::mem::take(&mut *pending.lock().unwrap());
         let mut still = Vec::new();
-        for d in &pending {
-            if !status(addr, key, d).await.contains(want) {
-                still.push(d.clone());
+        let mut example = String::new();
+        for d in asked {
+            let data = status(addr, key, &d).await;
+            if !data.contains(want) {
+                example = data;
+                still.push(d);
             }
         }
-        pending = still;
-        if pending.is_empty() {
-            return;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "{} domains without {want:?}, e.g. {}",
-                pending.len(),
-                status(addr, key, &pending[0]).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let left = still.len();
+        *pending.lock().unwrap() = still;
+        done_or(left == 0, format!("{left} without it, e.g. {example}"))
+    })
+    .await;
 }
 
 fn names(n: usize, prefix: &str) -> Vec<String> {
@@ -231,20 +228,16 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
         "{hang}"
     );
     // Retried, not given up: wait for a second failure of the same hook.
-    let start = Instant::now();
-    loop {
+    wait_until(Duration::from_secs(30), "a second dns-hook failure (a retry)", || async {
         let failures = server
             .store
             .audit_events()
             .map(Result::unwrap)
             .filter(|e| matches!(&e.kind, certline::store::AuditKind::Bridge { domain, step, .. } if domain == "bad.example.edu" && step == "dns-hook-failed"))
             .count();
-        if failures >= 2 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no retry");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        done_or(failures >= 2, failures)
+    })
+    .await;
     // The operator fixes the DNS side; the retries succeed.
     std::fs::write(env.zone.join(".fixed"), "").unwrap();
     let stuck = vec!["bad.example.edu".to_owned(), "hang.example.edu".to_owned()];

@@ -3,7 +3,7 @@
 mod support;
 use certline::apikey::ApiKey;
 use std::time::Duration;
-use support::client::{self, PATIENCE, call, new_key, read_reply, request};
+use support::client::{self, PATIENCE, call, list_all, new_key, read_reply, request};
 use support::server::{InProcess, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -290,37 +290,13 @@ async fn list_pages_never_exceed_1000_bytes_and_cover_everything_once() {
         want.push(d);
     }
     want.sort();
-    let mut got = Vec::new();
-    let mut offset = 0;
-    let mut pages = 0;
-    loop {
-        let raw = request(
-            s.addr,
-            &format!("command list apikey {key} offset {offset}\n"),
-        )
-        .await;
-        assert!(raw.len() <= 1000, "page of {} bytes", raw.len());
-        pages += 1;
-        let reply = certline::protocol::Reply::parse(raw.as_bytes()).unwrap();
-        let data = reply.data.unwrap();
-        assert!(
-            data.starts_with(&format!("total=60 offset={offset} ")),
-            "{data}"
-        );
-        let domains = data.split(" domains=").nth(1).unwrap();
-        got.extend(
-            domains
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned),
-        );
-        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
-            Some(next) => offset = next.parse().unwrap(),
-            None => break,
-        }
+    let listing = list_all(s.addr, &key).await;
+    for page in &listing.pages {
+        assert!(page.len() <= 1000, "page of {} bytes", page.len());
+        assert!(page.starts_with("data total=60 offset="), "{page}");
     }
-    assert!(pages > 1);
-    assert_eq!(got, want);
+    assert!(listing.pages.len() > 1);
+    assert_eq!(listing.domains, want);
     s.stop().await;
 }
 

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certline::bridge::SectigoConfig;
 use certline::bridge::sectigo::{
     ApiErrorBody, ClientOptions, CnameChallenge, CreateDomainRequest, CreateOutcome, Credentials,
     CtLogMonitoring, DcvListEntry, DcvMode, DcvStatus, DcvSubmitResult, DelegationStatus,
@@ -500,31 +499,6 @@ async fn random_transient_failures_are_all_retryable_and_retries_get_through() {
         }
     }
     assert!(failures > 0, "the fault rate injected nothing");
-}
-
-#[tokio::test]
-async fn policy_filtered_domain_never_reaches_the_simulator() {
-    let sim = ScmSim::start().await;
-    let client = header_client(&sim);
-    let config: SectigoConfig = toml::from_str(
-        r#"
-        allowed_suffixes = ["example.edu"]
-        [auth]
-        mode = "headers"
-        login = "x"
-        customer_uri = "y"
-        password_env = "UNUSED"
-    "#,
-    )
-    .unwrap();
-    let policy = certline::bridge::Policy::from_config(&config);
-    for name in ["www.example.edu", "www.elsewhere.com"] {
-        if policy.is_forwardable(name) {
-            client.find_domain(name).await.unwrap();
-        }
-    }
-    assert_eq!(sim.name_hits("www.example.edu"), 1);
-    assert_eq!(sim.name_hits("www.elsewhere.com"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@
 //! * `suffix=X`: the domain is `X` or ends in `.X`;
 //! * `needs_action=true`: only domains with at least one reason (see [`reasons`]).
 
+use super::extract::ApiQuery;
 use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
 use super::{AdminState, ApiError};
 use crate::store::rfc3339;
 use crate::store::{BridgePhase, BridgeRecord, InventoryRow};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::NaiveDate;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub struct Filter {
 /// The handler.
 pub async fn list(
     State(state): State<Arc<AdminState>>,
-    Query(filter): Query<Filter>,
+    ApiQuery(filter): ApiQuery<Filter>,
 ) -> Result<Json<DomainList>, ApiError> {
     let store = state.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.inventory())

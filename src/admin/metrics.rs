@@ -86,7 +86,7 @@ fn describe() {
     describe_histogram!(
         "certline_flush_seconds",
         metrics::Unit::Seconds,
-        "Duration of one group-commit round (sled flush + fdatasync)."
+        "Duration of one group-commit round (one write-ahead log write + fdatasync)."
     );
     describe_gauge!(
         "certline_outbox_depth",

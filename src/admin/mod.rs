@@ -19,6 +19,7 @@
 
 pub mod config;
 mod confirm;
+mod extract;
 mod health;
 mod import;
 mod inventory;
@@ -158,6 +159,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 "no such route; see README.md, \"Operating certline\", for the admin API",
             )
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method; see README.md, \"Operating certline\", for the admin API",
+            )
+        })
         .with_state(state)
 }
 
@@ -220,6 +227,21 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage failure (see the server log); retry later",
         )
+    }
+}
+
+/// A rule of the line protocol refused: the same code as on the wire (the wire's codes are
+/// HTTP's), the same text.
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        match e {
+            crate::service::ServiceError::Storage(e) => Self::storage(e),
+            other => Self::new(
+                StatusCode::from_u16(other.code().as_u16())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                other.to_string(),
+            ),
+        }
     }
 }
 

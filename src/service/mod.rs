@@ -17,7 +17,7 @@ use crate::apikey::{ApiKey, KeyHash};
 use crate::bridge::BridgeHandle;
 use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
-use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
+use crate::store::{AddOutcome, CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
 pub use acme::AcmeHandOut;
 use rate_limit::RateLimiters;
 pub use rate_limit::RateLimits;
@@ -204,13 +204,61 @@ impl Service {
 
     /// Looks a key up: unknown is 401, revoked is 403.
     fn authorize(&self, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
-        let hash = key.hash();
-        match self.store.key(&hash)? {
-            None => Err(ServiceError::UnknownKey),
-            Some(r) if r.revoked_at.is_some() => Err(ServiceError::Revoked),
-            Some(r) => Ok((hash, r)),
-        }
+        authorize(&self.store, key)
     }
+
+    /// What `add` and `remove` check first, in the order the wire answers: the key's format
+    /// (422), the domain (406), then the key itself (401, 403).
+    fn key_and_domain(
+        &self,
+        apikey: &str,
+        domain: &str,
+    ) -> Result<(KeyHash, crate::domain::Domain), ServiceError> {
+        let key = Self::parse_key(apikey)?;
+        let domain = parse_domain(domain)?;
+        let (hash, _) = self.authorize(&key)?;
+        Ok((hash, domain))
+    }
+}
+
+/// Looks a key up: unknown is 401, revoked is 403. The line protocol's commands and the admin
+/// API's import both ask here, so they answer alike.
+pub fn authorize(store: &Store, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
+    let hash = key.hash();
+    match store.key(&hash)? {
+        None => Err(ServiceError::UnknownKey),
+        Some(r) if r.revoked_at.is_some() => Err(ServiceError::Revoked),
+        Some(r) => Ok((hash, r)),
+    }
+}
+
+/// Checks a key's format (422), then looks it up ([`authorize`]).
+pub fn authorize_apikey(store: &Store, apikey: &str) -> Result<KeyHash, ServiceError> {
+    let key = Service::parse_key(apikey)?;
+    authorize(store, &key).map(|(hash, _)| hash)
+}
+
+/// Registers `domain` under an authorized key, not yet committed (the caller commits once for
+/// everything it wrote). `command add` and the admin import both register through here.
+pub fn register(
+    store: &Store,
+    hash: &KeyHash,
+    domain: &crate::domain::Domain,
+    ctx: Context,
+) -> Result<Registered, ServiceError> {
+    match store.add_domain(hash, domain, ctx.peer, ctx.now)? {
+        AddOutcome::Added => Ok(Registered::Added),
+        AddOutcome::AlreadyRegistered => Ok(Registered::AlreadyRegistered),
+        // Revoked or gone between the lookup and the write.
+        AddOutcome::UnknownKey => Err(ServiceError::UnknownKey),
+    }
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Added,
+    AlreadyRegistered,
 }
 
 /// Checks an e-mail address (422): at most 254 characters and RFC 5322-valid.
@@ -223,6 +271,6 @@ fn parse_email(email: &str) -> Result<&str, ServiceError> {
 }
 
 /// Normalises a domain (406).
-fn parse_domain(domain: &str) -> Result<crate::domain::Domain, ServiceError> {
+pub fn parse_domain(domain: &str) -> Result<crate::domain::Domain, ServiceError> {
     crate::domain::normalize(domain).map_err(|_| ServiceError::InvalidDomain)
 }

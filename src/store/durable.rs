@@ -7,7 +7,7 @@
 //! that arrive during a sync form the next batch. This is what Redis does for
 //! `appendfsync always`, and why 256 concurrent writers cost about as many syncs as 8.
 //!
-//! Every `checkpoint_secs` the flusher starts a checkpoint in the background: it switches to a
+//! Every `checkpoint_ms` the flusher starts a checkpoint in the background: it switches to a
 //! new segment, flushes sled and `fdatasync`s sled's `db` file through a handle of our own
 //! (sled 0.34 makes its own log stable with `sync_file_range` only; sled issue #1452), then
 //! deletes the segments the checkpoint covers. A failed log write is answered `500` and its

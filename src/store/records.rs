@@ -246,7 +246,7 @@ impl DcvRecordType {
     }
 }
 
-/// The bridge's state machine (design.md §6).
+/// The bridge's state machine (ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BridgePhase {
     /// Registered; nothing sent yet.

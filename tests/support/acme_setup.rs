@@ -4,10 +4,11 @@
 use super::bridge_setup::sectigo_section;
 use super::client::call;
 use super::scm_sim::ScmSim;
+use super::wait::{done_or, wait_until};
 use base64::Engine;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The ACME server the simulator knows (and certline is configured with).
 pub const ACME_SERVER: &str = "https://acme.sectigo.com/v2/OV";
@@ -97,16 +98,7 @@ pub async fn acme_state(
     (state, account, data)
 }
 
-/// Polls until `check` holds, or panics with `what` after `limit`.
-pub async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls until every domain of `key` shows `acme=<state>`.
+/// Polls until every domain of `key` shows `acme=<state>`; fails with the last status line.
 pub async fn wait_acme(
     addr: SocketAddr,
     key: &str,
@@ -114,18 +106,11 @@ pub async fn wait_acme(
     state: &str,
     limit: Duration,
 ) {
-    let start = Instant::now();
     for d in domains {
-        loop {
+        wait_until(limit, &format!("{d} acme={state}"), || async {
             let (now, _, data) = acme_state(addr, key, d).await;
-            if now == state {
-                break;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{d} not acme={state} after {limit:?}: {data}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            done_or(now == state, data)
+        })
+        .await;
     }
 }

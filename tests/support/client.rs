@@ -58,3 +58,74 @@ pub async fn new_key(addr: SocketAddr) -> String {
     assert!(reply.is_ok(), "{reply:?}");
     reply.data.expect("apikey returns data")
 }
+
+/// [`request`] for code outside a runtime (the hook-script tests): sends `line` with a newline
+/// on a new connection and returns the whole reply.
+pub fn request_blocking(addr: SocketAddr, line: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for one request")
+        .block_on(request(addr, &format!("{line}\n")))
+}
+
+/// One key's listing, page by page (protocol.md §7).
+pub struct Listing {
+    /// Every domain, in the order the pages gave them.
+    pub domains: Vec<String>,
+    /// Each page's raw reply.
+    pub pages: Vec<String>,
+}
+
+/// Lists every domain of `key`, following `next=` page by page. Checks the paging contract on
+/// the way: each page is `ok`, echoes its `offset`, keeps `total` unchanged, `next` advances,
+/// and `total` equals the number of domains listed.
+pub async fn list_all(addr: SocketAddr, key: &str) -> Listing {
+    let mut listing = Listing {
+        domains: Vec::new(),
+        pages: Vec::new(),
+    };
+    let mut offset = 0u64;
+    let mut total = None;
+    loop {
+        let raw = request(
+            addr,
+            &format!("command list apikey {key} offset {offset}\n"),
+        )
+        .await;
+        let reply = Reply::parse(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert!(reply.is_ok(), "list failed: {raw:?}");
+        let data = reply.data.expect("list has a data line");
+        let mut next = None;
+        for field in data.split(' ') {
+            let (name, value) = field.split_once('=').expect("name=value");
+            match name {
+                "total" => {
+                    let t: u64 = value.parse().expect("total is a number");
+                    assert!(total.is_none_or(|prev| prev == t), "total changed: {data}");
+                    total = Some(t);
+                }
+                "offset" => assert_eq!(value.parse::<u64>().ok(), Some(offset), "{data}"),
+                "next" => next = Some(value.parse::<u64>().expect("next is a number")),
+                "domains" => listing
+                    .domains
+                    .extend(value.split(',').filter(|d| !d.is_empty()).map(String::from)),
+                other => panic!("unexpected field {other} in {data:?}"),
+            }
+        }
+        listing.pages.push(raw);
+        match next {
+            Some(n) => {
+                assert!(n > offset, "next={n} does not advance from offset={offset}");
+                offset = n;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        total,
+        Some(listing.domains.len() as u64),
+        "the key's total disagrees with its listed domains"
+    );
+    listing
+}

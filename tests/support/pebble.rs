@@ -1,13 +1,13 @@
 //! Pebble (an ACME test CA) on loopback for the certbot end-to-end tests, optionally
 //! requiring External Account Binding, following shared/reference/certbot-pebble.md.
 
-use super::run_bounded;
+use super::scripts::run_bounded;
+use super::wait::wait_until_blocking;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -156,21 +156,13 @@ impl Pebble {
             ca_bundle: ca,
             log: dir.join("pebble.log"),
         };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", acme_port)).is_err() {
+        wait_until_blocking(Duration::from_secs(20), "pebble listening", || {
             // A bad configuration (an EAB key with padding, say) makes Pebble exit at once.
-            assert!(
-                pebble.child.try_wait().expect("pebble status").is_none(),
-                "pebble exited: {}",
-                pebble.log()
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "pebble did not listen: {}",
-                fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+            if let Some(status) = pebble.child.try_wait().expect("pebble status") {
+                panic!("pebble exited ({status}): {}", pebble.log());
+            }
+            TcpStream::connect(("127.0.0.1", acme_port)).map_err(|e| (e, pebble.log()))
+        });
         pebble
     }
 
