@@ -6,13 +6,14 @@
 //! hook the script installed reports the names back to certline. Without the EAB, certbot's
 //! registration is refused.
 //!
-//! Needs certbot, pebble and openssl (`.ci/install-e2e-deps`), so it is ignored by default;
-//! `.ci/e2e` runs it with `--include-ignored`.
+//! Runs with Debian's certbot 2.1 and with PyPI's certbot 5.x (the venv
+//! `.ci/install-e2e-deps` makes, or `CERTLINE_E2E_CERTBOT5`). Needs certbot, pebble and
+//! openssl, so it is ignored by default; `.ci/e2e` runs it with `--include-ignored`.
 
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::acme_setup::{acme_state, acme_toml_for, eab_pool, seed_validated, wait_acme};
@@ -33,8 +34,8 @@ async fn blocking(cmd: Command) -> Finished {
 
 /// certbot with this test's directories, the Pebble CA trusted, and nothing of the test
 /// runner's environment.
-fn certbot(root: &Path, pebble: &Pebble, args: &[&str]) -> Command {
-    let mut cmd = Command::new(require("certbot"));
+fn certbot(bin: &Path, root: &Path, pebble: &Pebble, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("PATH", PATH)
         .env("REQUESTS_CA_BUNDLE", &pebble.ca_bundle)
@@ -57,7 +58,25 @@ fn certbot_dirs(root: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs certbot and pebble; .ci/e2e installs them and runs it"]
-async fn registered_names_get_a_certificate_through_sectigo_acme_with_eab() {
+async fn debian_certbot_gets_a_certificate_for_registered_names_through_sectigo_acme_with_eab() {
+    chain(&require("certbot")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs certbot 5 in the venv .ci/install-e2e-deps makes; .ci/e2e runs it"]
+async fn pypi_certbot_5_gets_a_certificate_for_registered_names_through_sectigo_acme_with_eab() {
+    let bin = std::env::var_os("CERTLINE_E2E_CERTBOT5")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/certline-e2e/certbot5/bin/certbot"));
+    assert!(
+        bin.exists(),
+        "no certbot 5.x at {}: run .ci/install-e2e-deps (it creates that venv) or set CERTLINE_E2E_CERTBOT5",
+        bin.display()
+    );
+    chain(&bin).await;
+}
+
+async fn chain(certbot_bin: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     assert!(
@@ -95,6 +114,7 @@ async fn registered_names_get_a_certificate_through_sectigo_acme_with_eab() {
 
     // Without the EAB, certbot refuses to register with this server.
     let refused = blocking(certbot(
+        certbot_bin,
         root,
         &pebble,
         &[
@@ -129,7 +149,7 @@ async fn registered_names_get_a_certificate_through_sectigo_acme_with_eab() {
         .env("CERTLINE_EMAIL", "ops@example.edu")
         .env("CERTLINE_ACME_WAIT", "120")
         .env("CERTLINE_ACME_POLL", "1")
-        .env("CERTLINE_CERTBOT", require("certbot"))
+        .env("CERTLINE_CERTBOT", certbot_bin)
         .env("CERTLINE_CERTBOT_CONFIG_DIR", root.join("le/config"))
         .env("CERTLINE_CERTBOT_ARGS", certbot_dirs(root))
         .args(["--strict", "--acme"])
@@ -185,7 +205,7 @@ async fn registered_names_get_a_certificate_through_sectigo_acme_with_eab() {
         args.extend(["-d".into(), d.clone()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let issued = blocking(certbot(root, &pebble, &args)).await;
+    let issued = blocking(certbot(certbot_bin, root, &pebble, &args)).await;
     assert!(issued.status.success(), "{}", issued.output());
     let cert = root.join(format!("le/config/live/{}/cert.pem", domains[0]));
     let mut x509 = Command::new(require("openssl"));
