@@ -26,6 +26,10 @@ const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 /// `main` prints the whole chain.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// The sections each validate, but together could never do what they ask
+    /// ([`crate::config::requirements`]); every such problem, with its ways out.
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
     /// setting); the message names the key.
     #[error(transparent)]
@@ -59,13 +63,16 @@ pub struct App {
     worker: Option<Arc<Worker>>,
     acme_worker: Option<Arc<AcmeWorker>>,
     admin: Option<AdminServer>,
+    confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
 }
 
 impl App {
-    /// Opens the store, loads the secrets and binds the listeners. Must be called inside a
-    /// tokio runtime. Fails before serving anything, so a bad secret never half-starts.
+    /// Refuses a configuration that could never do what it asks, then opens the store, loads
+    /// the secrets and binds the listeners. Must be called inside a tokio runtime. Fails
+    /// before serving anything, so a bad secret never half-starts.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::config::requirements::check(&config)?;
         let store = Arc::new(Store::open(
             &config.data_dir,
             config.durability.mode,
@@ -121,6 +128,7 @@ impl App {
                         error,
                     })?;
                 let base = admin_config.public_url(admin.local_addr());
+                store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
                     store.clone(),
                     base,
@@ -132,7 +140,7 @@ impl App {
             None => (None, None),
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
+            .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
@@ -155,6 +163,7 @@ impl App {
             worker,
             acme_worker,
             admin,
+            confirmations,
             shutdown,
         })
     }
@@ -191,6 +200,9 @@ impl App {
         }
         if let Some(admin) = self.admin {
             tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        if let Some(confirmations) = self.confirmations {
+            tracker.spawn(confirmations.run(self.shutdown.clone()));
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;

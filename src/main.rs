@@ -71,6 +71,14 @@ enum Command {
         admin: AdminArgs,
         prefix: String,
     },
+    /// Confirm the API key whose id starts with PREFIX, as its claim e-mail's link would (for
+    /// owners who never got the mail): its domains waiting for a confirmed key go on to
+    /// Sectigo.
+    Confirm {
+        #[command(flatten)]
+        admin: AdminArgs,
+        prefix: String,
+    },
     /// Send a domain back to the Sectigo bridge's queue, due now.
     Requeue {
         #[command(flatten)]
@@ -185,6 +193,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke { admin, prefix } => {
             admin_call(admin, async |c| cli::revoke(c, &prefix).await)
+        }
+        Command::Confirm { admin, prefix } => {
+            admin_call(admin, async |c| cli::confirm(c, &prefix).await)
         }
         Command::Requeue { admin, domain } => {
             admin_call(admin, async |c| cli::requeue(c, &domain).await)

@@ -294,8 +294,17 @@ async fn the_acme_command_answers_only_what_the_operator_enabled() {
     assert!(reply.text.contains("not offered"), "{reply:?}");
     server.stop().await;
 
-    // Hand-out on, confirmation required: an unconfirmed key gets 409; unknown keys 401.
-    let s = setup(&sim, "", "hand_out_eab = true");
+    // Hand-out on, confirmation required (which needs [admin] for the confirm links): an
+    // unconfirmed key gets 409; unknown keys 401.
+    let admin_dir = tempfile::tempdir().unwrap();
+    let s = setup(
+        &sim,
+        "",
+        &format!(
+            "hand_out_eab = true\n{}",
+            support::admin::admin_toml(admin_dir.path())
+        ),
+    );
     let server = start(&s).await;
     let key = register(server.addr, &names(1, "u")).await;
     let reply = call(server.addr, &format!("command acme apikey {key}")).await;

@@ -305,7 +305,12 @@ async fn expired_and_soon_expiring_domains_are_revalidated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_it() {
     let (sim, env) = setup_sim().await;
-    let server = InProcess::start_with(config(&sim, &env, "txt", None)).await;
+    // Without a hook an operator must see the record: certline refuses this without [admin].
+    let mut without_hook = config(&sim, &env, "txt", None);
+    without_hook.admin = Config::from_toml(&support::admin::admin_toml(env.dir.path()))
+        .unwrap()
+        .admin;
+    let server = InProcess::start_with(without_hook).await;
     let domains = vec!["manual.example.edu".to_owned()];
     let key = register(server.addr, &domains).await;
     wait_for(
@@ -339,6 +344,22 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
         }
     }
     assert!(value.contains('\\') && value.contains('`'), "{value}");
+    // The operator's `certline domains --needs-action` shows the same record.
+    let admin = support::admin::Admin::new(server.admin.expect("admin listener"));
+    let listed = admin.domains("needs_action=true").await;
+    let publish = listed[0]["needs_action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "dcv_action_required")
+        .unwrap_or_else(|| panic!("{listed:?}"))["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        publish.contains(&format!("publish TXT {host} \"{value}\" by hand")),
+        "{publish}"
+    );
     sim.publish_dns(&host, &value);
     wait_for(
         server.addr,

@@ -174,14 +174,6 @@ impl Tree {
     }
 }
 
-fn assert_claimed_by(server: &Server, key: &str, email: &str) {
-    assert_eq!(
-        server.request(&format!("command claim apikey {key} email {email}")),
-        "status ok 200 api key already claimed\n",
-        "the key should already be claimed by {email}"
-    );
-}
-
 #[test]
 fn deploy_hook_registers_renewed_domains_with_a_private_claimed_key() {
     let server = Server::start();

@@ -481,9 +481,9 @@ fn check_config_validates_the_new_sections_and_their_secrets() {
     let o = run(None);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("[smtp] needs an [admin] section"),
+        stdout(&o).contains("PROBLEM: [smtp] needs an [admin] section"),
         "{}",
-        stderr(&o)
+        stdout(&o)
     );
 }
 

@@ -90,8 +90,14 @@ fn view(
         (None, false) => "off",
     };
     let b = row.bridge.as_ref();
+    let unconfirmed: Vec<&str> = row
+        .holders
+        .iter()
+        .filter(|h| !h.confirmed && !h.revoked)
+        .map(|h| h.key_id.as_str())
+        .collect();
     let needs_action = match b {
-        Some(r) => reasons(r, paused, today, dcv_window_days),
+        Some(r) => reasons(r, paused, today, dcv_window_days, &unconfirmed),
         None => Vec::new(),
     };
     DomainView {
@@ -128,12 +134,14 @@ fn view(
     }
 }
 
-/// Why a domain needs an operator, each with what to do.
+/// Why a domain needs an operator, each with what to do. `unconfirmed` are the ids of the
+/// unrevoked keys holding it that are not confirmed: confirming any one releases it.
 pub fn reasons(
     r: &BridgeRecord,
     paused: bool,
     today: NaiveDate,
     dcv_window_days: i64,
+    unconfirmed: &[&str],
 ) -> Vec<Reason> {
     let mut out = Vec::new();
     let mut add = |reason: &str, detail: String| {
@@ -161,8 +169,32 @@ pub fn reasons(
         ),
         BridgePhase::AwaitingConfirmation => add(
             "awaiting_confirmation",
-            "no key holding it is confirmed: its owner must follow the link in the claim e-mail".into(),
+            format!(
+                "no key holding it is confirmed: its owner follows the confirm link of the claim e-mail, or you run `certline confirm {}` once you know whose key it is{}",
+                unconfirmed.first().copied().unwrap_or("KEY-ID"),
+                match unconfirmed.len() {
+                    0 | 1 => String::new(),
+                    _ => format!(" (keys holding it: {})", unconfirmed.join(", ")),
+                }
+            ),
         ),
+        BridgePhase::DcvActionRequired => {
+            let record = r.dcv.as_ref().and_then(|d| {
+                Some(format!(
+                    "{} {} \"{}\"",
+                    d.record_type.as_str(),
+                    d.host.as_deref()?,
+                    d.point.as_deref()?
+                ))
+            });
+            add(
+                "dcv_action_required",
+                format!(
+                    "no sectigo.dcv_hook publishes DNS records here: publish {} by hand (certline keeps checking), or configure sectigo.dcv_hook",
+                    record.as_deref().unwrap_or("the record Sectigo asks for")
+                ),
+            )
+        }
         BridgePhase::Queued
         | BridgePhase::Lookup
         | BridgePhase::Create
@@ -207,9 +239,12 @@ mod tests {
     use super::*;
     use crate::store::BridgeError;
 
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
+    }
+
     fn names(r: &BridgeRecord, paused: bool) -> Vec<String> {
-        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        reasons(r, paused, today, 30)
+        reasons(r, paused, today(), 30, &[])
             .into_iter()
             .map(|r| r.reason)
             .collect()
@@ -222,6 +257,32 @@ mod tests {
         assert_eq!(names(&r, true), ["paused"]);
         r.phase = BridgePhase::AwaitingConfirmation;
         assert_eq!(names(&r, true), ["awaiting_confirmation"]);
+        let waiting = reasons(&r, false, today(), 30, &["3f9a1c0d2b4e", "77aa00112233"]);
+        assert!(
+            waiting[0]
+                .detail
+                .contains("`certline confirm 3f9a1c0d2b4e`")
+                && waiting[0]
+                    .detail
+                    .ends_with("(keys holding it: 3f9a1c0d2b4e, 77aa00112233)"),
+            "{}",
+            waiting[0].detail
+        );
+        r.phase = BridgePhase::DcvActionRequired;
+        let mut dcv = crate::store::DcvProgress::new(crate::store::DcvRecordType::Txt, 0);
+        dcv.host = Some("_pki-validation.www.example.edu.".into());
+        dcv.point = Some("abc123".into());
+        r.dcv = Some(dcv);
+        let publish = reasons(&r, false, today(), 30, &[]);
+        assert_eq!(publish[0].reason, "dcv_action_required");
+        assert!(
+            publish[0]
+                .detail
+                .contains("publish TXT _pki-validation.www.example.edu. \"abc123\" by hand"),
+            "{}",
+            publish[0].detail
+        );
+        r.dcv = None;
         r.phase = BridgePhase::NotInSectigo;
         assert_eq!(names(&r, false), ["not_in_sectigo"]);
         r.phase = BridgePhase::Failed;
@@ -233,7 +294,7 @@ mod tests {
             at: 0,
         });
         let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        let detail = &reasons(&r, false, today, 30)[0].detail;
+        let detail = &reasons(&r, false, today, 30, &[])[0].detail;
         assert!(detail.contains("create (-712): too short"), "{detail}");
         r.phase = BridgePhase::Synced;
         r.dcv_status = Some("NOT_VALIDATED".into());

@@ -11,6 +11,7 @@
 //! | `POST /api/domains/{domain}/requeue` | bearer | bridge record back to `queued`, due now |
 //! | `GET /api/keys` | bearer | the keys ([`keys`]) |
 //! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
+//! | `POST /api/keys/{prefix}/confirm` | bearer | confirm it by hand, as its claim link would |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
 //!
 //! Health is open so probes need no secret; the claim links carry their own credential.
@@ -31,7 +32,7 @@ pub mod views;
 pub use config::AdminConfig;
 
 use crate::bridge::BridgeHandle;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -151,6 +152,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/domains/{domain}/requeue", post(requeue::requeue))
         .route("/api/keys", get(keys::list))
         .route("/api/keys/{prefix}/revoke", post(keys::revoke))
+        .route("/api/keys/{prefix}/confirm", post(keys::confirm))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
         .fallback(|| async {

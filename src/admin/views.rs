@@ -109,6 +109,18 @@ pub struct Revoked {
     pub already: bool,
 }
 
+/// `POST /api/keys/{prefix}/confirm`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyConfirmed {
+    pub id: String,
+    /// When the key was confirmed (before this request, when `already`).
+    pub confirmed: String,
+    /// It was confirmed before this request.
+    pub already: bool,
+    /// Domains of the key that were waiting for the confirmation and are queued now.
+    pub requeued: usize,
+}
+
 /// `POST /api/domains/{domain}/requeue`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Requeued {

@@ -26,7 +26,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::sectigo::{ClientOptions, Credentials, DcvApiVersion};
-use crate::config::{ConfigError, check_secret_source, load_secret};
+use crate::config::error::ConfigError;
+use crate::config::secret::{check_secret_source, load_secret};
 
 /// Sectigo's OAuth2 token endpoint for API keys (client credentials), per Sectigo's DevX docs.
 pub const DEFAULT_TOKEN_URL: &str =

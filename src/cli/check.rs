@@ -1,6 +1,8 @@
 //! `certline check-config FILE`: parse and validate a configuration file, load every secret
-//! it names (without printing one), and say what was found.
+//! it names (without printing one), say what was found, and name every combination of
+//! settings that could never work ([`crate::config::requirements`]), as `serve` would refuse.
 
+use crate::config::requirements::unmet_requirements;
 use crate::config::{Config, LogFormat};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -141,6 +143,19 @@ pub fn check_config(path: &Path) -> Result<CheckReport, crate::config::ConfigErr
                 );
             }
         }
+    }
+    let unmet = unmet_requirements(&c);
+    if unmet.is_empty() {
+        let _ = writeln!(
+            out,
+            "requirements: ok (nothing waits for something that cannot happen)"
+        );
+    } else {
+        let _ = writeln!(out, "requirements:");
+        for u in &unmet {
+            let _ = writeln!(out, "  PROBLEM: {u}");
+        }
+        problems += unmet.len();
     }
     let ok = problems == 0;
     if ok {

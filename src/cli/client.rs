@@ -2,7 +2,7 @@
 
 use crate::admin::views::ApiErrorBody;
 use crate::config::Config;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -3,7 +3,7 @@
 use super::client::{AdminClient, CliError};
 use super::table;
 use crate::admin::views::{
-    DomainList, DomainView, ImportRequest, ImportResponse, KeyList, Requeued, Revoked,
+    DomainList, DomainView, ImportRequest, ImportResponse, KeyConfirmed, KeyList, Requeued, Revoked,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -142,6 +142,25 @@ pub async fn revoke(client: &AdminClient, prefix: &str) -> Result<String, CliErr
             "key {} revoked; its requests are refused from now on\n",
             r.id
         )
+    })
+}
+
+/// `certline confirm PREFIX`.
+pub async fn confirm(client: &AdminClient, prefix: &str) -> Result<String, CliError> {
+    let c: KeyConfirmed = client
+        .post(&["api", "keys", prefix, "confirm"], None::<&()>)
+        .await?;
+    let released = match c.requeued {
+        0 => String::new(),
+        n => format!("; {n} waiting domain(s) go on to Sectigo now"),
+    };
+    Ok(if c.already {
+        format!(
+            "key {} was already confirmed ({}){released}\n",
+            c.id, c.confirmed
+        )
+    } else {
+        format!("key {} confirmed{released}\n", c.id)
     })
 }
 

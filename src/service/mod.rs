@@ -153,10 +153,10 @@ impl Service {
         self
     }
 
-    /// Starts the confirmation e-mail for a new claim (in the background).
-    fn claimed(&self, hash: crate::apikey::KeyHash, email: &str, ctx: Context) {
+    /// A new claim is on disk with its mail job: wake the sender.
+    fn claimed(&self) {
         if let Some(c) = &self.confirmations {
-            c.key_claimed(hash, email.to_owned(), ctx.peer, ctx.now);
+            c.key_claimed();
         }
     }
 

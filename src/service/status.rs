@@ -52,6 +52,9 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
         return;
     };
     let _ = write!(out, " sectigo={}", r.phase.name());
+    if let Some(why) = waiting_on(r.phase) {
+        let _ = write!(out, " waiting={why}");
+    }
     if paused {
         out.push_str(" bridge=paused");
     }
@@ -112,6 +115,16 @@ fn describe_acme(out: &mut String, record: Option<&AcmeKeyRecord>, host: &str) {
     let _ = write!(out, " acme={state}");
     if let Some(id) = record.and_then(|r| r.account_id) {
         let _ = write!(out, " acme_account={id}");
+    }
+}
+
+/// Whom a domain waits for, when that is not the bridge itself: a host that sees
+/// `sectigo=awaiting_confirmation` alone cannot tell that it is its own key's e-mail link
+/// (or the operator's `certline confirm`) that would release it.
+fn waiting_on(phase: BridgePhase) -> Option<&'static str> {
+    match phase {
+        BridgePhase::AwaitingConfirmation => Some("key_confirmation"),
+        _ => None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The ACME worker's durable state: one [`AcmeKeyRecord`] per API key (prefix `U`, for SCM's
-//! ACME "users") and an index of due times (prefix `Q`, key = due time (8 bytes, big-endian)
+//! ACME "users") and an index of due times (prefix `Y`, key = due time (8 bytes, big-endian)
 //! + key hash), the outbox the ACME worker consumes in time order.
 //!
 //! The work unit is the key, not the domain: a key's account must hold exactly its eligible
@@ -7,14 +7,14 @@
 //! removing and revoking touch the key in the same batch as the change itself
 //! ([`touch_key`]), so no acknowledged change can miss the worker.
 
-use super::{KEY, Store, StoreError, WriteBatch, key_key, records::Record, records::UnixTime};
+use super::{
+    ACME_KEY, ACME_OUTBOX, KEY, Store, StoreError, WriteBatch, key_key, records::Record,
+    records::UnixTime,
+};
 use crate::apikey::KeyHash;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-
-pub(super) const ACME_KEY: u8 = b'U';
-pub(super) const ACME_OUTBOX: u8 = b'Q';
 
 /// Where one of a key's domains stands with its ACME account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

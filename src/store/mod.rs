@@ -17,8 +17,9 @@
 //! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
 //! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
 //! | `M` | a name | store metadata (migrations done, the readiness probe) |
+//! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
 //! | `U` | key hash | [`AcmeKeyRecord`] (the key's SCM ACME account and its domains' mapping) |
-//! | `Q` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
+//! | `Y` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -38,18 +39,20 @@ mod bridge_state;
 mod claims;
 pub mod durable;
 mod inventory;
+mod mail_outbox;
 pub mod records;
 pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
-pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
+pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
+pub use mail_outbox::DueMail;
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
-    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime, rfc3339,
+    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, MailJob, Record, UnixTime, rfc3339,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -68,6 +71,9 @@ const EMAIL: u8 = b'E';
 const NEW_EMAILS: u8 = b'I';
 const LINK_TOKEN: u8 = b'T';
 const META: u8 = b'M';
+const MAIL_OUTBOX: u8 = b'Q';
+const ACME_KEY: u8 = b'U';
+const ACME_OUTBOX: u8 = b'Y';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -120,6 +126,8 @@ pub struct Store {
     write_lock: Mutex<()>,
     commits: GroupCommit,
     bridge_enabled: AtomicBool,
+    /// Claims queue a confirmation e-mail (the admin listener that serves the links is on).
+    mail_enabled: AtomicBool,
     /// The last audit sequence number handed out.
     audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
@@ -211,6 +219,7 @@ impl Store {
             write_lock: Mutex::new(()),
             commits,
             bridge_enabled: AtomicBool::new(false),
+            mail_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
             acme_enabled: AtomicBool::new(false),
@@ -296,6 +305,7 @@ impl Store {
                 email: email.to_owned(),
             };
             self.audit(&mut batch, now, ip, hash, kind)?;
+            self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
         }
         self.write(batch)?;
         Ok(ClaimOutcome::Claimed)
@@ -356,6 +366,7 @@ impl Store {
             email: email.to_owned(),
         };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
         self.write(batch)?;
         Ok(ClaimOutcome::Claimed)
     }

@@ -145,6 +145,21 @@ versioned!(KeyRecord, StoredKeyRecord);
 versioned!(KeyDomain, StoredKeyDomain);
 versioned!(DomainRecord, StoredDomainRecord);
 versioned!(AuditEvent, StoredAuditEvent);
+versioned!(MailJob, StoredMailJob);
+
+/// A claim confirmation e-mail still to be sent (the mail outbox, prefix `Q`). Written in the
+/// claim's own batch, so an acknowledged claim always gets its mail, even across a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailJob {
+    /// The address that claimed the key.
+    pub email: String,
+    /// Where the claim came from (said in the mail).
+    pub ip: IpAddr,
+    /// When the key was claimed.
+    pub claimed_at: UnixTime,
+    /// Failed sends so far.
+    pub attempts: u32,
+}
 
 #[cfg(test)]
 mod tests {

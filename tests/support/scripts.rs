@@ -1,6 +1,7 @@
-//! For the tests of the shell scripts in `hooks/` (`tests/hooks.rs`, `tests/certbot_e2e.rs`):
-//! the real certline server from blocking code, the scripts' paths, a PATH holding only the
-//! tools the scripts may use, and a runner that bounds how long a script may take.
+//! For the tests of the shell scripts in `hooks/` and `contrib/` (`tests/hooks.rs`,
+//! `tests/certbot_e2e.rs`, `tests/first_boot.rs`, `tests/ansible.rs`): the real certline
+//! server from blocking code, the scripts' paths, a PATH holding only the tools the scripts
+//! may use, and a runner that bounds how long a script may take.
 
 use super::client::{list_all, request_blocking};
 use super::server::{Binary, Launch};
@@ -186,4 +187,13 @@ pub fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `key` is claimed by `email` (compared as the server does, case-insensitively).
+pub fn assert_claimed_by(server: &Server, key: &str, email: &str) {
+    assert_eq!(
+        server.request(&format!("command claim apikey {key} email {email}")),
+        "status ok 200 api key already claimed\n",
+        "the key should already be claimed by {email}"
+    );
 }

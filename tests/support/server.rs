@@ -93,6 +93,8 @@ pub struct Launch<'a> {
     pub rust_log: &'a str,
     /// Where stderr goes (appended); inherited when `None`.
     pub log_file: Option<&'a Path>,
+    /// More environment variables (the secrets a configuration names).
+    pub envs: Vec<(String, String)>,
 }
 
 impl<'a> Launch<'a> {
@@ -104,7 +106,13 @@ impl<'a> Launch<'a> {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rust_log: "warn",
             log_file: None,
+            envs: Vec::new(),
         }
+    }
+
+    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
+        self.envs.extend_from_slice(envs);
+        self
     }
 
     pub fn config(mut self, config: &'a Path) -> Self {
@@ -126,6 +134,13 @@ impl<'a> Launch<'a> {
     /// Starts the binary and waits (up to [`START_TIMEOUT`]) for its `listening on` line.
     /// `CERTLINE_TEST_BIN` may name another build of the server to test against.
     pub fn start(self) -> Binary {
+        self.try_start()
+            .unwrap_or_else(|status| panic!("certline exited at start: {status}"))
+    }
+
+    /// Like [`Launch::start`], but a server that exits before listening (a refused
+    /// configuration) is its exit status rather than a failed test.
+    pub fn try_start(self) -> Result<Binary, std::process::ExitStatus> {
         let bin = std::env::var_os("CERTLINE_TEST_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_certline")));
@@ -146,6 +161,7 @@ impl<'a> Launch<'a> {
             .arg("--data")
             .arg(self.data_dir)
             .env("RUST_LOG", self.rust_log)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -172,6 +188,9 @@ impl<'a> Launch<'a> {
             let wait = deadline.saturating_duration_since(Instant::now());
             let line = match lines.recv_timeout(wait) {
                 Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(child.wait().expect("wait for certline"));
+                }
                 Err(e) => {
                     let _ = child.kill();
                     let status = child.wait().ok();
@@ -188,12 +207,12 @@ impl<'a> Launch<'a> {
                 panic!("unexpected line from certline: {line:?}");
             }
         };
-        Binary {
+        Ok(Binary {
             child,
             addr,
             admin,
             data_dir: self.data_dir.to_path_buf(),
-        }
+        })
     }
 }
 
