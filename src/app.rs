@@ -189,9 +189,16 @@ impl App {
     }
 
     /// Runs every part until the shutdown token is cancelled, lets open connections finish
-    /// their current request (up to `limits.shutdown_grace_ms`), then closes the store.
+    /// their current request (up to `limits.shutdown_grace_ms`), then closes the store. Also
+    /// shuts down, and returns the store's error, when the store fails in a way only a
+    /// restart mends (README, "Durability"): the process then exits non-zero for systemd to
+    /// restart it.
     pub async fn run(self) -> Result<(), StoreError> {
         let tracker = TaskTracker::new();
+        tracker.spawn(shut_down_if_the_store_fails(
+            self.store.clone(),
+            self.shutdown.clone(),
+        ));
         if let Some(worker) = self.worker {
             tracker.spawn(worker.run(self.shutdown.clone()));
         }
@@ -215,5 +222,15 @@ impl App {
             "store closed; stopped"
         );
         Ok(())
+    }
+}
+
+async fn shut_down_if_the_store_fails(store: Arc<Store>, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = store.fatal().cancelled() => {
+            tracing::error!("the store failed for good: shutting down so that a restart replays the write-ahead log");
+            shutdown.cancel();
+        }
+        _ = shutdown.cancelled() => {}
     }
 }

@@ -173,6 +173,7 @@ impl Worker {
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
     ) -> usize {
+        let since = self.store.mark();
         let due = match self.store.due_bridge_jobs(now(), self.max_concurrency + 64) {
             Ok(due) => due,
             Err(e) => {
@@ -180,6 +181,11 @@ impl Worker {
                 return 0;
             }
         };
+        // Only registrations that are on disk go to Sectigo: one whose log write fails is
+        // undone, and must not have been forwarded meanwhile.
+        if self.store.commit_since(since).await.is_err() {
+            return 0;
+        }
         let mut started = 0;
         for (domain, _) in due {
             if self.handle.is_paused() || shutdown.is_cancelled() {

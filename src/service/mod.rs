@@ -95,10 +95,15 @@ impl ServiceError {
         }
     }
 
-    /// The error as a reply. Store details go to the log, not to the client.
+    /// The error as a reply. Store details go to the log, not to the client; a write refused
+    /// while the store does not take writes was logged once by the store, not per request.
     pub fn into_reply(self) -> Reply {
-        if let ServiceError::Storage(e) = &self {
-            tracing::error!(error = %e, "storage failure");
+        match &self {
+            ServiceError::Storage(StoreError::Flush(e)) => {
+                tracing::debug!(error = %e, "storage failure");
+            }
+            ServiceError::Storage(e) => tracing::error!(error = %e, "storage failure"),
+            _ => {}
         }
         Reply::error(self.code(), self.to_string())
     }
@@ -182,8 +187,14 @@ impl Service {
         &self.limiters
     }
 
-    /// Runs one request.
+    /// Runs one request. The reply waits until everything the request read or wrote is on
+    /// disk (protocol.md §8): a change whose log write fails is undone, and a request that
+    /// saw it answers `500` rather than show it.
     pub async fn handle(&self, request: Request, ctx: Context) -> Reply {
+        if let Request::Ping = request {
+            return Reply::ok("pong");
+        }
+        let since = self.store.mark();
         let result = match request {
             Request::Ping => Ok(Reply::ok("pong")),
             Request::Apikey { email } => apikey::run(self, email.as_deref(), ctx).await,
@@ -194,7 +205,11 @@ impl Service {
             Request::Remove { apikey, domain } => remove::run(self, &apikey, &domain, ctx).await,
             Request::Acme { apikey } => acme::run(self, &apikey),
         };
-        result.unwrap_or_else(ServiceError::into_reply)
+        let reply = result.unwrap_or_else(ServiceError::into_reply);
+        match self.store.commit_since(since).await {
+            Ok(()) => reply,
+            Err(e) => ServiceError::Storage(e).into_reply(),
+        }
     }
 
     /// Checks a key's format (422).
