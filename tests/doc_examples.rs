@@ -199,6 +199,8 @@ impl World {
         }
         if let Some(Value::Table(sectigo)) = table.get_mut("sectigo") {
             sectigo.insert("base_url".into(), Value::String(self.sim.api_url()));
+            // The simulator speaks plain HTTP, which certline refuses unless allowed.
+            sectigo.insert("allow_insecure_http".into(), Value::Boolean(true));
             let Some(Value::Table(auth)) = sectigo.get_mut("auth") else {
                 panic!("[sectigo] without [sectigo.auth]");
             };

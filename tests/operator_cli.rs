@@ -119,7 +119,9 @@ async fn the_cli_lists_imports_revokes_and_requeues_through_the_admin_api() {
     let o = cli(&admin, &["domains", "--csv"]);
     let csv = stdout(&o);
     assert!(
-        csv.starts_with("DOMAIN,SECTIGO,KEY,ID,DCV,DCV_EXPIRES,NEXT_ATTEMPT,NEEDS_ACTION\r\n"),
+        csv.starts_with(
+            "DOMAIN,SECTIGO,KEY,ID,DCV,DCV_DOMAIN,DCV_EXPIRES,NEXT_ATTEMPT,NEEDS_ACTION\r\n"
+        ),
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 4);

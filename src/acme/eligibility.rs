@@ -3,7 +3,7 @@
 //! `require_confirmed_key` says so, and DCV validated. Pure functions over the bridge's
 //! record, so they are tested without a network.
 
-use crate::store::{BridgePhase, BridgeRecord};
+use crate::store::{BridgePhase, BridgeRecord, DcvState};
 
 /// Why a domain is not (yet) eligible; shown in the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +21,9 @@ pub enum NotEligible {
 /// Is the domain's DCV validated? The one place that decides it, so that it can follow the
 /// domain to its registrable "validation domain" once the bridge validates there.
 pub fn dcv_validated(record: &BridgeRecord) -> bool {
-    record
-        .dcv_status
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("VALIDATED"))
+    // The bridge keeps on each host the state of its validation domain (the registrable
+    // domain, or the operator's dcv_domains entry), so this already follows it.
+    record.dcv_status == Some(DcvState::Validated)
 }
 
 /// Whether a domain with bridge state `record` may be mapped for a key that is
@@ -64,7 +63,7 @@ mod tests {
         let mut r = BridgeRecord::queued(0, true);
         r.phase = BridgePhase::Synced;
         r.sectigo_id = Some(9);
-        r.dcv_status = dcv.map(str::to_owned);
+        r.dcv_status = dcv.map(DcvState::parse);
         r
     }
 

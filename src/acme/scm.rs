@@ -8,9 +8,8 @@
 //! - v2 add/remove use the singular `/domain` path, and DELETE carries a JSON body;
 //! - the account's `macKey` is a credential: it is never part of an error text.
 
-use crate::bridge::sectigo::{
-    MAX_PAGE_SIZE, SectigoClient, SectigoError, decode, id_from_location, to_json, total_count,
-};
+use crate::bridge::sectigo::client::{decode, id_from_location, to_json, total_count};
+use crate::bridge::sectigo::{MAX_PAGE_SIZE, SectigoClient, SectigoError};
 use crate::config::Secret;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -128,7 +127,7 @@ impl AcmeApi {
             ];
             let reply = self
                 .client
-                .execute(Method::GET, "acme/v2/account", &query, None)
+                .send(Method::GET, "acme/v2/account", &query, None)
                 .await?;
             let page: Vec<AcmeAccount> = decode_accounts(&reply.body, "the ACME account list")?;
             let n = page.len() as u64;
@@ -156,7 +155,7 @@ impl AcmeApi {
         })?;
         let reply = self
             .client
-            .execute(Method::POST, "acme/v2/account", &[], Some(body))
+            .send(Method::POST, "acme/v2/account", &[], Some(body))
             .await?;
         id_from_location(&reply.headers)
     }
@@ -165,7 +164,7 @@ impl AcmeApi {
     pub async fn account(&self, id: u64) -> Result<AcmeAccount, SectigoError> {
         let reply = self
             .client
-            .execute(Method::GET, &format!("acme/v2/account/{id}"), &[], None)
+            .send(Method::GET, &format!("acme/v2/account/{id}"), &[], None)
             .await?;
         decode_accounts(&reply.body, "the ACME account")
     }
@@ -175,7 +174,7 @@ impl AcmeApi {
     pub async fn delete_account(&self, id: u64) -> Result<(), SectigoError> {
         match self
             .client
-            .execute(Method::DELETE, &format!("acme/v2/account/{id}"), &[], None)
+            .send(Method::DELETE, &format!("acme/v2/account/{id}"), &[], None)
             .await
         {
             Ok(_) | Err(SectigoError::Api { status: 404, .. }) => Ok(()),
@@ -194,7 +193,7 @@ impl AcmeApi {
             ];
             let reply = self
                 .client
-                .execute(
+                .send(
                     Method::GET,
                     &format!("acme/v2/account/{id}/domain"),
                     &query,
@@ -246,7 +245,7 @@ impl AcmeApi {
             domains: names.iter().map(|n| DomainName { name: n }).collect(),
         })?;
         let path = format!("acme/v2/account/{id}/domain");
-        let reply = self.client.execute(method, &path, &[], Some(body)).await?;
+        let reply = self.client.send(method, &path, &[], Some(body)).await?;
         if reply.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DomainChange::default());
         }

@@ -9,7 +9,7 @@ use super::extract::ApiQuery;
 use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
 use super::{AdminState, ApiError};
 use crate::store::rfc3339;
-use crate::store::{BridgePhase, BridgeRecord, InventoryRow};
+use crate::store::{BridgePhase, BridgeRecord, DcvState, InventoryRow};
 use axum::Json;
 use axum::extract::State;
 use chrono::NaiveDate;
@@ -115,8 +115,11 @@ fn view(
             })
             .collect(),
         id: b.and_then(|r| r.sectigo_id),
-        dcv: b.and_then(|r| r.dcv_status.clone()),
-        dcv_expires: b.and_then(|r| r.dcv_expires.clone()),
+        dcv: b
+            .and_then(|r| r.dcv_status.as_ref())
+            .map(|d| d.as_str().to_owned()),
+        dcv_expires: b.and_then(|r| r.dcv_expires).map(|d| d.to_string()),
+        dcv_domain: b.and_then(|r| r.dcv_domain.clone()),
         ct: b.and_then(|r| r.ct_monitoring),
         checked: b.and_then(|r| r.checked_at).map(rfc3339),
         next_attempt: b
@@ -167,6 +170,14 @@ pub fn reasons(
             "not_in_sectigo",
             "Sectigo does not have it and this server may not create it: add it in Sectigo or set sectigo.create_missing".into(),
         ),
+        BridgePhase::AwaitingDelegationApproval => add(
+            "awaiting_delegation_approval",
+            "its delegation in Sectigo waits for approval: an MRAO approves it in SCM (Domains → Delegations), or set sectigo.approve_delegations = true if certline's admin is an MRAO".into(),
+        ),
+        BridgePhase::Suspended => add(
+            "suspended",
+            "the domain is suspended (inactive) in Sectigo: an administrator activates it in SCM".into(),
+        ),
         BridgePhase::AwaitingConfirmation => add(
             "awaiting_confirmation",
             format!(
@@ -210,13 +221,9 @@ pub fn reasons(
         }
         _ => {}
     }
-    match r.dcv_status.as_deref() {
-        Some("VALIDATED") => {
-            let expires = r
-                .dcv_expires
-                .as_deref()
-                .and_then(|d| d.parse::<NaiveDate>().ok());
-            if let Some(expires) = expires
+    match &r.dcv_status {
+        Some(DcvState::Validated) => {
+            if let Some(expires) = r.dcv_expires
                 && (expires - today).num_days() <= dcv_window_days
             {
                 add(
@@ -227,7 +234,11 @@ pub fn reasons(
         }
         Some(other) => add(
             "dcv_not_validated",
-            format!("DCV is {other}: complete domain control validation in Sectigo"),
+            format!(
+                "DCV of {} is {}: complete domain control validation in Sectigo",
+                r.dcv_domain.as_deref().unwrap_or("the domain"),
+                other.as_str()
+            ),
         ),
         None => {}
     }
@@ -285,6 +296,10 @@ mod tests {
         r.dcv = None;
         r.phase = BridgePhase::NotInSectigo;
         assert_eq!(names(&r, false), ["not_in_sectigo"]);
+        r.phase = BridgePhase::AwaitingDelegationApproval;
+        assert_eq!(names(&r, false), ["awaiting_delegation_approval"]);
+        r.phase = BridgePhase::Suspended;
+        assert_eq!(names(&r, false), ["suspended"]);
         r.phase = BridgePhase::Failed;
         r.last_error = Some(BridgeError {
             step: BridgePhase::Create,
@@ -297,12 +312,12 @@ mod tests {
         let detail = &reasons(&r, false, today, 30, &[])[0].detail;
         assert!(detail.contains("create (-712): too short"), "{detail}");
         r.phase = BridgePhase::Synced;
-        r.dcv_status = Some("NOT_VALIDATED".into());
+        r.dcv_status = Some(DcvState::NotValidated);
         assert_eq!(names(&r, false), ["dcv_not_validated"]);
-        r.dcv_status = Some("VALIDATED".into());
-        r.dcv_expires = Some("2026-12-01".into());
+        r.dcv_status = Some(DcvState::Validated);
+        r.dcv_expires = NaiveDate::from_ymd_opt(2026, 12, 1);
         assert_eq!(names(&r, false), ["dcv_expiring"]);
-        r.dcv_expires = Some("2027-06-01".into());
+        r.dcv_expires = NaiveDate::from_ymd_opt(2027, 6, 1);
         assert!(names(&r, false).is_empty());
     }
 }

@@ -43,6 +43,8 @@ const PHASES: &[BridgePhase] = &[
     BridgePhase::NotForwarded,
     BridgePhase::NotInSectigo,
     BridgePhase::AwaitingConfirmation,
+    BridgePhase::AwaitingDelegationApproval,
+    BridgePhase::Suspended,
     BridgePhase::Failed,
 ];
 

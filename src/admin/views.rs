@@ -32,6 +32,10 @@ pub struct DomainView {
     pub dcv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dcv_expires: Option<String>,
+    /// The name Sectigo validates for this domain (its registrable domain or an operator's
+    /// `dcv_domains` entry); its DCV state is this domain's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcv_domain: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -80,6 +80,15 @@ pub fn check_config(path: &Path) -> Result<CheckReport, crate::config::ConfigErr
                 "sectigo: on, base_url = {}, allowed_suffixes = {:?}, create_missing = {}, require_confirmed_key = {}",
                 s.base_url, s.allowed_suffixes, s.create_missing, s.require_confirmed_key
             );
+            let _ = writeln!(
+                out,
+                "sectigo dcv: dcv_method = {:?}, dcv_domains = {:?} (others validate at their registrable domain), dcv_hook_env = {:?}, approve_delegations = {}, allow_insecure_http = {}",
+                s.dcv_method,
+                s.dcv_domains,
+                s.dcv_hook_env,
+                s.approve_delegations,
+                s.allow_insecure_http
+            );
             secret(
                 &mut out,
                 "sectigo credentials",

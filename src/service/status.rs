@@ -62,10 +62,13 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
         let _ = write!(out, " id={id}");
     }
     if let Some(dcv) = &r.dcv_status {
-        let _ = write!(out, " dcv={}", token(dcv));
+        let _ = write!(out, " dcv={}", token(dcv.as_str()));
     }
-    if let Some(expires) = &r.dcv_expires {
-        let _ = write!(out, " dcv_expires={}", token(expires));
+    if let Some(expires) = r.dcv_expires {
+        let _ = write!(out, " dcv_expires={expires}");
+    }
+    if let Some(dcv_domain) = &r.dcv_domain {
+        let _ = write!(out, " dcv_domain={}", token(dcv_domain));
     }
     if let Some(ct) = r.ct_monitoring {
         let _ = write!(out, " ct={}", if ct { "on" } else { "off" });

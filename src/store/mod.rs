@@ -52,7 +52,8 @@ pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 pub use mail_outbox::DueMail;
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
-    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, MailJob, Record, UnixTime, rfc3339,
+    DcvState, DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, MailJob, Record, UnixTime,
+    rfc3339,
 };
 use std::net::IpAddr;
 use std::path::Path;
