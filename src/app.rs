@@ -3,6 +3,7 @@
 //! until shutdown. Every other module receives its own section or value from here and never
 //! reads the whole configuration; nothing imports this module but `main` and the tests.
 
+use crate::acme::{AcmeApi, AcmeWorker};
 use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, SectigoError, Worker};
 use crate::config::{Config, ConfigError};
@@ -10,7 +11,7 @@ use crate::confirm::{Confirmations, Mailer};
 use crate::reload::{ConfigSource, Reloader};
 use crate::server::Server;
 use crate::server::activation::{Activated, ActivationError};
-use crate::service::Service;
+use crate::service::{AcmeHandOut, Service};
 use crate::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub struct App {
     server: Server,
     store: Arc<Store>,
     worker: Option<Arc<Worker>>,
+    acme_worker: Option<Arc<AcmeWorker>>,
     admin: Option<AdminServer>,
     confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
@@ -97,12 +99,19 @@ impl App {
             config.durability.timing(),
         )?);
         let shutdown = CancellationToken::new();
+        let mut acme_worker = None;
         let worker = match &config.sectigo {
             Some(sectigo) => {
                 let client = SectigoClient::new(sectigo.client_options()?)
                     .map_err(StartError::SectigoClient)?;
                 store.enable_bridge();
                 tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
+                acme_worker = AcmeWorker::new(store.clone(), AcmeApi::new(client.clone()), sectigo)
+                    .map(Arc::new);
+                if acme_worker.is_some() {
+                    store.enable_acme();
+                    tracing::info!("Sectigo ACME accounts on");
+                }
                 Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
             }
             None => {
@@ -172,6 +181,14 @@ impl App {
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
+        if let Some(sectigo) = &config.sectigo
+            && let Some(acme) = sectigo.acme.as_ref().filter(|a| a.hand_out_eab)
+        {
+            service = service.with_acme_hand_out(AcmeHandOut {
+                server: acme.acme_server.clone(),
+                require_confirmed_key: sectigo.require_confirmed_key,
+            });
+        }
         let server =
             match activated.line {
                 Some(listener) => {
@@ -191,6 +208,7 @@ impl App {
             server,
             store,
             worker,
+            acme_worker,
             admin,
             confirmations,
             shutdown,
@@ -221,6 +239,7 @@ impl App {
             self.config.clone(),
             self.server.limits(),
             self.worker.clone(),
+            self.acme_worker.clone(),
             self.admin.as_ref().map(AdminServer::state),
         ))
     }
@@ -242,6 +261,9 @@ impl App {
             self.shutdown.clone(),
         ));
         if let Some(worker) = self.worker {
+            tracker.spawn(worker.run(self.shutdown.clone()));
+        }
+        if let Some(worker) = self.acme_worker {
             tracker.spawn(worker.run(self.shutdown.clone()));
         }
         if let Some(admin) = self.admin {

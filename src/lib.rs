@@ -27,6 +27,7 @@
 //!   requeue, import, claim links); [`cli`] is its command-line client.
 //! - [`confirm`]: claim confirmation e-mails with single-use confirm/revoke links.
 
+pub mod acme;
 pub mod admin;
 pub mod apikey;
 pub mod app;

@@ -7,14 +7,15 @@
 //! | applied at once | how |
 //! |---|---|
 //! | `[limits]` (but `listen_backlog`) | to connections accepted after the reload |
-//! | `[sectigo]` credentials (re-read from their files or variables), policy, timings, DCV (`dcv_domains`, `dcv_hook_env`, …), `approve_delegations`, `allow_insecure_http` | from each domain's next bridge step; a bridge paused by a 401 probes at once, and every domain the 401 parked follows the probe ([`Worker::reconfigure`]) |
+//! | `[sectigo]` credentials (re-read from their files or variables), policy, timings, DCV (`dcv_domains`, `dcv_hook_env`, …), `approve_delegations`, `allow_insecure_http` | from each domain's next bridge step; a bridge paused by a 401 probes at once, and every domain the 401 parked follows the probe ([`Worker::reconfigure`]); the ACME account worker's next call uses the new credentials too |
 //! | the admin token (re-read) | from the next admin request |
 //!
 //! Everything else (`listen`, `data_dir`, `[durability]`, `worker_threads`, `[log]`,
 //! `[rate_limit]`, `[claims]`, `[smtp]`, `admin.listen`/`public_url`, adding or removing
-//! `[sectigo]` or `[admin]`, `sectigo.max_concurrency`, `limits.listen_backlog`) needs a
+//! `[sectigo]` or `[admin]`, `sectigo.max_concurrency`, `[sectigo.acme]`, `limits.listen_backlog`) needs a
 //! restart: when it changed, the reload says so and keeps the running value.
 
+use crate::acme::AcmeWorker;
 use crate::admin::AdminState;
 use crate::bridge::{SectigoClient, SectigoError, Worker};
 use crate::config::{Config, ConfigError};
@@ -82,6 +83,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     limits: Arc<ArcSwap<Limits>>,
     worker: Option<Arc<Worker>>,
+    acme: Option<Arc<AcmeWorker>>,
     admin: Option<Arc<AdminState>>,
 }
 
@@ -91,6 +93,7 @@ impl Reloader {
         running: Config,
         limits: Arc<ArcSwap<Limits>>,
         worker: Option<Arc<Worker>>,
+        acme: Option<Arc<AcmeWorker>>,
         admin: Option<Arc<AdminState>>,
     ) -> Self {
         Self {
@@ -98,6 +101,7 @@ impl Reloader {
             running: Mutex::new(running),
             limits,
             worker,
+            acme,
             admin,
         }
     }
@@ -146,6 +150,9 @@ impl Reloader {
         self.limits.store(Arc::new(next.limits.clone()));
         if let (Some(worker), Some(client), Some(sectigo)) = (&self.worker, client, &next.sectigo) {
             // Always: the credentials may have changed in their file with the TOML as it was.
+            if let Some(acme) = &self.acme {
+                acme.replace_client(client.clone());
+            }
             worker.reconfigure(client, sectigo);
             applied.push("sectigo");
         }
@@ -199,6 +206,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "sectigo.max_concurrency",
             o.max_concurrency != n.max_concurrency,
         );
+        check("sectigo.acme", debug_differs(&o.acme, &n.acme));
     }
     check(
         "the [admin] section (added or removed)",
@@ -226,7 +234,10 @@ fn keep_restart_only(running: &Config, new: Config) -> Config {
     };
     next.limits.listen_backlog = running.limits.listen_backlog;
     match (&running.sectigo, &mut next.sectigo) {
-        (Some(old), Some(new)) => new.max_concurrency = old.max_concurrency,
+        (Some(old), Some(new)) => {
+            new.max_concurrency = old.max_concurrency;
+            new.acme = old.acme.clone();
+        }
         (old, new) => *new = old.clone(),
     }
     match (&running.admin, &mut next.admin) {
@@ -261,6 +272,27 @@ mod tests {
         assert_eq!(next.worker_threads, old.worker_threads);
         assert_eq!(next.limits.listen_backlog, old.limits.listen_backlog);
         assert_eq!(next.limits.max_connections, 20, "limits apply");
+        assert!(restart_only_changes(&old, &next).is_empty());
+    }
+
+    /// The ACME worker is built at start from `[sectigo.acme]`; a reload that changes it is
+    /// reported and the section is kept, while the rest of `[sectigo]` applies.
+    #[test]
+    fn the_acme_section_needs_a_restart() {
+        let with = |acme: &str| {
+            Config::from_toml(&format!(
+                "[sectigo]\nallowed_suffixes = [\"example.edu\"]\norg_id = 7\n\
+                 [sectigo.auth]\nmode = \"headers\"\nlogin = \"api\"\ncustomer_uri = \"example\"\n\
+                 password_env = \"UNUSED\"\n{acme}"
+            ))
+            .unwrap()
+        };
+        let old = with("[sectigo.acme]\nacme_server = \"https://acme.sectigo.com/v2/OV\"\n");
+        let new = with("[sectigo.acme]\nacme_server = \"https://acme.sectigo.com/v2/EV\"\n");
+        assert_eq!(restart_only_changes(&old, &new), ["sectigo.acme"]);
+        let next = keep_restart_only(&old, new);
+        let acme = next.sectigo.as_ref().and_then(|s| s.acme.as_ref()).unwrap();
+        assert_eq!(acme.acme_server, "https://acme.sectigo.com/v2/OV");
         assert!(restart_only_changes(&old, &next).is_empty());
     }
 }

@@ -13,12 +13,11 @@
 mod support;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
+use support::pebble::{Pebble, require};
 use support::scripts::*;
-use support::wait::wait_until_blocking;
 
 /// certbot's own polling makes a run take a few seconds; this only catches a hang.
 const CERTBOT_LIMIT: Duration = Duration::from_secs(240);
@@ -26,159 +25,6 @@ const CERTBOT_LIMIT: Duration = Duration::from_secs(240);
 const EMAIL: &str = "ops@example.org";
 const AB: &[&str] = &["a.example.org", "b.example.org"];
 const XS: &[&str] = &["x1.example.org", "x2.example.org", "x3.example.org"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn require(tool: &str) -> PathBuf {
-    for dir in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"] {
-        let path = Path::new(dir).join(tool);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("{tool} is not installed; run .ci/install-e2e-deps");
-}
-
-/// Pebble on loopback, killed by its pid when dropped.
-struct Pebble {
-    child: Child,
-    acme_port: u16,
-    ca_bundle: PathBuf,
-}
-
-impl Pebble {
-    fn start(dir: &Path) -> Pebble {
-        let openssl = require("openssl");
-        let pebble = require("pebble");
-        // A CA and a listener certificate for Pebble's HTTPS (Debian ships no test certs).
-        let ca = dir.join("ca.pem");
-        let run = |args: &[&str]| {
-            let done = run_bounded(
-                {
-                    let mut c = Command::new(&openssl);
-                    c.args(args).current_dir(dir);
-                    c
-                },
-                Duration::from_secs(60),
-            );
-            assert!(done.status.success(), "openssl {args:?}: {}", done.output());
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "7",
-            "-subj",
-            "/CN=certline e2e CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
-             extendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "7",
-            "-extfile",
-            "server.ext",
-        ]);
-
-        let acme_port = free_port();
-        let mgmt_port = free_port();
-        let config = dir.join("pebble-config.json");
-        fs::write(
-            &config,
-            format!(
-                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}",
-  "managementListenAddress": "127.0.0.1:{mgmt_port}",
-  "certificate": "{cert}", "privateKey": "{key}",
-  "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
-  "externalAccountBindingRequired": false}}}}"#,
-                cert = dir.join("server.pem").display(),
-                key = dir.join("server.key").display(),
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.join("pebble.log")).unwrap();
-        let child = Command::new(pebble)
-            .arg("-config")
-            .arg(&config)
-            .env("PEBBLE_VA_ALWAYS_VALID", "1")
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start pebble");
-        let pebble = Pebble {
-            child,
-            acme_port,
-            ca_bundle: ca,
-        };
-        wait_until_blocking(Duration::from_secs(20), "pebble listening", || {
-            TcpStream::connect(("127.0.0.1", acme_port)).map_err(|e| {
-                (
-                    e,
-                    fs::read_to_string(dir.join("pebble.log")).unwrap_or_default(),
-                )
-            })
-        });
-        pebble
-    }
-
-    fn directory(&self) -> String {
-        format!("https://127.0.0.1:{}/dir", self.acme_port)
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One certbot installation under test, with its own config/work/logs dirs.
 struct Certbot {

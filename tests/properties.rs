@@ -47,7 +47,7 @@ fn with_case(word: &str, mask: &[bool]) -> String {
 /// any case, extra unknown keys, irregular whitespace.
 fn request_line() -> impl Strategy<Value = (Request, String)> {
     (
-        0..7usize,
+        0..8usize,
         (value(), value(), proptest::option::of(value())),
         proptest::collection::vec(("x[a-z0-9_-]{0,6}", value()), 0..3),
         proptest::collection::vec(any::<bool>(), 2..8),
@@ -106,6 +106,11 @@ fn request_line() -> impl Strategy<Value = (Request, String)> {
                             domain: b.clone(),
                         },
                         vec![("apikey", a), ("domain", b)],
+                    ),
+                    6 => (
+                        "acme",
+                        Request::Acme { apikey: a.clone() },
+                        vec![("apikey", a)],
                     ),
                     _ => ("ping", Request::Ping, vec![]),
                 };

@@ -42,7 +42,7 @@ fn value(u: &mut Unstructured) -> Result<String> {
 }
 
 fn request(u: &mut Unstructured) -> Result<Request> {
-    Ok(match u.int_in_range(0..=6)? {
+    Ok(match u.int_in_range(0..=7)? {
         0 => Request::Apikey {
             email: if u.arbitrary()? {
                 Some(value(u)?)
@@ -74,6 +74,7 @@ fn request(u: &mut Unstructured) -> Result<Request> {
             apikey: value(u)?,
             domain: value(u)?,
         },
+        6 => Request::Acme { apikey: value(u)? },
         _ => Request::Ping,
     })
 }

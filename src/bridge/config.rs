@@ -188,6 +188,10 @@ pub struct SectigoConfig {
     /// simulator: over plain HTTP the password or client secret travels in clear.
     #[serde(default)]
     pub allow_insecure_http: bool,
+
+    /// `[sectigo.acme]`: SCM ACME accounts for API keys (off when absent; see `crate::acme`).
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// Which DNS DCV method certline drives.
@@ -310,6 +314,9 @@ impl SectigoConfig {
 
     /// Checks the section for combinations that cannot work, before anything talks to SCM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(acme) = &self.acme {
+            acme.validate(self.org_id)?;
+        }
         if let Some(hook) = &self.dcv_hook
             && !hook.is_file()
         {

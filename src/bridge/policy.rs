@@ -217,6 +217,7 @@ mod tests {
             ct_bucket_id: None,
             ct_include_subdomains: false,
             require_confirmed_key: true,
+            acme: None,
         }
     }
 

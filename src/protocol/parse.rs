@@ -44,6 +44,9 @@ pub enum Request {
     },
     /// `command remove apikey K domain D`.
     Remove { apikey: String, domain: String },
+    /// `command acme apikey K`: the External Account Binding of the key's Sectigo ACME
+    /// account (only when the operator enabled `hand_out_eab`).
+    Acme { apikey: String },
     /// `command ping`.
     Ping,
 }
@@ -184,6 +187,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ParseError> {
             apikey: pairs.require("apikey")?,
             domain: pairs.require("domain")?,
         },
+        "acme" => Request::Acme {
+            apikey: pairs.require("apikey")?,
+        },
         "ping" => Request::Ping,
         _ => return Err(ParseError::UnknownCommand(echo(&command))),
     };
@@ -200,6 +206,7 @@ impl Request {
             Request::Status { .. } => "status",
             Request::List { .. } => "list",
             Request::Remove { .. } => "remove",
+            Request::Acme { .. } => "acme",
             Request::Ping => "ping",
         }
     }
@@ -226,6 +233,7 @@ impl fmt::Display for Request {
                     write!(f, " offset {offset}")?;
                 }
             }
+            Request::Acme { apikey } => write!(f, " apikey {apikey}")?,
             Request::Ping => {}
         }
         Ok(())
@@ -279,6 +287,21 @@ mod tests {
                 email: "X@Y.org".into()
             })
         );
+    }
+
+    #[test]
+    fn acme_needs_an_api_key() {
+        assert_eq!(
+            parse("command ACME apikey AbC-0123456789abcdef"),
+            Ok(Request::Acme {
+                apikey: "AbC-0123456789abcdef".into()
+            })
+        );
+        assert_eq!(parse("command acme"), Err(ParseError::MissingKey("apikey")));
+        let r = Request::Acme {
+            apikey: "k-1".into(),
+        };
+        assert_eq!(r.to_string(), "command acme apikey k-1");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! order protocol.md §6 documents: field formats (422, 406), rate limits (429), the key
 //! (401, 403), then the command. Every write waits for [`Store::commit`] before it says `ok`.
 
+mod acme;
 mod add;
 mod apikey;
 mod claim;
@@ -17,6 +18,7 @@ use crate::bridge::BridgeHandle;
 use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::store::{AddOutcome, CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
+pub use acme::AcmeHandOut;
 use rate_limit::RateLimiters;
 pub use rate_limit::RateLimits;
 use std::net::IpAddr;
@@ -118,6 +120,8 @@ pub struct Service {
     /// Sends claim confirmation links; present when the admin listener (which serves the
     /// links) is configured.
     confirmations: Option<Arc<Confirmations>>,
+    /// Present when `[sectigo.acme]` has `hand_out_eab = true`.
+    acme: Option<AcmeHandOut>,
 }
 
 impl From<CapExceeded> for ServiceError {
@@ -138,6 +142,7 @@ impl Service {
             bridge: None,
             caps: ClaimCaps::default(),
             confirmations: None,
+            acme: None,
         }
     }
 
@@ -163,6 +168,12 @@ impl Service {
     /// Reports the Sectigo bridge's state in `status`.
     pub fn with_bridge(mut self, bridge: Arc<BridgeHandle>) -> Self {
         self.bridge = Some(bridge);
+        self
+    }
+
+    /// Answers `command acme` with the EAB of the key's ACME account.
+    pub fn with_acme_hand_out(mut self, hand_out: AcmeHandOut) -> Self {
+        self.acme = Some(hand_out);
         self
     }
 
@@ -192,6 +203,7 @@ impl Service {
             Request::Status { apikey, domain } => status::run(self, &apikey, &domain).await,
             Request::List { apikey, offset } => list::run(self, &apikey, offset.as_deref()),
             Request::Remove { apikey, domain } => remove::run(self, &apikey, &domain, ctx).await,
+            Request::Acme { apikey } => acme::run(self, &apikey),
         };
         let reply = result.unwrap_or_else(ServiceError::into_reply);
         match self.store.commit_since(since).await {

@@ -3,7 +3,7 @@
 
 use super::{Service, ServiceError, parse_domain};
 use crate::protocol::Reply;
-use crate::store::{BridgePhase, BridgeRecord, rfc3339};
+use crate::store::{AcmeKeyRecord, AcmeMapping, BridgePhase, BridgeRecord, rfc3339};
 use std::fmt::Write;
 
 /// The longest Sectigo error text shown; the reply must stay under 1000 bytes.
@@ -33,6 +33,13 @@ pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Rep
             let record = svc.store.bridge(domain.host())?;
             describe_bridge(&mut data, record.as_ref(), bridge.is_paused());
         }
+    }
+    if svc.store.acme_enabled() {
+        describe_acme(
+            &mut data,
+            svc.store.acme_key(&hash)?.as_ref(),
+            domain.host(),
+        );
     }
     Ok(Reply::ok_with_data(data, "ok"))
 }
@@ -100,6 +107,17 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
             })
             .collect();
         let _ = write!(out, " error=\"{text}\"");
+    }
+}
+
+/// Appends `acme=` (mapped, pending, failed) and, once the key has one, `acme_account=`.
+fn describe_acme(out: &mut String, record: Option<&AcmeKeyRecord>, host: &str) {
+    let state = record
+        .and_then(|r| r.domains.get(host))
+        .map_or("pending", AcmeMapping::name);
+    let _ = write!(out, " acme={state}");
+    if let Some(id) = record.and_then(|r| r.account_id) {
+        let _ = write!(out, " acme_account={id}");
     }
 }
 

@@ -205,6 +205,8 @@ impl Store {
                     return Ok(LinkOutcome::KeyRevoked);
                 }
                 let requeued = self.confirm_into(&mut batch, &hash, key, ip, now)?;
+                // A confirmed key's names may now go into its ACME account.
+                super::acme_state::touch_key(self, &mut batch, &hash, now)?;
                 LinkOutcome::Confirmed { key_id, requeued }
             }
             LinkAction::Revoke => {
@@ -213,10 +215,13 @@ impl Store {
                     batch.insert(key_key(&hash), key.encode());
                     self.audit(&mut batch, now, ip, &hash, AuditKind::KeyRevoked)?;
                 }
+                // Its ACME account must go, so the host's EAB stops working.
+                super::acme_state::touch_key(self, &mut batch, &hash, now)?;
                 LinkOutcome::Revoked { key_id }
             }
         };
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         if let LinkOutcome::Confirmed { requeued: 1.., .. } = outcome {
             self.bridge_wakeup.notify_one();
         }

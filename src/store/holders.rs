@@ -35,7 +35,7 @@ fn holder_prefix(domain: &str) -> Vec<u8> {
 
 impl Store {
     /// The keys that hold `domain` now, in the order of their hashes.
-    pub(super) fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
+    pub fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
         let prefix = holder_prefix(domain);
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(&prefix) {

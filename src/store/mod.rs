@@ -19,6 +19,8 @@
 //! | `M` | a name | store metadata (migrations done, the readiness probe) |
 //! | `H` | normalised domain + `0x00` + key hash | nothing: the keys holding a domain ([`holders`]) |
 //! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
+//! | `U` | key hash | [`AcmeKeyRecord`] (the key's SCM ACME account and its domains' mapping) |
+//! | `Y` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -33,6 +35,7 @@
 //! Write methods change sled's in-memory state and queue a write-ahead log record; nothing is
 //! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
 
+mod acme_state;
 mod bridge_state;
 mod claims;
 pub mod durable;
@@ -44,6 +47,7 @@ pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
+pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
 pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
@@ -71,6 +75,8 @@ const LINK_TOKEN: u8 = b'T';
 const META: u8 = b'M';
 const HOLDER: u8 = b'H';
 const MAIL_OUTBOX: u8 = b'Q';
+const ACME_KEY: u8 = b'U';
+const ACME_OUTBOX: u8 = b'Y';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -128,6 +134,9 @@ pub struct Store {
     audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
+    /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
+    acme_enabled: AtomicBool,
+    acme_wakeup: tokio::sync::Notify,
 }
 
 impl Store {
@@ -214,6 +223,8 @@ impl Store {
             mail_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
+            acme_enabled: AtomicBool::new(false),
+            acme_wakeup: tokio::sync::Notify::new(),
         };
         store.migrate_email_index()?;
         store.ensure_holder_index(clean)?;
@@ -407,7 +418,9 @@ impl Store {
             let mut batch = WriteBatch::default();
             batch.insert(key_key(hash), record.encode());
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
+            acme_state::touch_key(self, &mut batch, hash, now)?;
             self.write(batch)?;
+            self.acme_wakeup.notify_one();
         }
         Ok(true)
     }
@@ -464,7 +477,9 @@ impl Store {
         }
         let kind = AuditKind::DomainAdded { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         if queued || released {
             self.bridge_wakeup.notify_one();
         }
@@ -496,7 +511,9 @@ impl Store {
         batch.remove(holders::holder_key(&name, hash));
         let kind = AuditKind::DomainRemoved { domain: name };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
+        self.acme_wakeup.notify_one();
         Ok(true)
     }
 

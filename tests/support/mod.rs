@@ -4,9 +4,11 @@
 //! helpers.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod acme_setup;
 pub mod admin;
 pub mod bridge_setup;
 pub mod client;
+pub mod pebble;
 pub mod scm_sim;
 pub mod scripts;
 pub mod server;

@@ -67,6 +67,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[path = "scm_sim_acme.rs"]
+pub mod acme;
+
 /// Default admin login accepted by header auth.
 pub const LOGIN: &str = "certline-api";
 /// Default admin password accepted by header auth.
@@ -206,6 +209,7 @@ struct State {
     faults: Faults,
     counters: Counters,
     rng: StdRng,
+    acme: acme::AcmeState,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -315,6 +319,7 @@ impl ScmSim {
             faults: Faults::default(),
             counters: Counters::default(),
             rng: StdRng::seed_from_u64(0x5ec7_1600),
+            acme: acme::AcmeState::default(),
         }));
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(
@@ -918,6 +923,7 @@ enum Route {
     StartCname,
     SubmitCname,
     SubmitTxt,
+    Acme(acme::AcmeRoute),
     NotFound,
     MethodNotAllowed,
 }
@@ -935,6 +941,9 @@ impl Route {
             return Route::NotFound;
         };
         let seg: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        if let Some(r) = acme::route(method, &seg) {
+            return Route::Acme(r);
+        }
         let m = method.clone();
         match seg.as_slice() {
             ["domain", "v1"] => match m {
@@ -1022,6 +1031,7 @@ fn dispatch(
             None => error(404, -1, "Entity not found."),
         },
         Route::Monitoring(id) => monitoring(s, *id, body),
+        Route::Acme(r) => acme::dispatch(s, r, query, body),
         Route::DcvList => dcv_list(s, query),
         Route::DcvStatus => with_dcv_domain(s, body, |s, id| {
             let dcv = inherited_dcv(s, id);

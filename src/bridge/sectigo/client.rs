@@ -506,7 +506,7 @@ pub(super) async fn read_response(
     Ok((status, headers, body))
 }
 
-fn total_count(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn total_count(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("x-total-count")?
         .to_str()
@@ -543,7 +543,7 @@ fn require_secure(what: &str, url: &Url, allow_http: bool) -> Result<(), Sectigo
 }
 
 /// The id at the end of `Location: https://cert-manager.com/api/domain/v1/396`.
-fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError> {
+pub(crate) fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError> {
     let bad = |detail: &str| SectigoError::Decode {
         what: "the domain creation",
         detail: detail.to_string(),

@@ -1,0 +1,308 @@
+//! The ACME worker's durable state: one [`AcmeKeyRecord`] per API key (prefix `U`, for SCM's
+//! ACME "users") and an index of due times (prefix `Y`, key = due time (8 bytes, big-endian)
+//! + key hash), the outbox the ACME worker consumes in time order.
+//!
+//! The work unit is the key, not the domain: a key's account must hold exactly its eligible
+//! domains, and the worker reconciles that whole set against SCM in one pass. Registering,
+//! removing and revoking touch the key in the same batch as the change itself
+//! ([`touch_key`]), so no acknowledged change can miss the worker.
+
+use super::{
+    ACME_KEY, ACME_OUTBOX, KEY, Store, StoreError, WriteBatch, key_key, records::Record,
+    records::UnixTime,
+};
+use crate::apikey::KeyHash;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// Where one of a key's domains stands with its ACME account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcmeMapping {
+    /// Registered, but not eligible yet (not synced, DCV not validated, key not confirmed),
+    /// or eligible and not mapped yet.
+    Pending,
+    /// In the account: the host can get certificates for it.
+    Mapped,
+    /// SCM refused it (`notAddedDomains`, or an error); tried again later.
+    Failed(String),
+}
+
+impl AcmeMapping {
+    /// The `acme=` value of `status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AcmeMapping::Pending => "pending",
+            AcmeMapping::Mapped => "mapped",
+            AcmeMapping::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The EAB pair of a key's account, kept only when `hand_out_eab` is on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEab {
+    pub kid: String,
+    pub hmac: String,
+}
+
+impl std::fmt::Debug for StoredEab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredEab")
+            .field("kid", &self.kid)
+            .field("hmac", &"***")
+            .finish()
+    }
+}
+
+/// A key's ACME account and its domains' mapping state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeKeyRecord {
+    /// SCM's numeric account id, once created or found.
+    pub account_id: Option<u64>,
+    /// The account's EAB, when certline hands it out.
+    pub eab: Option<StoredEab>,
+    /// Host name → mapping state, for every host the key registered.
+    pub domains: BTreeMap<String, AcmeMapping>,
+    /// When the worker should look at the key next (`None`: not until touched).
+    pub next_attempt_at: Option<UnixTime>,
+    /// Consecutive transient failures (drives the backoff).
+    pub attempts: u32,
+    /// The last failure, kept until a pass succeeds.
+    pub last_error: Option<String>,
+    /// The key was revoked and retired in SCM: its own account deleted (`per_key`), or its
+    /// names taken out of the shared account (`shared`). Nothing more to do for it.
+    pub account_deleted: bool,
+    /// Bumped by every [`touch_key`]: lets a save by the worker see that the key changed
+    /// while it worked, so the change is not lost.
+    pub touches: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum StoredAcmeKeyRecord {
+    V1(AcmeKeyRecord),
+}
+
+impl Record for AcmeKeyRecord {
+    type Stored = StoredAcmeKeyRecord;
+    fn into_stored(self) -> StoredAcmeKeyRecord {
+        StoredAcmeKeyRecord::V1(self)
+    }
+    fn from_stored(stored: StoredAcmeKeyRecord) -> Self {
+        match stored {
+            StoredAcmeKeyRecord::V1(r) => r,
+        }
+    }
+}
+
+impl Store {
+    /// Turns ACME bookkeeping on (at start-up, when `[sectigo.acme]` is configured).
+    pub fn enable_acme(&self) {
+        self.acme_enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Is ACME bookkeeping on?
+    pub fn acme_enabled(&self) -> bool {
+        self.acme_enabled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when a key has been touched since the last call.
+    pub async fn acme_queued(&self) {
+        self.acme_wakeup.notified().await
+    }
+
+    /// A key's ACME record.
+    pub fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
+        self.get(&acme_key_key(hash))
+    }
+
+    /// Up to `limit` keys due at or before `now`, earliest first.
+    pub fn due_acme_keys(&self, now: UnixTime, limit: usize) -> Result<Vec<KeyHash>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([ACME_OUTBOX]) {
+            let (k, _) = entry?;
+            if due_of(&k) > now || out.len() >= limit {
+                break;
+            }
+            out.push(KeyHash(k[9..41].try_into().expect("outbox key has a hash")));
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time in the ACME outbox.
+    pub fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
+        match self.db.scan_prefix([ACME_OUTBOX]).next() {
+            Some(entry) => Ok(Some(due_of(&entry?.0))),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves the worker's view of a key. If the key was touched since the worker read it
+    /// (`record.touches` is behind), the key stays due now and the newer count is kept.
+    pub fn save_acme_key(
+        &self,
+        hash: &KeyHash,
+        record: &AcmeKeyRecord,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        let mut record = record.clone();
+        let mut touched = false;
+        if let Some(old) = self.acme_key(hash)? {
+            if let Some(due) = old.next_attempt_at {
+                batch.remove(acme_outbox_key(due, hash));
+            }
+            if old.touches > record.touches {
+                record.touches = old.touches;
+                record.next_attempt_at = Some(now);
+                touched = true;
+            }
+        }
+        batch.insert(acme_key_key(hash), record.encode());
+        if let Some(due) = record.next_attempt_at {
+            batch.insert(acme_outbox_key(due, hash), Vec::new());
+        }
+        self.write(batch)?;
+        if touched {
+            self.acme_wakeup.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues `hash` for the ACME worker now (a separate batch; for the admin API and tests).
+    pub fn touch_acme_key(&self, hash: &KeyHash, now: UnixTime) -> Result<(), StoreError> {
+        let _guard = self.lock();
+        let mut batch = WriteBatch::default();
+        touch_key(self, &mut batch, hash, now)?;
+        self.write(batch)?;
+        self.acme_wakeup.notify_one();
+        Ok(())
+    }
+
+    /// Run when the ACME worker starts: queues every key that holds domains or has an ACME
+    /// record, since the configuration (or eligibility in SCM) may have changed while
+    /// certline was down, and a touch may have been lost with an unacknowledged write.
+    /// Returns how many keys were queued.
+    pub fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for entry in self.db.scan_prefix([KEY]) {
+            let (k, v) = entry?;
+            let hash = KeyHash(k[1..33].try_into().expect("key record key has a hash"));
+            let record = super::KeyRecord::decode(&v)?;
+            let acme = self.acme_key(&hash)?;
+            let done = acme.as_ref().is_some_and(|a| a.account_deleted);
+            let idle = record.domain_count == 0 || record.revoked_at.is_some();
+            if done || (idle && acme.is_none()) {
+                continue;
+            }
+            self.touch_acme_key(&hash, now)?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+}
+
+/// Adds to `batch` that `hash` needs the ACME worker now: its record's touch count goes up
+/// and its outbox entry moves to `now`. Does nothing while ACME is off. The caller holds the
+/// store's write lock and wakes the worker after writing.
+pub(super) fn touch_key(
+    store: &Store,
+    batch: &mut WriteBatch,
+    hash: &KeyHash,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    if !store.acme_enabled() {
+        return Ok(());
+    }
+    let mut record = store.acme_key(hash)?.unwrap_or_default();
+    if let Some(due) = record.next_attempt_at {
+        batch.remove(acme_outbox_key(due, hash));
+    }
+    record.touches += 1;
+    record.attempts = 0;
+    record.next_attempt_at = Some(now);
+    batch.insert(acme_key_key(hash), record.encode());
+    batch.insert(acme_outbox_key(now, hash), Vec::new());
+    Ok(())
+}
+
+fn due_of(outbox_key: &[u8]) -> UnixTime {
+    i64::from_be_bytes(outbox_key[1..9].try_into().expect("outbox key has a time"))
+}
+
+fn acme_key_key(hash: &KeyHash) -> Vec<u8> {
+    let mut k = key_key(hash);
+    k[0] = ACME_KEY;
+    k
+}
+
+fn acme_outbox_key(due: UnixTime, hash: &KeyHash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(ACME_OUTBOX);
+    // Times before 1970 do not occur; clamping keeps the byte order equal to time order.
+    k.extend_from_slice(&due.max(0).to_be_bytes());
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DurabilityMode, Timing};
+    use std::time::Duration;
+
+    fn store(dir: &std::path::Path) -> Store {
+        let timing = Timing {
+            relaxed_flush: Duration::from_secs(1),
+            checkpoint: Duration::from_secs(3600),
+        };
+        Store::open(dir, DurabilityMode::Durable, timing).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn a_touch_while_the_worker_holds_a_copy_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.enable_acme();
+        let hash = KeyHash([7; 32]);
+        s.touch_acme_key(&hash, 100).unwrap();
+        assert_eq!(s.due_acme_keys(100, 10).unwrap(), vec![hash]);
+        // The worker reads the record, works, and meanwhile the key is touched again.
+        let mut copy = s.acme_key(&hash).unwrap().unwrap();
+        s.touch_acme_key(&hash, 150).unwrap();
+        copy.account_id = Some(24_282);
+        copy.next_attempt_at = Some(100 + 86_400);
+        s.save_acme_key(&hash, &copy, 160).unwrap();
+        let saved = s.acme_key(&hash).unwrap().unwrap();
+        assert_eq!(
+            saved.account_id,
+            Some(24_282),
+            "the worker's result is kept"
+        );
+        assert_eq!(
+            saved.next_attempt_at,
+            Some(160),
+            "and the key stays due now"
+        );
+        assert_eq!(s.due_acme_keys(160, 10).unwrap(), vec![hash]);
+        assert_eq!(s.next_acme_due().unwrap(), Some(160));
+        // Without a touch in between, the worker's schedule holds; one outbox entry only.
+        let copy = s.acme_key(&hash).unwrap().unwrap();
+        let mut later = copy.clone();
+        later.next_attempt_at = Some(500);
+        s.save_acme_key(&hash, &later, 170).unwrap();
+        assert!(s.due_acme_keys(499, 10).unwrap().is_empty());
+        assert_eq!(s.due_acme_keys(500, 10).unwrap(), vec![hash]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_while_acme_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let hash = KeyHash([9; 32]);
+        s.touch_acme_key(&hash, 100).unwrap();
+        assert!(s.acme_key(&hash).unwrap().is_none());
+        assert_eq!(s.next_acme_due().unwrap(), None);
+    }
+}
