@@ -8,21 +8,19 @@
 //! WSP         = SP / HTAB
 //! ```
 //!
-//! Parsing happens in two steps, like imap-codec separates lexing from meaning: nom splits the
-//! line into tokens, then [`parse_request`] pairs them up and builds a typed [`Request`].
-//! Values stay strings here; whether an e-mail or a domain is *valid* is the service's concern
-//! (422/406), while everything here is a malformed line (400) or an unknown command (404).
+//! Parsing happens in two steps, like imap-codec separates lexing from meaning: the line is
+//! split into tokens at spaces and tabs, then [`parse_request`] pairs them up and builds a
+//! typed [`Request`]. Values stay strings here; whether an e-mail or a domain is *valid* is the
+//! service's concern (422/406), while everything here is a malformed line (400) or an unknown
+//! command (404).
+//!
+//! This runs once per request, so it borrows from the line until the end: the pairs live on
+//! the stack, keys are compared ignoring ASCII case instead of being lower-cased copies, and
+//! the only allocations are the values the [`Request`] owns.
 //!
 //! Tolerated client quirks, each tested below: keys in any order and any case, command names in
 //! any case, unknown keys (ignored), tabs and repeated spaces, leading/trailing whitespace.
 
-use nom::{
-    IResult, Parser,
-    bytes::complete::take_till1,
-    character::complete::{space0, space1},
-    multi::separated_list0,
-    sequence::delimited,
-};
 use std::fmt;
 use thiserror::Error;
 
@@ -89,13 +87,9 @@ fn echo(s: &str) -> String {
         .collect()
 }
 
-fn token(input: &str) -> IResult<&str, &str> {
-    take_till1(|c| c == ' ' || c == '\t').parse(input)
-}
-
-/// Splits a line into its whitespace-separated tokens.
-fn tokens(input: &str) -> IResult<&str, Vec<&str>> {
-    delimited(space0, separated_list0(space1, token), space0).parse(input)
+/// The whitespace-separated tokens of a line (protocol.md §3: `WSP = SP / HTAB`).
+fn tokens(line: &str) -> impl Iterator<Item = &str> {
+    line.split([' ', '\t']).filter(|t| !t.is_empty())
 }
 
 fn is_key(token: &str) -> bool {
@@ -107,22 +101,35 @@ fn is_key(token: &str) -> bool {
 /// Control characters (C0, DEL, C1) have no business in a request; rejecting them here keeps
 /// them out of every store record, log line and reply.
 fn has_control(line: &str) -> bool {
-    line.chars().any(|c| c != '\t' && c.is_control())
+    // C0 and DEL are single bytes; C1 (U+0080–U+009F) is `0xC2 0x80..=0x9F` in UTF-8, so
+    // a byte scan finds every one without decoding characters.
+    let bytes = line.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        (b < 0x20 && b != b'\t')
+            || b == 0x7f
+            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
 }
 
-/// The key/value pairs of a line, in order, with keys lower-cased.
-#[derive(Debug, Default)]
+/// The key/value pairs of a line, in order, borrowed from it. Keys keep the client's case and
+/// are compared ignoring ASCII case.
 struct Pairs<'a> {
-    pairs: Vec<(String, &'a str)>,
+    pairs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Pairs<'a> {
-    fn take(&mut self, key: &str) -> Option<String> {
-        let i = self.pairs.iter().position(|(k, _)| k == key)?;
-        Some(self.pairs.swap_remove(i).1.to_owned())
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|&(_, v)| v)
     }
 
-    fn require(&mut self, key: &'static str) -> Result<String, ParseError> {
+    fn take(&self, key: &str) -> Option<String> {
+        self.get(key).map(str::to_owned)
+    }
+
+    fn require(&self, key: &'static str) -> Result<String, ParseError> {
         self.take(key).ok_or(ParseError::MissingKey(key))
     }
 }
@@ -140,52 +147,57 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ParseError> {
     if has_control(line) {
         return Err(ParseError::InvalidByte);
     }
-    // `tokens` accepts every input without control characters, so its error arm is only a
-    // guard against a grammar change.
-    let (_, tokens) = tokens(line).map_err(|_| ParseError::InvalidByte)?;
-    let mut pairs = Pairs::default();
-    let mut chunks = tokens.chunks(2);
-    for chunk in &mut chunks {
-        let key = chunk[0];
+    let mut pairs = Pairs {
+        pairs: Vec::with_capacity(4),
+    };
+    let mut tokens = tokens(line);
+    while let Some(key) = tokens.next() {
         if !is_key(key) {
             return Err(ParseError::InvalidKey(echo(key)));
         }
-        let Some(&value) = chunk.get(1) else {
+        let Some(value) = tokens.next() else {
             return Err(ParseError::MissingValue(echo(key)));
         };
-        let key = key.to_ascii_lowercase();
-        if pairs.pairs.iter().any(|(k, _)| *k == key) {
-            return Err(ParseError::RepeatedKey(echo(&key)));
+        if pairs.get(key).is_some() {
+            return Err(ParseError::RepeatedKey(echo(&key.to_ascii_lowercase())));
         }
         pairs.pairs.push((key, value));
     }
-    let command = pairs.take("command").ok_or(ParseError::MissingCommand)?;
-    let request = match command.to_ascii_lowercase().as_str() {
-        "apikey" => Request::Apikey {
+    let command = pairs.get("command").ok_or(ParseError::MissingCommand)?;
+    let is = |name: &str| command.eq_ignore_ascii_case(name);
+    let request = if is("add") {
+        Request::Add {
+            apikey: pairs.require("apikey")?,
+            domain: pairs.require("domain")?,
+        }
+    } else if is("status") {
+        Request::Status {
+            apikey: pairs.require("apikey")?,
+            domain: pairs.require("domain")?,
+        }
+    } else if is("apikey") {
+        Request::Apikey {
             email: pairs.take("email"),
-        },
-        "claim" => Request::Claim {
+        }
+    } else if is("claim") {
+        Request::Claim {
             apikey: pairs.require("apikey")?,
             email: pairs.require("email")?,
-        },
-        "add" => Request::Add {
-            apikey: pairs.require("apikey")?,
-            domain: pairs.require("domain")?,
-        },
-        "status" => Request::Status {
-            apikey: pairs.require("apikey")?,
-            domain: pairs.require("domain")?,
-        },
-        "list" => Request::List {
+        }
+    } else if is("list") {
+        Request::List {
             apikey: pairs.require("apikey")?,
             offset: pairs.take("offset"),
-        },
-        "remove" => Request::Remove {
+        }
+    } else if is("remove") {
+        Request::Remove {
             apikey: pairs.require("apikey")?,
             domain: pairs.require("domain")?,
-        },
-        "ping" => Request::Ping,
-        _ => return Err(ParseError::UnknownCommand(echo(&command))),
+        }
+    } else if is("ping") {
+        Request::Ping
+    } else {
+        return Err(ParseError::UnknownCommand(echo(command)));
     };
     Ok(request)
 }
