@@ -35,6 +35,7 @@ mod bridge_state;
 mod claims;
 pub mod durable;
 mod inventory;
+mod key_index;
 pub mod records;
 pub mod wal;
 
@@ -43,6 +44,7 @@ use crate::domain::Domain;
 pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
+use key_index::KeyIndex;
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
     DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime, rfc3339,
@@ -120,6 +122,8 @@ pub struct Store {
     audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
+    /// Where `list` pages start deep into a key (see [`key_index`]).
+    key_index: KeyIndex,
 }
 
 impl Store {
@@ -206,6 +210,7 @@ impl Store {
             bridge_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
+            key_index: KeyIndex::default(),
         };
         store.migrate_email_index()?;
         Ok(store)
@@ -422,9 +427,12 @@ impl Store {
         if queued {
             bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
         }
-        let kind = AuditKind::DomainAdded { domain: name };
+        let kind = AuditKind::DomainAdded {
+            domain: name.clone(),
+        };
         self.audit(&mut batch, now, ip, hash, kind)?;
         self.write(batch)?;
+        self.key_index.inserted(hash, name.as_bytes());
         if queued || released {
             self.bridge_wakeup.notify_one();
         }
@@ -453,9 +461,12 @@ impl Store {
             batch.insert(key_key(hash), key.encode());
         }
         batch.remove(kd_key);
-        let kind = AuditKind::DomainRemoved { domain: name };
+        let kind = AuditKind::DomainRemoved {
+            domain: name.clone(),
+        };
         self.audit(&mut batch, now, ip, hash, kind)?;
         self.write(batch)?;
+        self.key_index.removed(hash, name.as_bytes());
         Ok(true)
     }
 
@@ -468,7 +479,9 @@ impl Store {
         self.get(&key_domain_key(hash, &domain.to_string()))
     }
 
-    /// The domains registered under a key, in lexicographic order, skipping `offset`.
+    /// The domains registered under a key, in lexicographic order, skipping `offset`. Deep
+    /// offsets start from the key's rank index ([`key_index`]) instead of reading every
+    /// entry before them.
     pub fn key_domains(
         &self,
         hash: &KeyHash,
@@ -476,10 +489,52 @@ impl Store {
     ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
         let prefix = key_domain_key(hash, "");
         let skip = prefix.len();
-        self.db.scan_prefix(prefix).skip(offset).map(move |entry| {
-            let (k, _) = entry?;
-            Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
-        })
+        let start = self.page_start(hash, &prefix, offset as u64);
+        let mut from = prefix.clone();
+        from.extend_from_slice(start.from.as_deref().unwrap_or_default());
+        self.db
+            .range(from..)
+            .take_while(move |entry| match entry {
+                Ok((k, _)) => k.starts_with(&prefix),
+                Err(_) => true,
+            })
+            .skip(start.skip as usize)
+            .map(move |entry| {
+                let (k, _) = entry?;
+                Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
+            })
+    }
+
+    /// Where the page at `offset` of a key starts; builds the key's rank index (one scan of
+    /// its domains) when a deep page finds none.
+    fn page_start(&self, hash: &KeyHash, prefix: &[u8], offset: u64) -> key_index::Start {
+        if let Some(start) = self.key_index.start(hash, offset) {
+            return start;
+        }
+        let from_first = key_index::Start {
+            from: None,
+            skip: offset,
+        };
+        let ticket = self.key_index.begin_build(hash);
+        let mut posts = Vec::new();
+        for (rank, entry) in self.db.scan_prefix(prefix).keys().enumerate() {
+            let Ok(k) = entry else {
+                return from_first; // the scan that follows reports the error
+            };
+            if rank as u64 % key_index::SPACING == 0 {
+                posts.push(Box::<[u8]>::from(&k[prefix.len()..]));
+            }
+        }
+        let post = ((offset / key_index::SPACING) as usize).min(posts.len().saturating_sub(1));
+        let start = match posts.get(post) {
+            Some(name) => key_index::Start {
+                from: Some(name.clone()),
+                skip: offset - post as u64 * key_index::SPACING,
+            },
+            None => from_first,
+        };
+        self.key_index.finish_build(hash, ticket, posts);
+        start
     }
 
     /// The shared record of a domain, if any key registered it.
