@@ -11,6 +11,7 @@
 //!  operator ── HTTP ── admin (health, metrics, inventory, revoke, links) ── store
 //! ```
 //!
+//! - [`app`]: the wiring; builds every part from the [`config`] and runs them.
 //! - [`protocol`]: bytes ↔ requests and replies; no I/O. The contract is `protocol.md`.
 //! - [`server`]: sockets, limits, timeouts, shutdown.
 //! - [`service`]: the rules of each command.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod apikey;
+pub mod app;
 pub mod bridge;
 pub mod cli;
 pub mod config;
@@ -34,5 +36,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 
+pub use app::App;
 pub use config::Config;
-pub use server::Server;

@@ -1,9 +1,9 @@
 //! The `certline` command line.
 
 use anyhow::Context as _;
+use certline::App;
 use certline::cli::{self, AdminClient, Endpoint, Format};
 use certline::config::{Config, LogFormat};
-use certline::server::Server;
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -230,7 +230,7 @@ fn init_tracing(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let server = Server::bind(config)
+    let server = App::start(config)
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.

@@ -587,9 +587,9 @@ async fn per_address_cap_limits_one_source_only() {
 async fn apikey_and_claim_are_rate_limited_per_address() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir.path().join("data"));
-    config.rate_limit = certline::config::RateLimits::default();
+    config.rate_limit = certline::service::RateLimits::default();
     let s = InProcess::start_with(config).await;
-    let burst = certline::config::RateLimits::default().apikey_burst.get();
+    let burst = certline::service::RateLimits::default().apikey_burst.get();
     for _ in 0..burst {
         assert!(call(s.addr, "command apikey").await.is_ok());
     }

@@ -7,13 +7,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use certline::bridge::SectigoConfig;
 use certline::bridge::sectigo::{
     ApiErrorBody, ClientOptions, CnameChallenge, CreateDomainRequest, CreateOutcome, Credentials,
     CtLogMonitoring, DcvListEntry, DcvMode, DcvStatus, DcvSubmitResult, DelegationStatus,
     DomainInfo, DomainRef, DomainState, NewDelegation, OrderStatus, SectigoClient, SectigoError,
     TransientKind, TxtSubmitResult, ValidationStatus,
 };
-use certline::bridge::{Secret, SectigoConfig};
+use certline::config::Secret;
 use chrono::NaiveDate;
 use support::scm_sim::{self, Malform, ScmSim};
 use url::Url;

@@ -10,8 +10,7 @@
 //! The bearer token is a secret like Sectigo's password: it is read from the environment or
 //! a file, never written in the TOML, so the file can be committed and shared.
 
-use crate::bridge::Secret;
-use crate::bridge::config::{ConfigError, load_secret};
+use crate::config::{ConfigError, Secret, load_secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -29,7 +29,8 @@ pub mod views;
 
 pub use config::AdminConfig;
 
-use crate::bridge::{BridgeHandle, Secret};
+use crate::bridge::BridgeHandle;
+use crate::config::Secret;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};

@@ -19,14 +19,14 @@
 //! password_env = "SECTIGO_PASSWORD"
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
-pub use super::secret::Secret;
 use super::sectigo::{ClientOptions, Credentials, DcvApiVersion};
+use crate::config::{ConfigError, check_secret_source, load_secret};
 
 /// Sectigo's OAuth2 token endpoint for API keys (client credentials), per Sectigo's DevX docs.
 pub const DEFAULT_TOKEN_URL: &str =
@@ -261,27 +261,6 @@ impl BackoffConfig {
     }
 }
 
-/// A configuration problem, worded so the operator knows what to change.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// A field has a value that cannot work.
-    #[error("{field}: {problem}")]
-    Invalid {
-        /// Dotted TOML path of the field, e.g. `sectigo.org_id`.
-        field: &'static str,
-        /// What is wrong and what to do.
-        problem: String,
-    },
-    /// A secret could not be loaded from where the configuration says it is.
-    #[error("{field}: {problem}")]
-    Secret {
-        /// Dotted TOML path of the `*_env`/`*_file` key.
-        field: &'static str,
-        /// What is wrong (never the secret).
-        problem: String,
-    },
-}
-
 fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -329,7 +308,7 @@ impl SectigoConfig {
                         "must not be empty; it is the last part of your SCM login URL",
                     ));
                 }
-                one_source(
+                check_secret_source(
                     "sectigo.auth.password_env",
                     h.password_env.as_deref(),
                     h.password_file.as_deref(),
@@ -348,7 +327,7 @@ impl SectigoConfig {
                 if o.client_id.trim().is_empty() {
                     return Err(invalid("sectigo.auth.client_id", "must not be empty"));
                 }
-                one_source(
+                check_secret_source(
                     "sectigo.auth.client_secret_env",
                     o.client_secret_env.as_deref(),
                     o.client_secret_file.as_deref(),
@@ -531,67 +510,6 @@ fn check_list(
         }
     }
     Ok(())
-}
-
-fn one_source(
-    field: &'static str,
-    env: Option<&str>,
-    file: Option<&Path>,
-) -> Result<(), ConfigError> {
-    match (env, file) {
-        (Some(_), Some(_)) => Err(ConfigError::Secret {
-            field,
-            problem: "set either the *_env or the *_file key, not both".into(),
-        }),
-        (None, None) => Err(ConfigError::Secret {
-            field,
-            problem: "the secret is missing; set the *_env key to an environment variable name or the *_file key to a file path".into(),
-        }),
-        (Some(name), None) if name.trim().is_empty() => Err(ConfigError::Secret {
-            field,
-            problem: "names no environment variable".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Reads a secret from an environment variable or a file. Errors name the variable or the
-/// path, never the value.
-pub fn load_secret(
-    field: &'static str,
-    env: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Secret, ConfigError> {
-    one_source(field, env, file)?;
-    let value = if let Some(name) = env {
-        std::env::var(name).map_err(|e| ConfigError::Secret {
-            field,
-            problem: match e {
-                std::env::VarError::NotPresent => {
-                    format!(
-                        "environment variable {name} is not set; export it before starting certline"
-                    )
-                }
-                std::env::VarError::NotUnicode(_) => {
-                    format!("environment variable {name} is not valid UTF-8")
-                }
-            },
-        })?
-    } else {
-        let path = file.expect("one_source guarantees a file when there is no env");
-        std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
-            field,
-            problem: format!("cannot read {}: {e}", path.display()),
-        })?
-    };
-    let value = value.trim_end_matches(['\r', '\n']);
-    if value.is_empty() {
-        return Err(ConfigError::Secret {
-            field,
-            problem: "the secret is empty".into(),
-        });
-    }
-    Ok(Secret::new(value))
 }
 
 fn default_base_url() -> String {
@@ -805,26 +723,6 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(both.to_string().contains("not both"));
-    }
-
-    #[test]
-    fn secrets_load_from_file_without_trailing_newline_and_never_print() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pw");
-        std::fs::write(&path, "hunter2-file\n").unwrap();
-        let s = load_secret("f", None, Some(&path)).unwrap();
-        assert_eq!(s.expose(), "hunter2-file");
-        assert_eq!(format!("{s} {s:?}"), "*** ***");
-
-        let missing = load_secret("f", None, Some(&dir.path().join("nope"))).unwrap_err();
-        assert!(missing.to_string().contains("cannot read"));
-
-        let unset = load_secret("f", Some("CERTLINE_TEST_SURELY_UNSET_VAR"), None).unwrap_err();
-        assert!(
-            unset
-                .to_string()
-                .contains("CERTLINE_TEST_SURELY_UNSET_VAR is not set")
-        );
     }
 
     #[test]

@@ -14,12 +14,10 @@
 pub mod config;
 pub mod dns_hook;
 pub mod policy;
-pub mod secret;
 pub mod sectigo;
 pub mod worker;
 
 pub use config::{AuthConfig, SectigoConfig};
 pub use policy::{Policy, Skip};
-pub use secret::Secret;
 pub use sectigo::{ClientOptions, Credentials, SectigoClient, SectigoError};
 pub use worker::{BridgeHandle, Worker};

@@ -31,7 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{Mutex, Semaphore};
 use url::Url;
 
-pub use super::secret::Secret;
+use crate::config::Secret;
 
 /// SCM's largest page size for list endpoints.
 pub const MAX_PAGE_SIZE: u32 = 200;

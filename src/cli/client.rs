@@ -1,8 +1,8 @@
 //! Finding the admin API and talking to it.
 
 use crate::admin::views::ApiErrorBody;
-use crate::bridge::Secret;
 use crate::config::Config;
+use crate::config::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -10,8 +10,7 @@
 //! from = "certline <certline@example.org>"
 //! ```
 
-use crate::bridge::Secret;
-use crate::bridge::config::{ConfigError, load_secret};
+use crate::config::{ConfigError, Secret, load_secret};
 use serde::Deserialize;
 use std::path::PathBuf;
 

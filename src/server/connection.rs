@@ -43,7 +43,7 @@ const MAX_BATCH: usize = 1024;
 
 /// Serves one connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let framer = LineFramer::new(shared.config.limits.max_line_bytes);
+    let framer = LineFramer::new(shared.limits.max_line_bytes);
     let mut conn = Connection {
         stream,
         peer,
@@ -88,9 +88,9 @@ impl Connection {
             }
             let waiting_for_line_end = !self.buf.is_empty();
             let wait = if waiting_for_line_end {
-                self.shared.config.quiet_period()
+                self.shared.limits.quiet_period()
             } else {
-                self.shared.config.idle_timeout()
+                self.shared.limits.idle_timeout()
             };
             match self.read_more(wait).await? {
                 Input::Bytes => {}
@@ -129,7 +129,7 @@ impl Connection {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Input::Timeout),
                 _ = self.shared.shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
-                    deadline = deadline.min(Instant::now() + self.shared.config.quiet_period());
+                    deadline = deadline.min(Instant::now() + self.shared.limits.quiet_period());
                     continue;
                 }
             }
@@ -289,7 +289,7 @@ impl Connection {
     }
 
     async fn close_gracefully(&mut self) {
-        let linger = self.shared.config.linger();
+        let linger = self.shared.limits.linger();
         let _ = self.stream.shutdown().await;
         discard_until_eof(&mut self.stream, linger).await;
     }

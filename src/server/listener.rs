@@ -55,7 +55,7 @@ impl Drop for PerIpSlot {
 
 /// Accepts until shutdown.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTracker) {
-    let limits = &shared.config.limits;
+    let limits = &shared.limits;
     let total = Arc::new(Semaphore::new(limits.max_connections));
     // Refusals (the 503 path) are bounded too, so a flood cannot pile up lingering sockets.
     let refusals = Arc::new(Semaphore::new(256));
@@ -97,7 +97,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &T
             None => {
                 tracing::debug!(%peer, "connection refused: over the connection cap");
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    let linger = shared.config.linger().min(Duration::from_millis(250));
+                    let linger = shared.limits.linger().min(Duration::from_millis(250));
                     tracker.spawn(async move {
                         refuse(stream, peer, linger).await;
                         drop(permit);

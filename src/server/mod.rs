@@ -2,161 +2,51 @@
 //! ([`connection`]), and shut down gracefully.
 
 pub mod connection;
+pub mod limits;
 pub mod listener;
 
-use crate::admin::{AdminServer, AdminState};
-use crate::bridge::{SectigoClient, Worker};
-use crate::config::Config;
-use crate::confirm::{Confirmations, Mailer};
+pub use limits::Limits;
+
 use crate::service::Service;
-use crate::store::{Store, StoreError, Timing};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The server could not start.
-#[derive(Debug, Error)]
-pub enum StartError {
-    #[error("listening on {addr}: {source} (is another process using the port?)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the [sectigo] section: {0}")]
-    Sectigo(String),
-    #[error("the [admin] section: {0}")]
-    Admin(String),
-    #[error("the [smtp] section: {0}")]
-    Smtp(String),
-    #[error(
-        "admin listener on {addr}: {source} (is another process using the port? change admin.listen)"
-    )]
-    AdminBind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
 /// What every connection task shares.
 pub struct Shared {
-    pub config: Config,
+    pub limits: Limits,
     pub service: Service,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
 }
 
-/// A bound, not yet running server.
+/// A bound, not yet serving line-protocol listener. [`crate::app`] builds it with the service
+/// it answers with.
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    worker: Option<Arc<Worker>>,
-    admin: Option<AdminServer>,
 }
 
 impl Server {
-    /// Opens the store and binds the listener. Must be called inside a tokio runtime.
-    pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let store = Store::open(
-            &config.data_dir,
-            config.durability.mode,
-            Timing {
-                relaxed_flush: Duration::from_millis(config.durability.relaxed_flush_ms),
-                checkpoint: Duration::from_millis(config.durability.checkpoint_ms),
-            },
-        )?;
-        let listener = bind(config.listen, config.limits.listen_backlog).map_err(|source| {
-            StartError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
-        let store = Arc::new(store);
-        let worker = match &config.sectigo {
-            Some(sectigo) => {
-                let options = sectigo
-                    .client_options()
-                    .map_err(|e| StartError::Sectigo(e.to_string()))?;
-                let client =
-                    SectigoClient::new(options).map_err(|e| StartError::Sectigo(e.to_string()))?;
-                store.enable_bridge();
-                tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
-                Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
-            }
-            None => {
-                tracing::info!("no [sectigo] section: the Sectigo bridge is off");
-                None
-            }
-        };
-        let shutdown = CancellationToken::new();
-        let (admin, confirmations) = match &config.admin {
-            Some(admin_config) => {
-                let token = admin_config
-                    .token()
-                    .map_err(|e| StartError::Admin(e.to_string()))?;
-                let mailer = match &config.smtp {
-                    Some(smtp) => {
-                        Some(Mailer::new(smtp).map_err(|e| StartError::Smtp(e.to_string()))?)
-                    }
-                    None => {
-                        tracing::info!("no [smtp] section: claim confirmation links are logged");
-                        None
-                    }
-                };
-                let dcv_window = config
-                    .sectigo
-                    .as_ref()
-                    .map_or(30, |s| s.dcv_expiry_window_days);
-                let state = AdminState::new(
-                    store.clone(),
-                    worker.as_ref().map(|w| w.handle()),
-                    &token,
-                    crate::admin::metrics::install(),
-                    dcv_window,
-                    shutdown.clone(),
-                );
-                let admin = AdminServer::bind(admin_config.listen, state)
-                    .await
-                    .map_err(|source| StartError::AdminBind {
-                        addr: admin_config.listen,
-                        source,
-                    })?;
-                let base = admin_config.public_url(admin.local_addr());
-                let confirmations = Confirmations::new(
-                    store.clone(),
-                    base,
-                    config.claims.link_validity_secs,
-                    mailer,
-                );
-                (Some(admin), Some(Arc::new(confirmations)))
-            }
-            None => (None, None),
-        };
-        let mut service = Service::new(store, &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
-        if let Some(worker) = &worker {
-            service = service.with_bridge(worker.handle());
-        }
+    /// Binds `addr` with the configured accept backlog. Must be called inside a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        limits: Limits,
+        service: Service,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let listener = bind(addr, limits.listen_backlog)?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                config,
+                limits,
                 service,
                 shutdown,
             }),
-            worker,
-            admin,
         })
-    }
-
-    /// The admin listener's address, when `[admin]` is configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The address actually bound (useful with port 0).
@@ -166,47 +56,20 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// The store, shared with the running server.
-    pub fn store(&self) -> Arc<Store> {
-        self.shared.service.store().clone()
-    }
-
-    /// A token that stops the server when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shared.shutdown.clone()
-    }
-
-    /// Serves until the shutdown token is cancelled, then lets open connections finish their
-    /// current request (up to `limits.shutdown_grace_ms`) and flushes the store.
-    pub async fn run(self) -> Result<(), StoreError> {
-        let tracker = TaskTracker::new();
-        let shared = self.shared.clone();
+    /// Serves until the shutdown token is cancelled, then waits for the tasks in `tracker`
+    /// (open connections and whatever else the caller spawned there) to finish, up to
+    /// `limits.shutdown_grace_ms`.
+    pub async fn serve(self, tracker: &TaskTracker) {
+        let shared = self.shared;
         tracker.spawn(prune_rate_limiters(shared.clone()));
-        if let Some(worker) = self.worker {
-            tracker.spawn(worker.run(shared.shutdown.clone()));
-        }
-        if let Some(admin) = self.admin {
-            tracker.spawn(admin.run(shared.shutdown.clone()));
-        }
-        listener::accept_loop(self.listener, shared.clone(), &tracker).await;
+        listener::accept_loop(self.listener, shared.clone(), tracker).await;
         tracker.close();
-        let grace = Duration::from_millis(shared.config.limits.shutdown_grace_ms);
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(shared.limits.shutdown_grace(), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after the shutdown grace period; closing them");
         }
-        let store = shared.service.store();
-        store.close().await?;
-        let stats = store.group_commit().stats();
-        tracing::info!(
-            acks = stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-            log_syncs = stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
-            sync_micros = stats
-                .flush_micros
-                .load(std::sync::atomic::Ordering::Relaxed),
-            checkpoints = stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
-            "store closed; stopped"
-        );
-        Ok(())
     }
 }
 

@@ -18,6 +18,7 @@ use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
 use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
 use rate_limit::RateLimiters;
+pub use rate_limit::RateLimits;
 use std::net::IpAddr;
 use std::sync::Arc;
 use thiserror::Error;
@@ -125,7 +126,7 @@ impl From<CapExceeded> for ServiceError {
 
 impl Service {
     /// A service over `store` with the given per-address rate limits.
-    pub fn new(store: Arc<Store>, limits: &crate::config::RateLimits) -> Self {
+    pub fn new(store: Arc<Store>, limits: &RateLimits) -> Self {
         Self {
             store,
             limiters: RateLimiters::new(limits),

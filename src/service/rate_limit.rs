@@ -1,9 +1,32 @@
 //! Per-source-address token buckets for `apikey` and `claim`, the two commands that create
 //! state for anyone who connects. Built on `governor`'s keyed limiter (GCRA).
 
-use crate::config::RateLimits;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+/// Per-source-address token buckets for the commands that create state out of nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub apikey_per_minute: NonZeroU32,
+    pub apikey_burst: NonZeroU32,
+    pub claim_per_minute: NonZeroU32,
+    pub claim_burst: NonZeroU32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let n = |v| NonZeroU32::new(v).expect("non-zero default");
+        Self {
+            apikey_per_minute: n(30),
+            apikey_burst: n(10),
+            claim_per_minute: n(30),
+            claim_burst: n(10),
+        }
+    }
+}
 
 /// The limiters, one bucket per command and address.
 pub struct RateLimiters {

@@ -1,7 +1,7 @@
 //! Starting certline for a test: in-process (fast, gives access to the store) or as the real
 //! binary in a child process (for signals, kill -9 and restarts).
 
-use certline::{Config, Server, store::Store};
+use certline::{App, Config, store::Store};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ impl InProcess {
 
     /// Starts a server with the given configuration.
     pub async fn start_with(config: Config) -> Self {
-        let server = Server::bind(config).await.expect("server starts");
+        let server = App::start(config).await.expect("server starts");
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let store = server.store();

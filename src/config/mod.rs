@@ -2,18 +2,31 @@
 //! run a safe server. `certline serve` with no file uses [`Config::default`].
 //!
 //! Every limit the wire protocol mentions is here (protocol.md §9).
+//!
+//! Each section's type lives with the layer that uses it (`[limits]` in [`crate::server`],
+//! `[rate_limit]` in [`crate::service`], `[sectigo]` in [`crate::bridge`], `[admin]` in
+//! [`crate::admin`], `[smtp]` in [`crate::confirm`]); this module only assembles the file and
+//! validates the combination. The layers receive their section as a value from
+//! [`crate::app`] and never read the whole configuration. What every section shares, the
+//! error type and secret loading, is in [`error`] and [`secret`]: those two files import
+//! nothing else from the crate.
+
+pub mod error;
+pub mod secret;
+
+pub use error::ConfigError;
+pub use secret::{Secret, check_secret_source, load_secret};
 
 use crate::admin::AdminConfig;
 use crate::bridge::SectigoConfig;
 use crate::confirm::SmtpConfig;
-use crate::store::ClaimCaps;
-use crate::store::DurabilityMode;
+use crate::server::Limits;
+use crate::service::RateLimits;
+use crate::store::{ClaimCaps, DurabilityMode, Timing};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use thiserror::Error;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,39 +87,6 @@ impl Claims {
     }
 }
 
-/// Bounds on connections and requests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Longest request line, in bytes, not counting the LF (413 above).
-    pub max_line_bytes: usize,
-    /// Silence that ends a request sent without a newline.
-    pub quiet_period_ms: u64,
-    /// A connection with no byte for this long is closed.
-    pub idle_timeout_secs: u64,
-    /// After a 413 (or a 503 at the connection cap), input is discarded this long before the
-    /// close, so the client reads the reply instead of a reset.
-    pub linger_ms: u64,
-    /// Open connections in total (503 above).
-    pub max_connections: usize,
-    /// Open connections from one source address (503 above).
-    pub max_connections_per_ip: usize,
-    /// At shutdown, how long open connections may take to finish their current request.
-    pub shutdown_grace_ms: u64,
-    /// The listening socket's accept backlog (the kernel caps it at `net.core.somaxconn`).
-    pub listen_backlog: u32,
-}
-
-/// Per-source-address token buckets for the commands that create state out of nothing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimits {
-    pub apikey_per_minute: NonZeroU32,
-    pub apikey_burst: NonZeroU32,
-    pub claim_per_minute: NonZeroU32,
-    pub claim_burst: NonZeroU32,
-}
-
 /// How writes are acknowledged (protocol.md §8).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -117,6 +97,16 @@ pub struct Durability {
     /// How often sled is checkpointed (flushed, and the log it covers deleted). Shorter
     /// means less log to replay at start-up; longer means fewer sled flushes.
     pub checkpoint_ms: u64,
+}
+
+impl Durability {
+    /// The store's timers.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            relaxed_flush: Duration::from_millis(self.relaxed_flush_ms),
+            checkpoint: Duration::from_millis(self.checkpoint_ms),
+        }
+    }
 }
 
 /// Logging.
@@ -155,33 +145,6 @@ impl Default for Config {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_line_bytes: 1024,
-            quiet_period_ms: 100,
-            idle_timeout_secs: 60,
-            linger_ms: 1000,
-            max_connections: 10_000,
-            max_connections_per_ip: 1024,
-            shutdown_grace_ms: 2000,
-            listen_backlog: 4096,
-        }
-    }
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        let n = |v| NonZeroU32::new(v).expect("non-zero default");
-        Self {
-            apikey_per_minute: n(30),
-            apikey_burst: n(10),
-            claim_per_minute: n(30),
-            claim_burst: n(10),
-        }
-    }
-}
-
 impl Default for Durability {
     fn default() -> Self {
         Self {
@@ -201,44 +164,25 @@ impl Default for Log {
     }
 }
 
-/// The configuration file could not be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     /// Reads and validates a TOML configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other,
-        })
+        Self::parse(&text, path)
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "<text>".into(),
-            source: Box::new(source),
+        Self::parse(text, Path::new("<text>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
         })?;
         config.validate()?;
         Ok(config)
@@ -247,65 +191,57 @@ impl Config {
     /// Rejects settings that would make the server misbehave, saying which key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let invalid = |field, problem: &str| Err(ConfigError::invalid(field, problem));
         if !(16..=65536).contains(&l.max_line_bytes) {
-            return invalid("limits.max_line_bytes must be between 16 and 65536");
+            return invalid("limits.max_line_bytes", "must be between 16 and 65536");
         }
         if l.quiet_period_ms == 0 {
-            return invalid("limits.quiet_period_ms must be at least 1");
+            return invalid("limits.quiet_period_ms", "must be at least 1");
         }
         if l.idle_timeout_secs == 0 {
-            return invalid("limits.idle_timeout_secs must be at least 1");
+            return invalid("limits.idle_timeout_secs", "must be at least 1");
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
-            return invalid("limits.max_connections and max_connections_per_ip must be at least 1");
+            return invalid(
+                "limits.max_connections",
+                "limits.max_connections and max_connections_per_ip must be at least 1",
+            );
         }
         if self.durability.relaxed_flush_ms == 0 || self.durability.checkpoint_ms == 0 {
-            return invalid("durability.relaxed_flush_ms and checkpoint_ms must be at least 1");
+            return invalid(
+                "durability.relaxed_flush_ms",
+                "durability.relaxed_flush_ms and checkpoint_ms must be at least 1",
+            );
         }
         if let Some(sectigo) = &self.sectigo {
-            sectigo
-                .validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            sectigo.validate()?;
         }
         let c = &self.claims;
         if c.max_unconfirmed_keys_per_email == 0 || c.max_new_emails_per_address_per_day == 0 {
             return invalid(
+                "claims.max_unconfirmed_keys_per_email",
                 "claims.max_unconfirmed_keys_per_email and max_new_emails_per_address_per_day must be at least 1",
             );
         }
         if c.link_validity_secs == 0 {
             return invalid(
-                "claims.link_validity_secs must be at least 1 (default: 604800, 7 days)",
+                "claims.link_validity_secs",
+                "must be at least 1 (default: 604800, 7 days)",
             );
         }
         if let Some(admin) = &self.admin {
-            admin
-                .validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            admin.validate()?;
         }
         if let Some(smtp) = &self.smtp {
-            smtp.validate()
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            smtp.validate()?;
             if self.admin.is_none() {
                 return invalid(
+                    "smtp",
                     "[smtp] needs an [admin] section: the confirm and revoke links in the e-mails are served by the admin listener (set admin.public_url to the address users reach it at)",
                 );
             }
         }
         Ok(())
-    }
-
-    pub(crate) fn quiet_period(&self) -> Duration {
-        Duration::from_millis(self.limits.quiet_period_ms)
-    }
-
-    pub(crate) fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.limits.idle_timeout_secs)
-    }
-
-    pub(crate) fn linger(&self) -> Duration {
-        Duration::from_millis(self.limits.linger_ms)
     }
 }
 

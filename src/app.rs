@@ -1,0 +1,183 @@
+//! The wiring: one place that turns a [`Config`] into running parts (the store, the Sectigo
+//! bridge worker, the admin HTTP face with its mailer, the line-protocol server) and runs them
+//! until shutdown. Every other module receives its own section or value from here and never
+//! reads the whole configuration; nothing imports this module but `main` and the tests.
+
+use crate::admin::{AdminServer, AdminState};
+use crate::bridge::{SectigoClient, SectigoError, Worker};
+use crate::config::{Config, ConfigError};
+use crate::confirm::{Confirmations, Mailer};
+use crate::server::Server;
+use crate::service::Service;
+use crate::store::{Store, StoreError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Days before a DCV expires at which the admin face flags it, without a `[sectigo]` section.
+const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
+
+/// certline could not start. Each variant says which part failed; the message says what to do.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
+    /// setting); the message names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened or its log replayed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Sectigo client could not be built from a valid `[sectigo]` section.
+    #[error("the Sectigo client: {0}")]
+    SectigoClient(#[from] SectigoError),
+    /// The line-protocol port could not be bound.
+    #[error("listening on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The admin port could not be bound.
+    #[error(
+        "admin listener on {addr}: {source} (is another process using the port? change admin.listen)"
+    )]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started, not yet running certline: every port bound, every secret loaded.
+pub struct App {
+    server: Server,
+    store: Arc<Store>,
+    worker: Option<Arc<Worker>>,
+    admin: Option<AdminServer>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Opens the store, loads the secrets and binds the listeners. Must be called inside a
+    /// tokio runtime. Fails before serving anything, so a bad secret never half-starts.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let store = Arc::new(Store::open(
+            &config.data_dir,
+            config.durability.mode,
+            config.durability.timing(),
+        )?);
+        let shutdown = CancellationToken::new();
+        let worker = match &config.sectigo {
+            Some(sectigo) => {
+                let client = SectigoClient::new(sectigo.client_options()?)?;
+                store.enable_bridge();
+                tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
+                Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
+            }
+            None => {
+                tracing::info!("no [sectigo] section: the Sectigo bridge is off");
+                None
+            }
+        };
+        let (admin, confirmations) = match &config.admin {
+            Some(admin_config) => {
+                let token = admin_config.token()?;
+                let mailer = match &config.smtp {
+                    Some(smtp) => Some(Mailer::new(smtp)?),
+                    None => {
+                        tracing::info!("no [smtp] section: claim confirmation links are logged");
+                        None
+                    }
+                };
+                let dcv_window = config
+                    .sectigo
+                    .as_ref()
+                    .map_or(DEFAULT_DCV_EXPIRY_WINDOW_DAYS, |s| s.dcv_expiry_window_days);
+                let state = AdminState::new(
+                    store.clone(),
+                    worker.as_ref().map(|w| w.handle()),
+                    &token,
+                    crate::admin::metrics::install(),
+                    dcv_window,
+                    shutdown.clone(),
+                );
+                let admin = AdminServer::bind(admin_config.listen, state)
+                    .await
+                    .map_err(|source| StartError::AdminBind {
+                        addr: admin_config.listen,
+                        source,
+                    })?;
+                let base = admin_config.public_url(admin.local_addr());
+                let confirmations = Confirmations::new(
+                    store.clone(),
+                    base,
+                    config.claims.link_validity_secs,
+                    mailer,
+                );
+                (Some(admin), Some(Arc::new(confirmations)))
+            }
+            None => (None, None),
+        };
+        let mut service = Service::new(store.clone(), &config.rate_limit)
+            .with_claims(config.claims.caps(), confirmations);
+        if let Some(worker) = &worker {
+            service = service.with_bridge(worker.handle());
+        }
+        let server = Server::bind(config.listen, config.limits, service, shutdown.clone())
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            server,
+            store,
+            worker,
+            admin,
+            shutdown,
+        })
+    }
+
+    /// The line-protocol address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The store, shared with the running parts.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// A token that stops everything when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs every part until the shutdown token is cancelled, lets open connections finish
+    /// their current request (up to `limits.shutdown_grace_ms`), then closes the store.
+    pub async fn run(self) -> Result<(), StoreError> {
+        let tracker = TaskTracker::new();
+        if let Some(worker) = self.worker {
+            tracker.spawn(worker.run(self.shutdown.clone()));
+        }
+        if let Some(admin) = self.admin {
+            tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        self.server.serve(&tracker).await;
+        self.store.close().await?;
+        let stats = self.store.group_commit().stats();
+        tracing::info!(
+            acks = stats.commits.load(Ordering::Relaxed),
+            log_syncs = stats.flushes.load(Ordering::Relaxed),
+            sync_micros = stats.flush_micros.load(Ordering::Relaxed),
+            checkpoints = stats.checkpoints.load(Ordering::Relaxed),
+            "store closed; stopped"
+        );
+        Ok(())
+    }
+}
