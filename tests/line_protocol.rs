@@ -476,8 +476,11 @@ async fn a_failed_round_fails_every_write_of_a_pipelined_batch() {
         .write_all(format!("command add apikey {key} domain b.example.org\n").as_bytes())
         .await
         .unwrap();
-    let reply = read_reply(&mut stream).await;
-    assert_eq!(reply, b"data b.example.org\nstatus ok 200 domain added\n");
+    let reply = String::from_utf8(read_reply(&mut stream).await).unwrap();
+    assert!(
+        reply.starts_with("data b.example.org\nstatus ok 200 "),
+        "{reply:?}"
+    );
     s.stop().await;
 }
 
