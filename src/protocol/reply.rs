@@ -37,6 +37,24 @@ impl ErrorCode {
         self as u16
     }
 
+    /// The numeric code as text (for metric labels, without formatting).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "400",
+            UnknownKey => "401",
+            Forbidden => "403",
+            NotFound => "404",
+            InvalidDomain => "406",
+            Conflict => "409",
+            TooLong => "413",
+            InvalidField => "422",
+            TooManyRequests => "429",
+            Internal => "500",
+            Unavailable => "503",
+        }
+    }
+
     /// The code for a number, if it is one certline sends.
     pub fn from_u16(code: u16) -> Option<Self> {
         use ErrorCode::*;
@@ -231,6 +249,15 @@ pub enum ReplyParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_text_matches_the_number() {
+        for n in 100..1000 {
+            if let Some(code) = ErrorCode::from_u16(n) {
+                assert_eq!(code.as_str(), n.to_string());
+            }
+        }
+    }
 
     #[test]
     fn encodes_byte_exact() {

@@ -339,6 +339,11 @@ async fn discard_until_eof(stream: &mut TcpStream, linger: Duration) {
 
 /// `certline_requests_total{command, code}`; `command="none"` for lines that did not parse.
 fn count_request(command: &'static str, code: u16) {
-    metrics::counter!("certline_requests_total", "command" => command, "code" => code.to_string())
-        .increment(1);
+    // A static label for every code certline sends: no String per request.
+    let code: &'static str = match ErrorCode::from_u16(code) {
+        Some(code) => code.as_str(),
+        None if code == 200 => "200",
+        None => "other",
+    };
+    metrics::counter!("certline_requests_total", "command" => command, "code" => code).increment(1);
 }
