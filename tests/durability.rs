@@ -3,29 +3,12 @@
 mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use support::client::{call, new_key};
+use support::client::{call, list_pages, new_key};
 use support::server::Binary;
 
 /// Every domain registered under `key`, following `next=` across pages.
 async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut offset = 0u64;
-    loop {
-        let reply = call(addr, &format!("command list apikey {key} offset {offset}")).await;
-        assert!(reply.is_ok(), "{reply:?}");
-        let data = reply.data.unwrap();
-        let domains = data.split(" domains=").nth(1).unwrap();
-        out.extend(
-            domains
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned),
-        );
-        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
-            Some(next) => offset = next.parse().unwrap(),
-            None => return out,
-        }
-    }
+    list_pages(addr, key, 0).await.into_iter().collect()
 }
 
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {

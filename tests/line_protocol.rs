@@ -4,7 +4,7 @@ mod support;
 use certline::apikey::ApiKey;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::client::{self, PATIENCE, call, new_key, read_reply, request};
+use support::client::{self, PATIENCE, call, list_pages, new_key, pipelined, read_reply, request};
 use support::server::{InProcess, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -422,14 +422,7 @@ async fn a_pipelined_burst_of_writes_shares_commit_rounds_and_keeps_its_order() 
     ));
     let stats = s.store.group_commit().stats();
     let rounds_before = stats.flushes.load(Ordering::SeqCst);
-    let mut stream = TcpStream::connect(s.addr).await.unwrap();
-    stream.write_all(burst.as_bytes()).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut all = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
+    let all = pipelined(s.addr, &burst).await;
     assert_eq!(all, want);
     let rounds = stats.flushes.load(Ordering::SeqCst) - rounds_before;
     // About 19 KiB of requests in one write arrive together on loopback; the server answers
@@ -440,6 +433,56 @@ async fn a_pipelined_burst_of_writes_shares_commit_rounds_and_keeps_its_order() 
         "{rounds} commit rounds for {} pipelined writes",
         ADDS + 2
     );
+    s.stop().await;
+}
+
+/// Pipelined `add`s or `remove`s of `domains` under `key`, all expected to succeed.
+async fn pipeline_writes(addr: std::net::SocketAddr, command: &str, key: &str, domains: &[String]) {
+    let lines: String = domains
+        .iter()
+        .map(|d| format!("command {command} apikey {key} domain {d}\n"))
+        .collect();
+    let all = pipelined(addr, &lines).await;
+    assert_eq!(
+        all.matches("status ok 200").count(),
+        domains.len(),
+        "{command}: {all}"
+    );
+}
+
+/// Deep pages start from a rank index (one entry per 512 domains) that must stay exact as
+/// domains are added and removed around its entries: every page, from offset 0 or from any
+/// deep offset, must show exactly what the sorted list of domains has there.
+#[tokio::test]
+async fn deep_list_pages_stay_exact_as_domains_come_and_go() {
+    let s = InProcess::start().await;
+    let key = new_key(s.addr).await;
+    let name = |i: usize| format!("d{i:05}.example.org");
+    let mut want: Vec<String> = (0..3000).map(|i| name(2 * i)).collect();
+    pipeline_writes(s.addr, "add", &key, &want).await;
+    assert_eq!(list_pages(s.addr, &key, 0).await, want);
+    // A deep page builds the index; then change the key around its entries.
+    assert_eq!(list_pages(s.addr, &key, 2000).await, want[2000..]);
+    let removed: Vec<String> = [0, 512, 513, 1024, 2047, 2999]
+        .iter()
+        .map(|&i| name(2 * i))
+        .collect();
+    pipeline_writes(s.addr, "remove", &key, &removed).await;
+    let added: Vec<String> = [1, 1025, 3001, 5997, 7001]
+        .iter()
+        .map(|&i| name(i))
+        .collect();
+    pipeline_writes(s.addr, "add", &key, &added).await;
+    want.retain(|d| !removed.contains(d));
+    want.extend(added);
+    want.sort();
+    for offset in [0, 511, 512, 1000, 1536, 2500, want.len() - 1, want.len()] {
+        assert_eq!(
+            list_pages(s.addr, &key, offset).await,
+            want[offset..],
+            "offset {offset}"
+        );
+    }
     s.stop().await;
 }
 

@@ -521,7 +521,7 @@ impl Store {
             let Ok(k) = entry else {
                 return from_first; // the scan that follows reports the error
             };
-            if rank as u64 % key_index::SPACING == 0 {
+            if (rank as u64).is_multiple_of(key_index::SPACING) {
                 posts.push(Box::<[u8]>::from(&k[prefix.len()..]));
             }
         }

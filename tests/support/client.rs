@@ -58,3 +58,40 @@ pub async fn new_key(addr: SocketAddr) -> String {
     assert!(reply.is_ok(), "{reply:?}");
     reply.data.expect("apikey returns data")
 }
+
+/// Sends `lines` (requests, each ending in LF) back to back on one connection, half-closes
+/// it and returns every reply the server sent before closing: a pipelining client.
+pub async fn pipelined(addr: SocketAddr, lines: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(lines.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut all))
+        .await
+        .expect("replies in time")
+        .unwrap();
+    all
+}
+
+/// The domains `list` shows under `key` from `offset` on, following `next=` across pages,
+/// in order. Every page must say which offset it is.
+pub async fn list_pages(addr: SocketAddr, key: &str, mut offset: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let reply = call(addr, &format!("command list apikey {key} offset {offset}")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let data = reply.data.expect("list has a data line");
+        assert!(data.contains(&format!(" offset={offset} ")), "{data}");
+        let domains = data.split(" domains=").nth(1).unwrap();
+        out.extend(
+            domains
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+        );
+        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
+            Some(next) => offset = next.parse().unwrap(),
+            None => return out,
+        }
+    }
+}
