@@ -21,8 +21,14 @@ use tokio_util::task::TaskTracker;
 const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 
 /// certline could not start. Each variant says which part failed; the message says what to do.
+/// No variant also carries its cause as an error `source`: the message already has it, and
+/// `main` prints the whole chain.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// The sections each validate, but together could never do what they ask
+    /// ([`crate::config::requirements`]); every such problem, with its ways out.
+    #[error(transparent)]
+    Refused(#[from] crate::config::requirements::Refused),
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
     /// setting); the message names the key.
     #[error(transparent)]
@@ -32,20 +38,20 @@ pub enum StartError {
     Store(#[from] StoreError),
     /// The Sectigo client could not be built from a valid `[sectigo]` section.
     #[error("the Sectigo client: {0}")]
-    SectigoClient(#[from] SectigoError),
+    SectigoClient(SectigoError),
     /// The line-protocol port could not be bound.
-    #[error("listening on {addr}: {source} (is another process using the port?)")]
+    #[error("listening on {addr}: {error} (is another process using the port?)")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The admin port could not be bound.
     #[error(
-        "admin listener on {addr}: {source} (is another process using the port? change admin.listen)"
+        "admin listener on {addr}: {error} (is another process using the port? change admin.listen)"
     )]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -55,13 +61,16 @@ pub struct App {
     store: Arc<Store>,
     worker: Option<Arc<Worker>>,
     admin: Option<AdminServer>,
+    confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
 }
 
 impl App {
-    /// Opens the store, loads the secrets and binds the listeners. Must be called inside a
-    /// tokio runtime. Fails before serving anything, so a bad secret never half-starts.
+    /// Refuses a configuration that could never do what it asks, then opens the store, loads
+    /// the secrets and binds the listeners. Must be called inside a tokio runtime. Fails
+    /// before serving anything, so a bad secret never half-starts.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::config::requirements::check(&config)?;
         let store = Arc::new(Store::open(
             &config.data_dir,
             config.durability.mode,
@@ -70,7 +79,8 @@ impl App {
         let shutdown = CancellationToken::new();
         let worker = match &config.sectigo {
             Some(sectigo) => {
-                let client = SectigoClient::new(sectigo.client_options()?)?;
+                let client = SectigoClient::new(sectigo.client_options()?)
+                    .map_err(StartError::SectigoClient)?;
                 store.enable_bridge();
                 tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
                 Some(Arc::new(Worker::new(store.clone(), client, sectigo)))
@@ -104,11 +114,12 @@ impl App {
                 );
                 let admin = AdminServer::bind(admin_config.listen, state)
                     .await
-                    .map_err(|source| StartError::AdminBind {
+                    .map_err(|error| StartError::AdminBind {
                         addr: admin_config.listen,
-                        source,
+                        error,
                     })?;
                 let base = admin_config.public_url(admin.local_addr());
+                store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
                     store.clone(),
                     base,
@@ -120,20 +131,21 @@ impl App {
             None => (None, None),
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
-            .with_claims(config.claims.caps(), confirmations);
+            .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
         let server = Server::bind(config.listen, config.limits, service, shutdown.clone())
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: config.listen,
-                source,
+                error,
             })?;
         Ok(Self {
             server,
             store,
             worker,
             admin,
+            confirmations,
             shutdown,
         })
     }
@@ -159,14 +171,24 @@ impl App {
     }
 
     /// Runs every part until the shutdown token is cancelled, lets open connections finish
-    /// their current request (up to `limits.shutdown_grace_ms`), then closes the store.
+    /// their current request (up to `limits.shutdown_grace_ms`), then closes the store. Also
+    /// shuts down, and returns the store's error, when the store fails in a way only a
+    /// restart mends (README, "Durability"): the process then exits non-zero for systemd to
+    /// restart it.
     pub async fn run(self) -> Result<(), StoreError> {
         let tracker = TaskTracker::new();
+        tracker.spawn(shut_down_if_the_store_fails(
+            self.store.clone(),
+            self.shutdown.clone(),
+        ));
         if let Some(worker) = self.worker {
             tracker.spawn(worker.run(self.shutdown.clone()));
         }
         if let Some(admin) = self.admin {
             tracker.spawn(admin.run(self.shutdown.clone()));
+        }
+        if let Some(confirmations) = self.confirmations {
+            tracker.spawn(confirmations.run(self.shutdown.clone()));
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;
@@ -179,5 +201,15 @@ impl App {
             "store closed; stopped"
         );
         Ok(())
+    }
+}
+
+async fn shut_down_if_the_store_fails(store: Arc<Store>, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = store.fatal().cancelled() => {
+            tracing::error!("the store failed for good: shutting down so that a restart replays the write-ahead log");
+            shutdown.cancel();
+        }
+        _ = shutdown.cancelled() => {}
     }
 }

@@ -1,5 +1,6 @@
 //! certline: a KeyChest-compatible TCP line-protocol server that registers hosts' domains
-//! and bridges them into Sectigo Certificate Manager.
+//! and bridges them into Sectigo Certificate Manager. `ARCHITECTURE.md` has the layer map,
+//! the keyspace, the bridge state machine and the durability contract.
 //!
 //! # Map
 //!
@@ -18,7 +19,8 @@
 //! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
 //! - [`bridge`]: the Sectigo Certificate Manager client, policy and worker.
-//! - [`config`]: the TOML configuration with its defaults.
+//! - [`config`]: the TOML configuration with its defaults, and the settings that cannot work
+//!   together ([`config::requirements`], refused by `check-config` and `serve`).
 //! - [`admin`]: the operator's HTTP face (health, Prometheus metrics, inventory, revoke,
 //!   requeue, import, claim links); [`cli`] is its command-line client.
 //! - [`confirm`]: claim confirmation e-mails with single-use confirm/revoke links.

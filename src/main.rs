@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -70,6 +71,14 @@ enum Command {
         admin: AdminArgs,
         prefix: String,
     },
+    /// Confirm the API key whose id starts with PREFIX, as its claim e-mail's link would (for
+    /// owners who never got the mail): its domains waiting for a confirmed key go on to
+    /// Sectigo.
+    Confirm {
+        #[command(flatten)]
+        admin: AdminArgs,
+        prefix: String,
+    },
     /// Send a domain back to the Sectigo bridge's queue, due now.
     Requeue {
         #[command(flatten)]
@@ -122,8 +131,19 @@ impl OutputArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one chain of messages (`{:#}`), never as a `Debug` dump: an operator
+/// with `RUST_BACKTRACE=1` set for another program still gets one clean line.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
@@ -173,6 +193,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Revoke { admin, prefix } => {
             admin_call(admin, async |c| cli::revoke(c, &prefix).await)
+        }
+        Command::Confirm { admin, prefix } => {
+            admin_call(admin, async |c| cli::confirm(c, &prefix).await)
         }
         Command::Requeue { admin, domain } => {
             admin_call(admin, async |c| cli::requeue(c, &domain).await)
@@ -234,10 +257,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
-    println!("listening on {}", server.local_addr());
+    // The line-protocol line comes last, so a reader knows it has seen every port.
     if let Some(admin) = server.admin_addr() {
         println!("admin listening on {admin}");
     }
+    println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {

@@ -6,11 +6,12 @@ use certline::Config;
 use certline::apikey::ApiKey;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::admin::{Admin, TOKEN, admin_toml, names};
 use support::client::{call, new_key, request};
 use support::scm_sim::{self, ScmSim};
 use support::server::{InProcess, test_config};
+use support::wait::wait_until;
 
 /// A server with `[admin]` (and `extra` TOML) on a fresh directory.
 async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
@@ -43,21 +44,19 @@ async fn add(addr: std::net::SocketAddr, key: &str, domain: &str) {
 
 /// Polls the inventory until `domain` is in `state`.
 async fn wait_state(admin: &Admin, domain: &str, state: &str) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let all = admin.domains("").await;
-        let d = all.iter().find(|d| d["domain"] == domain).cloned();
-        if let Some(d) = &d
-            && d["sectigo"] == state
-        {
-            return d.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{domain} never reached {state}: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{domain} in {state}"),
+        || async {
+            let all = admin.domains("").await;
+            let d = all.iter().find(|d| d["domain"] == domain).cloned();
+            match d {
+                Some(d) if d["sectigo"] == state => Ok(d),
+                other => Err(other),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -297,8 +296,9 @@ async fn requeue_sends_a_domain_back_to_the_bridge_now() {
         .post("/api/domains/unknown.example.edu/requeue", None)
         .await;
     assert_eq!(status, 404);
+    // An invalid name gets the line protocol's code for it.
     let (status, _) = admin.post("/api/domains/not_a..domain/requeue", None).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 406);
     server.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -347,10 +347,30 @@ async fn import_registers_like_add_and_reports_each_line() {
             .unwrap(),
         "total=3 offset=0 domains=a.example.org,b.example.org,c.example.org:8443"
     );
+    // The key is judged by the line protocol's rule, with its codes and texts.
     let unknown = serde_json::json!({"apikey": "0000000000000000", "domains": ["x.org"]});
-    assert_eq!(admin.post("/api/domains", Some(unknown)).await.0, 404);
+    let (status, text) = admin.post("/api/domains", Some(unknown)).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (401, r#"{"error":"unknown api key"}"#)
+    );
     let bad = serde_json::json!({"apikey": "not a key", "domains": []});
-    assert_eq!(admin.post("/api/domains", Some(bad)).await.0, 422);
+    let (status, text) = admin.post("/api/domains", Some(bad)).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (422, r#"{"error":"invalid api key format"}"#)
+    );
+    let id = ApiKey::parse(&key).unwrap().hash().id();
+    let (status, text) = admin
+        .post(&format!("/api/keys/{}/revoke", &id[..8]), None)
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let revoked = serde_json::json!({"apikey": key, "domains": ["y.example.org"]});
+    let (status, text) = admin.post("/api/domains", Some(revoked)).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (403, r#"{"error":"api key revoked"}"#)
+    );
     server.stop().await;
 }
 
@@ -363,7 +383,89 @@ async fn readyz_fails_while_the_store_cannot_commit() {
     server.store.group_commit().inject_flush_failures(1);
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status(), 503);
-    assert!(r.text().await.unwrap().contains("store not writable"));
-    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("store not writable"), "{why}");
+    assert!(why.contains("free space"), "{why}");
+    // The store retries by itself; readiness follows.
+    let started = std::time::Instant::now();
+    while reqwest::get(&url).await.unwrap().status() != 200 {
+        assert!(
+            started.elapsed() < support::client::PATIENCE,
+            "never ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+/// Every refusal is `{"error": "..."}` with its status, including the ones axum's extractors
+/// and router make (README: "errors are JSON").
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_error_is_json_with_the_right_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = start(dir.path(), "").await;
+    let url = |path: &str| format!("{}{path}", admin.base);
+    let http = &admin.http;
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "unknown query field",
+            http.get(url("/api/domains?stat=synced")),
+            400,
+        ),
+        (
+            "bad query value",
+            http.get(url("/api/domains?needs_action=maybe")),
+            400,
+        ),
+        (
+            "malformed JSON",
+            http.post(url("/api/domains"))
+                .header("content-type", "application/json")
+                .body("{\"apikey\": "),
+            400,
+        ),
+        (
+            "JSON missing a field",
+            http.post(url("/api/domains"))
+                .header("content-type", "application/json")
+                .body("{\"apikey\": \"abc\"}"),
+            422,
+        ),
+        (
+            "no content type",
+            http.post(url("/api/domains"))
+                .body("{\"apikey\": \"abc\", \"domains\": []}"),
+            415,
+        ),
+        ("wrong method", http.delete(url("/api/keys")), 405),
+        (
+            "wrong method on an open route",
+            http.post(url("/healthz")),
+            405,
+        ),
+        ("no such route", http.get(url("/api/nope")), 404),
+    ];
+    for (what, request, want) in cases {
+        let r = request.bearer_auth(TOKEN).send().await.unwrap();
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.text().await.unwrap();
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{what}: {body}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        let message = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {body}"));
+        assert!(!message.is_empty(), "{what}");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{what}: {body}");
+    }
     server.stop().await;
 }

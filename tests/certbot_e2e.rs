@@ -10,15 +10,15 @@
 //! creates (`/opt/certline-e2e/certbot5`, or `CERTLINE_E2E_CERTBOT5=/path/to/certbot`); without
 //! it, that test says why and passes without doing anything.
 
-mod hooks_common;
+mod support;
 
-use hooks_common::*;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::scripts::*;
+use support::wait::wait_until_blocking;
 
 /// certbot's own polling makes a run take a few seconds; this only catches a hang.
 const CERTBOT_LIMIT: Duration = Duration::from_secs(240);
@@ -157,15 +157,14 @@ impl Pebble {
             acme_port,
             ca_bundle: ca,
         };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", acme_port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "pebble did not listen: {}",
-                fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_blocking(Duration::from_secs(20), "pebble listening", || {
+            TcpStream::connect(("127.0.0.1", acme_port)).map_err(|e| {
+                (
+                    e,
+                    fs::read_to_string(dir.join("pebble.log")).unwrap_or_default(),
+                )
+            })
+        });
         pebble
     }
 
@@ -361,18 +360,17 @@ fn debian_certbot_renewal_registers_domains_through_the_hook() {
 }
 
 #[test]
-#[ignore = "needs certbot and pebble; .ci/run installs them"]
+#[ignore = "needs certbot 5 (a PyPI venv) and pebble; .ci/e2e installs them and runs this with --include-ignored"]
 fn pypi_certbot_5_renewal_registers_domains_through_the_hook() {
     let bin = std::env::var_os("CERTLINE_E2E_CERTBOT5")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/certline-e2e/certbot5/bin/certbot"));
-    if !bin.exists() {
-        eprintln!(
-            "SKIPPED: no certbot 5.x at {} (.ci/install-e2e-deps creates that venv)",
-            bin.display()
-        );
-        return;
-    }
+    // Run (with --include-ignored) means required: a missing certbot fails, never skips.
+    assert!(
+        bin.exists(),
+        "no certbot 5.x at {}: run .ci/install-e2e-deps (it creates that venv) or set CERTLINE_E2E_CERTBOT5",
+        bin.display()
+    );
     // certbot's own default rotates the log at every run.
     exercise(bin, "10");
 }

@@ -7,13 +7,16 @@
 mod support;
 use certline::Config;
 use certline::apikey::ApiKey;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::admin::{Admin, admin_toml};
 use support::client::{PATIENCE, call, new_key, request};
 use support::scm_sim::{self, ScmSim};
+use support::scripts::closed_port;
 use support::server::{Binary, InProcess, test_config};
 use support::smtp_sink::{Captured, SmtpSink};
+use support::wait::{done_or, wait_until};
 
 fn smtp_toml(sink: &SmtpSink) -> String {
     format!(
@@ -22,9 +25,15 @@ fn smtp_toml(sink: &SmtpSink) -> String {
     )
 }
 
+/// The admin listener's public URL in these tests: what users' browsers would reach it at
+/// (certline refuses `[smtp]` with links under a loopback address). The tests check each
+/// mailed link starts with it, then follow it at the listener's real address.
+const PUBLIC_URL: &str = "https://certline.example.org/";
+
 async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     let base = test_config(&dir.join("data"));
-    let mut config = Config::from_toml(&format!("{}\n{extra}", admin_toml(dir))).unwrap();
+    let admin = format!("{}public_url = \"{PUBLIC_URL}\"\n", admin_toml(dir));
+    let mut config = Config::from_toml(&format!("{admin}\n{extra}")).unwrap();
     config.listen = base.listen;
     config.data_dir = base.data_dir;
     config.rate_limit = base.rate_limit;
@@ -33,15 +42,20 @@ async fn start(dir: &Path, extra: &str) -> (InProcess, Admin) {
     (server, admin)
 }
 
-/// The confirm and revoke links of a captured message.
-fn links(message: &Captured) -> (String, String) {
+/// The confirm and revoke links of a captured message, which must be under [`PUBLIC_URL`],
+/// rewritten to the admin listener at `admin`.
+fn links(message: &Captured, admin: Option<SocketAddr>) -> (String, String) {
     let links = message.links();
+    let local = format!("http://{}/", admin.expect("admin listener"));
     let find = |part: &str| {
-        links
+        let link = links
             .iter()
             .find(|l| l.contains(part))
-            .unwrap_or_else(|| panic!("no {part} link in {}", message.data))
-            .clone()
+            .unwrap_or_else(|| panic!("no {part} link in {}", message.data));
+        let path = link
+            .strip_prefix(PUBLIC_URL)
+            .unwrap_or_else(|| panic!("{link} is not under admin.public_url {PUBLIC_URL}"));
+        format!("{local}{path}")
     };
     (find("/link/confirm/"), find("/link/revoke/"))
 }
@@ -82,8 +96,12 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let id = ApiKey::parse(&key).unwrap().hash().id();
     assert!(mail.body().contains(&id), "the mail names the key id");
     assert!(!mail.data.contains(&key), "the mail never carries the key");
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, server.admin);
     assert!(confirm.starts_with(&format!("http://{}/link/confirm/", server.admin.unwrap())));
+    assert!(
+        mail.body().contains(&format!("{PUBLIC_URL}link/confirm/")),
+        "the mail's links are under admin.public_url"
+    );
 
     let status_line = |key: String| {
         let addr = server.addr;
@@ -160,7 +178,7 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let second = reply.data.unwrap();
     let mail = sink.wait_for(2, PATIENCE).await.remove(1);
     assert_eq!(mail.to, ["dev@example.org"]);
-    let (confirm, revoke) = links(&mail);
+    let (confirm, revoke) = links(&mail, server.admin);
     let (code, page) = follow(&revoke).await;
     assert_eq!(code, 200);
     assert!(page.contains("Key revoked"), "{page}");
@@ -208,7 +226,7 @@ async fn an_expired_link_fails_and_changes_nothing() {
     let reply = call(server.addr, "command apikey email ops@example.org").await;
     let key = reply.data.unwrap();
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, server.admin);
     // Validity is counted in whole seconds: after two, the one-second link is over.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = reqwest::Client::new().post(&confirm).send().await.unwrap();
@@ -284,12 +302,7 @@ async fn the_claim_caps_refuse_with_the_documented_replies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let dir = tempfile::tempdir().unwrap();
     let smtp = format!(
         "\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n"
@@ -304,20 +317,68 @@ async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
         .await,
         "status ok 200 api key claimed\n"
     );
-    // The failure is counted for the operator.
-    let start = Instant::now();
-    loop {
+    // The failure is counted for the operator, and the mail waits in the outbox for a retry.
+    wait_until(PATIENCE, "the failed mail counted and pending", || async {
         let (_, metrics) = admin.get("/metrics").await;
-        if metrics
+        let counted = metrics
             .lines()
-            .any(|l| l.starts_with("certline_confirmation_mails_total{result=\"failed\"}"))
-        {
-            break;
-        }
-        assert!(start.elapsed() < PATIENCE, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .any(|l| l.starts_with("certline_confirmation_mails_total{result=\"failed\"}"));
+        let pending = metrics
+            .lines()
+            .any(|l| l == "certline_confirmation_mail_outbox 1");
+        done_or(counted && pending, metrics)
+    })
+    .await;
+    assert_eq!(server.store.mail_outbox_len(), 1);
     server.stop().await;
+}
+
+/// The mail job is written with the claim: a crash right after the `ok` (here with the relay
+/// down, so the mail cannot have left before the kill) still mails the links after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_mail_survives_kill_9_after_the_ok() {
+    let dead_port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certline.toml");
+    let data = dir.path().join("data");
+    let smtp = |port: u16| {
+        format!(
+            "{}public_url = \"{PUBLIC_URL}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"c@example.org\"\n",
+            admin_toml(dir.path())
+        )
+    };
+    std::fs::write(&config, smtp(dead_port)).unwrap();
+    let server = Binary::start(&data, Some(&config));
+    let key = new_key(server.addr).await;
+    assert_eq!(
+        request(
+            server.addr,
+            &format!("command claim apikey {key} email a@example.org\n")
+        )
+        .await,
+        "status ok 200 api key claimed\n"
+    );
+    server.kill9();
+
+    let sink = SmtpSink::start().await;
+    std::fs::write(&config, smtp(sink.addr.port())).unwrap();
+    let server = Binary::start(&data, Some(&config));
+    let mail = sink.wait_for(1, PATIENCE).await.remove(0);
+    assert_eq!(mail.to, ["a@example.org"]);
+    let (confirm, _) = links(&mail, server.admin);
+    let (code, page) = follow(&confirm).await;
+    assert_eq!(code, 200, "{page}");
+    let admin = Admin::new(server.admin.expect("admin listener"));
+    wait_until(PATIENCE, "the outbox empty again", || async {
+        let (_, metrics) = admin.get("/metrics").await;
+        let empty = metrics
+            .lines()
+            .any(|l| l == "certline_confirmation_mail_outbox 0");
+        done_or(empty, metrics)
+    })
+    .await;
+    // Exactly one mail: the job left the outbox when it was sent.
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,15 +390,12 @@ async fn without_smtp_the_links_are_logged_for_the_operator() {
     let server = Binary::start_logged(&dir.path().join("data"), Some(&config), "info", Some(&log));
     let reply = call(server.addr, "command apikey email ops@example.org").await;
     let key = reply.data.unwrap();
-    let start = Instant::now();
-    let line = loop {
+    let line = wait_until(PATIENCE, "a confirm link in the log", || async {
         let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(line) = text.lines().find(|l| l.contains("/link/confirm/")) {
-            break line.to_owned();
-        }
-        assert!(start.elapsed() < PATIENCE, "no link logged: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let line = text.lines().find(|l| l.contains("/link/confirm/"));
+        line.map(str::to_owned).ok_or(text)
+    })
+    .await;
     assert!(
         line.contains("/link/revoke/") && line.contains("ops@example.org"),
         "{line}"
@@ -378,11 +436,11 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
         .data
         .unwrap()
     };
-    let start = Instant::now();
-    while !state().await.contains(" sectigo=awaiting_confirmation") {
-        assert!(start.elapsed() < PATIENCE, "{}", state().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(PATIENCE, "sectigo=awaiting_confirmation", || async {
+        let now = state().await;
+        done_or(now.contains(" sectigo=awaiting_confirmation"), now)
+    })
+    .await;
     assert!(state().await.contains(" key=unconfirmed "));
     assert_eq!(
         sim.name_hits("www.example.edu"),
@@ -397,18 +455,14 @@ async fn with_require_confirmed_key_a_domain_waits_until_the_confirm_link() {
     assert_eq!(waiting[0]["key"], "unconfirmed");
 
     let mail = sink.wait_for(1, PATIENCE).await.remove(0);
-    let (confirm, _) = links(&mail);
+    let (confirm, _) = links(&mail, server.admin);
     let (code, page) = follow(&confirm).await;
     assert_eq!(code, 200, "{page}");
-    let start = Instant::now();
-    while !state().await.contains(" sectigo=synced") {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            state().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(60), "sectigo=synced", || async {
+        let now = state().await;
+        done_or(now.contains(" sectigo=synced"), now)
+    })
+    .await;
     assert!(state().await.contains(" key=confirmed "));
     assert_eq!(sim.created("www.example.edu"), 1);
     let entry = &admin.domains("suffix=example.edu").await[0];

@@ -1,4 +1,4 @@
-//! Crash test (protocol.md §8, design.md §7): a `200` to a write means the write is on disk.
+//! Crash test (protocol.md §8, ARCHITECTURE.md §4): a `200` to a write means the write is on disk.
 //!
 //! The real binary runs in durable mode (the default). 32 connections register distinct
 //! domains as fast as the server answers, recording every domain that got `status ok 200`;
@@ -76,51 +76,6 @@ async fn read_reply_or_close(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// Every domain listed under `key`, following `next` page by page; checks `total=`.
-async fn list_all(addr: SocketAddr, key: &str) -> BTreeSet<String> {
-    let mut domains = BTreeSet::new();
-    let mut offset = 0u64;
-    let mut total = None;
-    loop {
-        let reply = client::call(addr, &format!("command list apikey {key} offset {offset}")).await;
-        assert!(reply.is_ok(), "{reply:?}");
-        let data = reply.data.expect("list has a data line");
-        let mut next = None;
-        for field in data.split(' ') {
-            let (name, value) = field.split_once('=').expect("name=value");
-            match name {
-                "total" => {
-                    let t: u64 = value.parse().unwrap();
-                    assert!(
-                        total.is_none_or(|prev| prev == t),
-                        "total changed while listing"
-                    );
-                    total = Some(t);
-                }
-                "offset" => assert_eq!(value.parse::<u64>().unwrap(), offset),
-                "next" => next = Some(value.parse::<u64>().unwrap()),
-                "domains" => {
-                    domains.extend(value.split(',').filter(|d| !d.is_empty()).map(String::from))
-                }
-                other => panic!("unexpected field {other} in {data:?}"),
-            }
-        }
-        match next {
-            Some(n) => {
-                assert!(n > offset, "next={n} does not advance from offset={offset}");
-                offset = n;
-            }
-            None => break,
-        }
-    }
-    assert_eq!(
-        total,
-        Some(domains.len() as u64),
-        "the key's count disagrees with its listed domains"
-    );
-    domains
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_registration_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,7 +104,11 @@ async fn every_acknowledged_registration_survives_kill_9() {
         acked_total.extend(acked);
 
         server = Binary::start(&data, None);
-        let listed = list_all(server.addr, &key).await;
+        let listed: BTreeSet<String> = client::list_all(server.addr, &key)
+            .await
+            .domains
+            .into_iter()
+            .collect();
         let lost: Vec<_> = acked_total.difference(&listed).collect();
         assert!(
             lost.is_empty(),

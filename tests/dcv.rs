@@ -1,16 +1,18 @@
 //! DCV automation: domains go from NOT_VALIDATED (or EXPIRED, or expiring soon) to VALIDATED
 //! by DNS, driven by certline through a real DNS hook script, against the SCM simulator, which
-//! validates only when it finds the exact record the hook wrote.
+//! validates only when it finds the exact record the hook wrote, refuses DCV below the
+//! registrable domain (-723) and lets subdomains inherit their registrable domain's validation.
 
 mod support;
 use certline::Config;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use support::bridge_setup::{register, sectigo_section};
+use std::time::Duration;
+use support::bridge_setup::{AuthMode, register, sectigo_section_with};
 use support::client::call;
-use support::scm_sim::{self, ScmSim};
+use support::scm_sim::ScmSim;
 use support::server::{InProcess, test_config};
+use support::wait::{done_or, wait_until};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -47,14 +49,24 @@ esac
 }
 
 fn config(sim: &ScmSim, env: &Env, method: &str, hook: Option<&Path>) -> Config {
+    config_with(AuthMode::Headers, sim, env, method, hook)
+}
+
+fn config_with(
+    mode: AuthMode,
+    sim: &ScmSim,
+    env: &Env,
+    method: &str,
+    hook: Option<&Path>,
+) -> Config {
     let pw = env.dir.path().join("pw");
-    std::fs::write(&pw, scm_sim::PASSWORD).unwrap();
+    std::fs::write(&pw, mode.secret()).unwrap();
     let hook_line = hook
         .map(|h| format!("dcv_hook = \"{}\"", h.display()))
         .unwrap_or_default();
     let settings = format!(
         r#"max_concurrency = 8
-allowed_suffixes = ["example.edu"]
+allowed_suffixes = ["edu", "se", "org"]
 create_missing = true
 org_id = 7
 require_confirmed_key = false
@@ -66,7 +78,7 @@ dcv_expiry_window_days = 30"#
     );
     let text = format!(
         "[rate_limit]\napikey_per_minute = 100000\napikey_burst = 100000\n{}",
-        sectigo_section(sim, &pw, &settings)
+        sectigo_section_with(mode, sim, &pw, &settings)
     );
     let mut config = Config::from_toml(&text).unwrap();
     let base = test_config(&env.dir.path().join("data"));
@@ -106,58 +118,87 @@ async fn wait_for(
     want: &str,
     limit: Duration,
 ) {
-    let start = Instant::now();
-    let mut pending = domains.to_vec();
-    loop {
+    // Only the domains not there yet are asked again.
+    let pending = std::sync::Mutex::new(domains.to_vec());
+    wait_until(limit, &format!("every domain with {want:?}"), || async {
+        let asked = std::mem::take(&mut *pending.lock().unwrap());
         let mut still = Vec::new();
-        for d in &pending {
-            if !status(addr, key, d).await.contains(want) {
-                still.push(d.clone());
+        let mut example = String::new();
+        for d in asked {
+            let data = status(addr, key, &d).await;
+            if !data.contains(want) {
+                example = data;
+                still.push(d);
             }
         }
-        pending = still;
-        if pending.is_empty() {
-            return;
-        }
-        if start.elapsed() > limit {
-            panic!(
-                "{} domains without {want:?}, e.g. {}",
-                pending.len(),
-                status(addr, key, &pending[0]).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let left = still.len();
+        *pending.lock().unwrap() = still;
+        done_or(left == 0, format!("{left} without it, e.g. {example}"))
+    })
+    .await;
 }
 
+/// `n` registrable domains (`<prefix><i>.edu`), each validated on its own.
 fn names(n: usize, prefix: &str) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}.example.edu")).collect()
+    (0..n).map(|i| format!("{prefix}{i}.edu")).collect()
 }
 
-async fn two_hundred_domains_validate_by(method: &str) {
+/// The registrable domains the 200 subdomains of the acceptance test fall under.
+const PARENTS: [&str; 3] = ["example.edu", "kth.se", "uni.org"];
+
+/// 200 subdomains (`www7.dept.kth.se`, …) spread over [`PARENTS`].
+fn subdomains(n: usize, prefix: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}.dept.{}", PARENTS[i % PARENTS.len()]))
+        .collect()
+}
+
+async fn two_hundred_domains_validate_by(method: &str, mode: AuthMode) {
     let (sim, env) = setup_sim().await;
     let hook = write_hook(&env);
-    let server = InProcess::start_with(config(&sim, &env, method, Some(&hook))).await;
-    let domains = names(200, method);
+    let server = InProcess::start_with(config_with(mode, &sim, &env, method, Some(&hook))).await;
+    let domains = subdomains(200, method);
     let key = register(server.addr, &domains).await;
+    // A subdomain is synced as soon as it is in the inventory; its DCV follows its
+    // validation domain's, which certline validates once (and then cleans up after).
     wait_for(
         server.addr,
         &key,
         &domains,
-        "sectigo=synced id=",
+        " dcv=VALIDATED ",
         Duration::from_secs(180),
     )
     .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the validation domains synced (DCV records cleaned up)",
+        || async {
+            let phases: Vec<_> = PARENTS
+                .iter()
+                .map(|p| server.store.bridge(p).unwrap().map(|r| r.phase.name()))
+                .collect();
+            done_or(phases.iter().all(|p| *p == Some("synced")), phases)
+        },
+    )
+    .await;
     let record_type = method.to_ascii_uppercase();
-    for d in &domains {
+    for (i, d) in domains.iter().enumerate() {
         let data = status(server.addr, &key, d).await;
         assert!(data.contains(" dcv=VALIDATED dcv_expires="), "{data}");
+        let parent = PARENTS[i % PARENTS.len()];
+        assert!(data.contains(&format!(" dcv_domain={parent} ")), "{data}");
         assert!(!data.contains("error"), "{data}");
-        assert_eq!(sim.dcv_status_of(d).as_deref(), Some("VALIDATED"));
+        // SCM itself reports each subdomain validated (inherited from its parent).
+        let scm = sim.domain_json(d).expect("in the inventory");
+        assert_eq!(scm["validationStatus"], "VALIDATED", "{d}: {scm}");
     }
-    // Each record was published once with the right type, and cleaned up afterwards.
+    for parent in PARENTS {
+        assert_eq!(sim.dcv_status_of(parent).as_deref(), Some("VALIDATED"));
+    }
+    // One DCV run per registrable domain: 3 records published with the right type (none
+    // for a subdomain, which SCM would refuse with -723), and cleaned up afterwards.
     let published = std::fs::read_to_string(env.zone.join(".published")).unwrap();
-    assert_eq!(published.lines().count(), 200);
+    assert_eq!(published.lines().count(), PARENTS.len(), "{published}");
     assert!(
         published
             .lines()
@@ -186,21 +227,35 @@ async fn two_hundred_domains_validate_by(method: &str) {
         "dcv-cleanup",
         "dcv-validated",
     ] {
-        assert_eq!(steps.iter().filter(|s| *s == step).count(), 200, "{step}");
+        assert_eq!(
+            steps.iter().filter(|s| *s == step).count(),
+            PARENTS.len(),
+            "{step}"
+        );
     }
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_domains_validate_through_cname() {
-    two_hundred_domains_validate_by("cname").await;
+async fn two_hundred_subdomains_validate_through_three_cname_runs() {
+    two_hundred_domains_validate_by("cname", AuthMode::Headers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_domains_validate_through_txt_with_values_byte_exact() {
+async fn two_hundred_subdomains_validate_through_three_cname_runs_with_oauth2() {
+    two_hundred_domains_validate_by("cname", AuthMode::OAuth2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_subdomains_validate_through_three_txt_runs_with_values_byte_exact() {
     // The simulator's TXT values always hold a backslash and a backtick, and it validates
     // only on a byte-exact match of what the hook wrote.
-    two_hundred_domains_validate_by("txt").await;
+    two_hundred_domains_validate_by("txt", AuthMode::OAuth2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_subdomains_validate_through_three_txt_runs_with_header_auth() {
+    two_hundred_domains_validate_by("txt", AuthMode::Headers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -210,8 +265,8 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     let server = InProcess::start_with(config(&sim, &env, "txt", Some(&hook))).await;
     let good = names(20, "good");
     let mut all = good.clone();
-    all.push("bad.example.edu".into());
-    all.push("hang.example.edu".into());
+    all.push("bad.edu".into());
+    all.push("hang.edu".into());
     let key = register(server.addr, &all).await;
     wait_for(
         server.addr,
@@ -222,32 +277,39 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     )
     .await;
 
-    let bad = status(server.addr, &key, "bad.example.edu").await;
+    // Both are reported (the hanging one once its 1 s timeout has passed).
+    wait_for(
+        server.addr,
+        &key,
+        &["bad.edu".to_owned()],
+        "error_step=dcv_publish error=\"DNS hook exited with exit status: 3: dns api refused the change\"",
+        Duration::from_secs(30),
+    )
+    .await;
+    let bad = status(server.addr, &key, "bad.edu").await;
     assert!(bad.contains(" sectigo=dcv_publish "), "{bad}");
-    assert!(bad.contains("error_step=dcv_publish error=\"DNS hook exited with exit status: 3: dns api refused the change\""), "{bad}");
-    let hang = status(server.addr, &key, "hang.example.edu").await;
-    assert!(
-        hang.contains("error=\"DNS hook did not finish within 1s and was killed\""),
-        "{hang}"
-    );
+    wait_for(
+        server.addr,
+        &key,
+        &["hang.edu".to_owned()],
+        "error=\"DNS hook did not finish within 1s and was killed\"",
+        Duration::from_secs(30),
+    )
+    .await;
     // Retried, not given up: wait for a second failure of the same hook.
-    let start = Instant::now();
-    loop {
+    wait_until(Duration::from_secs(30), "a second dns-hook failure (a retry)", || async {
         let failures = server
             .store
             .audit_events()
             .map(Result::unwrap)
-            .filter(|e| matches!(&e.kind, certline::store::AuditKind::Bridge { domain, step, .. } if domain == "bad.example.edu" && step == "dns-hook-failed"))
+            .filter(|e| matches!(&e.kind, certline::store::AuditKind::Bridge { domain, step, .. } if domain == "bad.edu" && step == "dns-hook-failed"))
             .count();
-        if failures >= 2 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no retry");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        done_or(failures >= 2, failures)
+    })
+    .await;
     // The operator fixes the DNS side; the retries succeed.
     std::fs::write(env.zone.join(".fixed"), "").unwrap();
-    let stuck = vec!["bad.example.edu".to_owned(), "hang.example.edu".to_owned()];
+    let stuck = vec!["bad.edu".to_owned(), "hang.edu".to_owned()];
     wait_for(
         server.addr,
         &key,
@@ -263,23 +325,19 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
 async fn expired_and_soon_expiring_domains_are_revalidated() {
     let (sim, env) = setup_sim().await;
     let hook = write_hook(&env);
-    sim.add_domain("expired.example.edu");
-    sim.set_dcv_expired("expired.example.edu");
-    sim.add_domain("soon.example.edu");
+    sim.add_domain("expired.edu");
+    sim.set_dcv_expired("expired.edu");
+    sim.add_domain("soon.edu");
     let today = chrono::Utc::now().date_naive();
     let in_ten_days = today + chrono::Days::new(10);
-    sim.set_dcv_validated(
-        "soon.example.edu",
-        today - chrono::Days::new(355),
-        in_ten_days,
-    );
-    sim.add_domain("fine.example.edu");
-    sim.set_dcv_validated("fine.example.edu", today, today + chrono::Days::new(300));
+    sim.set_dcv_validated("soon.edu", today - chrono::Days::new(355), in_ten_days);
+    sim.add_domain("fine.edu");
+    sim.set_dcv_validated("fine.edu", today, today + chrono::Days::new(300));
 
     let server = InProcess::start_with(config(&sim, &env, "cname", Some(&hook))).await;
     let domains: Vec<String> = ["expired", "soon", "fine"]
         .iter()
-        .map(|d| format!("{d}.example.edu"))
+        .map(|d| format!("{d}.edu"))
         .collect();
     let key = register(server.addr, &domains).await;
     let renewed = (today + chrono::Days::new(365)).to_string();
@@ -305,15 +363,20 @@ async fn expired_and_soon_expiring_domains_are_revalidated() {
         2
     );
     let published = std::fs::read_to_string(env.zone.join(".published")).unwrap();
-    assert!(!published.contains("fine.example.edu"), "{published}");
+    assert!(!published.contains("fine.edu"), "{published}");
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_it() {
     let (sim, env) = setup_sim().await;
-    let server = InProcess::start_with(config(&sim, &env, "txt", None)).await;
-    let domains = vec!["manual.example.edu".to_owned()];
+    // Without a hook an operator must see the record: certline refuses this without [admin].
+    let mut without_hook = config(&sim, &env, "txt", None);
+    without_hook.admin = Config::from_toml(&support::admin::admin_toml(env.dir.path()))
+        .unwrap()
+        .admin;
+    let server = InProcess::start_with(without_hook).await;
+    let domains = vec!["manual.edu".to_owned()];
     let key = register(server.addr, &domains).await;
     wait_for(
         server.addr,
@@ -323,7 +386,7 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
         Duration::from_secs(30),
     )
     .await;
-    let data = status(server.addr, &key, "manual.example.edu").await;
+    let data = status(server.addr, &key, "manual.edu").await;
     let host = data
         .split(" dcv_host=")
         .nth(1)
@@ -332,7 +395,7 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
         .next()
         .unwrap()
         .to_owned();
-    assert_eq!(host, "_pki-validation.manual.example.edu.");
+    assert_eq!(host, "_pki-validation.manual.edu.");
     assert!(data.contains(" dcv_record_type=TXT "), "{data}");
     // Undo the documented quoting to get the exact value, and publish it "by hand".
     let quoted = data.split(" dcv_value=").nth(1).unwrap();
@@ -346,6 +409,22 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
         }
     }
     assert!(value.contains('\\') && value.contains('`'), "{value}");
+    // The operator's `certline domains --needs-action` shows the same record.
+    let admin = support::admin::Admin::new(server.admin.expect("admin listener"));
+    let listed = admin.domains("needs_action=true").await;
+    let publish = listed[0]["needs_action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "dcv_action_required")
+        .unwrap_or_else(|| panic!("{listed:?}"))["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        publish.contains(&format!("publish TXT {host} \"{value}\" by hand")),
+        "{publish}"
+    );
     sim.publish_dns(&host, &value);
     wait_for(
         server.addr,

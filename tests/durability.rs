@@ -3,12 +3,12 @@
 mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use support::client::{call, list_pages, new_key};
+use support::client::{call, list_all, new_key};
 use support::server::Binary;
 
-/// Every domain registered under `key`, following `next=` across pages.
+/// Every domain registered under `key`.
 async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
-    list_pages(addr, key, 0).await.into_iter().collect()
+    list_all(addr, key).await.domains.into_iter().collect()
 }
 
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {

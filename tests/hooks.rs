@@ -8,15 +8,15 @@
 //! only bash, coreutils and grep (no curl, no openssl, no logger), and what they registered is
 //! read back from certline with `command list apikey K`.
 
-mod hooks_common;
+mod support;
 
-use hooks_common::*;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::scripts::*;
 
 /// Generous bound for a script that talks to a live server on loopback.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
@@ -172,14 +172,6 @@ impl Tree {
         );
         done
     }
-}
-
-fn assert_claimed_by(server: &Server, key: &str, email: &str) {
-    assert_eq!(
-        server.request(&format!("command claim apikey {key} email {email}")),
-        "status ok 200 api key already claimed\n",
-        "the key should already be claimed by {email}"
-    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Hostile clients over real TCP against the real binary (protocol.md §2, design.md §7).
+//! Hostile clients over real TCP against the real binary (protocol.md §2, ARCHITECTURE.md §6).
 //!
 //! Every test starts `certline serve` as a child process with a configuration of its own,
 //! does something a hostile or broken client would do, and checks three things:

@@ -6,10 +6,10 @@ mod support;
 use certline::apikey::ApiKey;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 use support::admin::{Admin, TOKEN, admin_toml};
 use support::client::{PATIENCE, call, new_key, request};
 use support::server::Binary;
+use support::wait::{done_or, wait_until};
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certline");
@@ -119,7 +119,9 @@ async fn the_cli_lists_imports_revokes_and_requeues_through_the_admin_api() {
     let o = cli(&admin, &["domains", "--csv"]);
     let csv = stdout(&o);
     assert!(
-        csv.starts_with("DOMAIN,SECTIGO,KEY,ID,DCV,DCV_EXPIRES,NEXT_ATTEMPT,NEEDS_ACTION\r\n"),
+        csv.starts_with(
+            "DOMAIN,SECTIGO,KEY,ID,DCV,DCV_DOMAIN,DCV_EXPIRES,NEXT_ATTEMPT,NEEDS_ACTION\r\n"
+        ),
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 4);
@@ -332,18 +334,12 @@ async fn metrics_are_prometheus_text_and_move_with_the_traffic() {
     for _ in 0..3 {
         held.push(TcpStream::connect(server.addr).await.unwrap());
     }
-    let start = Instant::now();
-    let after = loop {
+    let after = wait_until(PATIENCE, "3 open connections", || async {
         let (_, s) = scrape(&admin).await;
-        if value(&s, "certline_open_connections", &[]) == 3.0 {
-            break s;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "open connections never reached 3"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        let open = value(&s, "certline_open_connections", &[]);
+        done_or(open == 3.0, open).map(|()| s)
+    })
+    .await;
     assert_eq!(pings(&after), 7.0);
     assert_eq!(
         value(
@@ -390,10 +386,35 @@ async fn metrics_are_prometheus_text_and_move_with_the_traffic() {
         "{text}"
     );
     drop(held);
-    let start = Instant::now();
-    while value(&scrape(&admin).await.1, "certline_open_connections", &[]) != 0.0 {
-        assert!(start.elapsed() < PATIENCE, "connections never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until(PATIENCE, "every connection closed", || async {
+        let open = value(&scrape(&admin).await.1, "certline_open_connections", &[]);
+        done_or(open == 0.0, open)
+    })
+    .await;
+}
+
+#[test]
+fn a_config_typo_is_one_clean_message_even_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[limits]\nmax_line_byte = 10\n").unwrap();
+    for command in ["check-config", "serve"] {
+        let mut c = Command::new(BIN);
+        match command {
+            "serve" => c.args(["serve", "--config"]),
+            _ => c.arg(command),
+        };
+        let o = c.arg(&path).env("RUST_BACKTRACE", "1").output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{command}");
+        let err = stderr(&o);
+        assert!(err.starts_with("error: "), "{command}: {err}");
+        assert_eq!(
+            err.matches("unknown field `max_line_byte`").count(),
+            1,
+            "{command}: the TOML error is printed once: {err}"
+        );
+        assert!(!err.contains("Caused by"), "{command}: {err}");
+        assert!(!err.contains("stack backtrace"), "{command}: {err}");
     }
 }
 
@@ -462,9 +483,9 @@ fn check_config_validates_the_new_sections_and_their_secrets() {
     let o = run(None);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("[smtp] needs an [admin] section"),
+        stdout(&o).contains("PROBLEM: [smtp] needs an [admin] section"),
         "{}",
-        stderr(&o)
+        stdout(&o)
     );
 }
 
@@ -483,15 +504,11 @@ async fn json_logs_are_one_json_object_per_line() {
         .await
         .is_ok()
     );
-    let start = Instant::now();
-    let text = loop {
+    let text = wait_until(PATIENCE, "a confirm link in the log", || async {
         let text = std::fs::read_to_string(&log).unwrap();
-        if text.contains("/link/confirm/") {
-            break text;
-        }
-        assert!(start.elapsed() < PATIENCE, "{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        done_or(text.contains("/link/confirm/"), text.clone()).map(|()| text)
+    })
+    .await;
     server.terminate();
     let text = std::fs::read_to_string(&log).unwrap_or(text);
     let mut events = Vec::new();

@@ -15,7 +15,7 @@ use certline::bridge::sectigo::{
     TransientKind, TxtSubmitResult, ValidationStatus,
 };
 use certline::config::Secret;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
 use support::scm_sim::{self, Malform, ScmSim};
 use url::Url;
 
@@ -26,6 +26,8 @@ fn options(sim: &ScmSim, credentials: Credentials) -> ClientOptions {
     o.max_concurrency = 4;
     // High enough that the limiter never shapes a test.
     o.max_requests_per_second = 10_000.0;
+    // The simulator speaks plain HTTP (one test below runs it over TLS).
+    o.allow_insecure_http = true;
     o
 }
 
@@ -299,27 +301,27 @@ async fn wait_validated(client: &SectigoClient, domain: &str) -> DcvStatus {
 #[tokio::test]
 async fn cname_dcv_goes_submitted_then_validated_once_the_record_is_published() {
     let sim = ScmSim::start().await;
-    sim.add_domain("cname.example.edu");
+    sim.add_domain("cname-dcv.edu");
     let client = header_client(&sim);
 
-    let before = client.dcv_status("cname.example.edu").await.unwrap();
+    let before = client.dcv_status("cname-dcv.edu").await.unwrap();
     assert_eq!(before.status, Some(ValidationStatus::NotValidated));
     assert_eq!(before.order_status, Some(OrderStatus::NotInitiated));
 
-    let challenge = client.start_cname("cname.example.edu").await.unwrap();
+    let challenge = client.start_cname("cname-dcv.edu").await.unwrap();
     assert!(challenge.host.starts_with('_'));
-    assert!(challenge.host.ends_with(".cname.example.edu."));
+    assert!(challenge.host.ends_with(".cname-dcv.edu."));
     assert!(challenge.point.ends_with(".sectigo.com."));
     assert_eq!(
         sim.count("POST /api/dcv/v1/validation/start/domain/cname"),
         1
     );
 
-    let submitted = client.submit_cname("cname.example.edu").await.unwrap();
+    let submitted = client.submit_cname("cname-dcv.edu").await.unwrap();
     assert_eq!(submitted.order_status, Some(OrderStatus::Submitted));
 
     sim.check_dcv_now();
-    let pending = client.dcv_status("cname.example.edu").await.unwrap();
+    let pending = client.dcv_status("cname-dcv.edu").await.unwrap();
     assert_eq!(pending.status, Some(ValidationStatus::NotValidated));
     assert_eq!(pending.order_status, Some(OrderStatus::Submitted));
     assert_eq!(pending.order_mode, Some(DcvMode::Cname));
@@ -329,7 +331,13 @@ async fn cname_dcv_goes_submitted_then_validated_once_the_record_is_published() 
         challenge.host.trim_end_matches('.'),
         challenge.point.trim_end_matches('.'),
     );
-    let done = wait_validated(&client, "cname.example.edu").await;
+    // SCM checks at its announced nextCheck (2 h by default), not as soon as DNS changes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = client.dcv_status("cname-dcv.edu").await.unwrap();
+    assert_eq!(early.status, Some(ValidationStatus::NotValidated));
+    assert!(early.next_check.unwrap() > Utc::now() + chrono::Duration::minutes(60));
+    sim.check_dcv_now();
+    let done = wait_validated(&client, "cname-dcv.edu").await;
     assert!(done.expiration_date.unwrap() > done.validation_date.unwrap());
 
     let page = client.list_dcv_page(0, 200).await.unwrap();
@@ -340,21 +348,22 @@ async fn cname_dcv_goes_submitted_then_validated_once_the_record_is_published() 
 #[tokio::test]
 async fn txt_dcv_value_survives_backslash_and_backtick() {
     let sim = ScmSim::start().await;
-    sim.add_domain("txt.example.edu");
+    sim.add_domain("txt-dcv.edu");
+    sim.set_next_check_interval(Duration::from_millis(50));
     let client = oauth_client(&sim);
-    let r = client.submit_txt("txt.example.edu").await.unwrap();
+    let r = client.submit_txt("txt-dcv.edu").await.unwrap();
     assert_eq!(
         sim.count("POST /api/dcv/v2/validation/submit/domain/txt"),
         1
     );
-    assert_eq!(r.host, "_pki-validation.txt.example.edu.");
+    assert_eq!(r.host, "_pki-validation.txt-dcv.edu.");
     assert!(
         r.point.contains('\\') && r.point.contains('`'),
         "{}",
         r.point
     );
     sim.publish_dns(&r.host, &r.point);
-    wait_validated(&client, "txt.example.edu").await;
+    wait_validated(&client, "txt-dcv.edu").await;
 }
 
 #[tokio::test]
@@ -500,31 +509,6 @@ async fn random_transient_failures_are_all_retryable_and_retries_get_through() {
         }
     }
     assert!(failures > 0, "the fault rate injected nothing");
-}
-
-#[tokio::test]
-async fn policy_filtered_domain_never_reaches_the_simulator() {
-    let sim = ScmSim::start().await;
-    let client = header_client(&sim);
-    let config: SectigoConfig = toml::from_str(
-        r#"
-        allowed_suffixes = ["example.edu"]
-        [auth]
-        mode = "headers"
-        login = "x"
-        customer_uri = "y"
-        password_env = "UNUSED"
-    "#,
-    )
-    .unwrap();
-    let policy = certline::bridge::Policy::from_config(&config);
-    for name in ["www.example.edu", "www.elsewhere.com"] {
-        if policy.is_forwardable(name) {
-            client.find_domain(name).await.unwrap();
-        }
-    }
-    assert_eq!(sim.name_hits("www.example.edu"), 1);
-    assert_eq!(sim.name_hits("www.elsewhere.com"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -831,21 +815,289 @@ fn example_submit_txt_with_backslash_and_backtick() {
 
 #[test]
 fn example_error_bodies() {
-    let e: ApiErrorBody =
-        serde_json::from_str(r#"{"code":-16,"description":"Unknown user"}"#).unwrap();
+    let e = ApiErrorBody::parse(br#"{"code":-16,"description":"Unknown user"}"#).unwrap();
     assert_eq!(
         (e.code, e.description.as_deref()),
         (Some(-16), Some("Unknown user"))
     );
-    let e: ApiErrorBody = serde_json::from_str(
-        r#"{"code":-3,"description":"You are not authorized to perform DCV validation."}"#,
+    let e = ApiErrorBody::parse(
+        br#"{"code":-3,"description":"You are not authorized to perform DCV validation."}"#,
     )
     .unwrap();
     assert_eq!(e.code, Some(-3));
-    let e: ApiErrorBody = serde_json::from_str(
-        r#"{ "code": -1001,  "description": "Value of 'organizationId' must not be null." }"#,
+    let e = ApiErrorBody::parse(
+        br#"{ "code": -1001,  "description": "Value of 'organizationId' must not be null." }"#,
     )
     .unwrap();
     assert_eq!(e.code, Some(-1001));
     assert!(e.items.is_empty() && e.details.is_none());
+    // The OpenAPI ErrorResponse allows items; SCM has been seen sending null there.
+    let e = ApiErrorBody::parse(br#"{"code":-723,"description":"d","items":null}"#).unwrap();
+    assert_eq!((e.code, e.items.len()), (Some(-723), 0));
+    assert!(ApiErrorBody::parse(b"<html>").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// SCM as it really behaves (issue 11)
+
+#[tokio::test]
+async fn dcv_is_refused_below_the_registrable_domain_and_subdomains_inherit_it() {
+    let sim = ScmSim::start().await;
+    sim.add_domain("kth.se");
+    sim.add_domain("www.kth.se");
+    let client = oauth_client(&sim);
+    let err = client.start_cname("www.kth.se").await.unwrap_err();
+    assert_eq!(err.code(), Some(-723), "{err:?}");
+    assert!(err.to_string().contains("not a high-level domain"), "{err}");
+    let err = client.submit_txt("www.kth.se").await.unwrap_err();
+    assert_eq!(err.code(), Some(-723), "{err:?}");
+
+    let today = Utc::now().date_naive();
+    sim.set_dcv_validated("kth.se", today, today + chrono::Days::new(365));
+    let inherited = client.dcv_status("www.kth.se").await.unwrap();
+    assert_eq!(inherited.status, Some(ValidationStatus::Validated));
+}
+
+#[tokio::test]
+async fn an_error_body_with_null_items_keeps_its_code_and_description() {
+    let sim = ScmSim::start().await;
+    sim.add_domain("www.items-null.edu");
+    sim.set_error_items_null(true);
+    let err = header_client(&sim)
+        .start_cname("www.items-null.edu")
+        .await
+        .unwrap_err();
+    match &err {
+        SectigoError::Api {
+            status: 400,
+            code: Some(-723),
+            description,
+        } => assert!(description.contains("www.items-null.edu"), "{description}"),
+        other => panic!("expected -723 with its description, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_domain_on_dcv_v2_is_a_404_with_its_code() {
+    let sim = ScmSim::start().await;
+    // OAuth2 clients use /api/dcv/v2 for start/submit, where the OpenAPI spec declares 404.
+    let err = oauth_client(&sim)
+        .start_cname("missing-v2.edu")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SectigoError::Api { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_unknown_domain(), "{err:?}");
+}
+
+#[tokio::test]
+async fn http_urls_are_refused_unless_explicitly_allowed() {
+    let sim = ScmSim::start().await;
+    let mut o = options(&sim, header_credentials());
+    o.allow_insecure_http = false;
+    let err = SectigoClient::new(o).unwrap_err();
+    assert!(err.to_string().contains("http://"), "{err}");
+    // The token URL too, even when the base URL were fine.
+    let mut o = options(&sim, oauth_credentials(&sim));
+    o.allow_insecure_http = false;
+    o.base_url = Url::parse("https://admin.enterprise.sectigo.com/api").unwrap();
+    let err = SectigoClient::new(o).unwrap_err();
+    assert!(err.to_string().contains("token URL"), "{err}");
+}
+
+#[test]
+fn config_refuses_http_urls_unless_allowed() {
+    let toml_text = |allow: bool| {
+        format!(
+            r#"
+            base_url = "http://127.0.0.1:1/api"
+            allowed_suffixes = ["example.edu"]
+            allow_insecure_http = {allow}
+            [auth]
+            mode = "headers"
+            login = "api"
+            customer_uri = "example"
+            password_env = "CERTLINE_TEST_UNUSED"
+            "#
+        )
+    };
+    let refused: SectigoConfig = toml::from_str(&toml_text(false)).unwrap();
+    let err = refused.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("sectigo.base_url") && err.contains("https"),
+        "{err}"
+    );
+    let allowed: SectigoConfig = toml::from_str(&toml_text(true)).unwrap();
+    allowed.validate().unwrap();
+}
+
+#[tokio::test]
+async fn a_redirect_names_the_url_and_the_likely_misconfiguration() {
+    let sim = ScmSim::start().await;
+    sim.redirect_next(1, "https://cert-manager.com/customer/certline-test");
+    let err = header_client(&sim)
+        .find_domain("r.example.edu")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SectigoError::Redirect { status: 301, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&sim.api_url()), "{text}");
+    assert!(text.contains("base_url"), "{text}");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_pauses_every_request_of_the_client() {
+    let sim = ScmSim::start().await;
+    sim.add_domain("p.example.edu");
+    let client = header_client(&sim);
+    sim.throttle_next(1, 2);
+    let err = client.find_domain("p.example.edu").await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    let started = std::time::Instant::now();
+    let other = client.clone();
+    let second = tokio::spawn(async move { other.find_domain("p.example.edu").await });
+    // While the pause lasts, nothing reaches Sectigo (a lower bound, not a speed claim).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    if started.elapsed() < Duration::from_millis(1800) {
+        assert_eq!(
+            sim.total_requests(),
+            1,
+            "a request went out during the pause"
+        );
+    }
+    assert!(second.await.unwrap().unwrap().is_some());
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(sim.total_requests(), 2);
+}
+
+#[tokio::test]
+async fn an_idn_stored_as_u_label_is_found_by_its_a_label() {
+    let sim = ScmSim::start().await;
+    let id = sim.add_domain("bücher.example");
+    let found = header_client(&sim)
+        .find_domain("xn--bcher-kva.example")
+        .await
+        .unwrap()
+        .expect("found under its Unicode spelling");
+    assert_eq!(found.id, id);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_is_its_own_host() {
+    let sim = ScmSim::start().await;
+    let api = Url::parse(&sim.api_url()).unwrap();
+    let token = Url::parse(&sim.token_url()).unwrap();
+    assert_ne!(api.port(), token.port());
+    // The API host does not issue tokens.
+    let wrong = reqwest::Client::new()
+        .post(format!(
+            "http://{}:{}{}",
+            api.host_str().unwrap(),
+            api.port().unwrap(),
+            scm_sim::TOKEN_PATH
+        ))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 404);
+    assert!(
+        oauth_client(&sim)
+            .find_domain("x.example.edu")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn domains_of_other_organisations_are_invisible_but_exist() {
+    let sim = ScmSim::start().await;
+    sim.set_admin_org(Some(2622));
+    sim.add_domain_for_org("hidden.example.edu", 9999);
+    let client = header_client(&sim);
+    assert_eq!(
+        client.find_domain("hidden.example.edu").await.unwrap(),
+        None
+    );
+    let outcome = client
+        .create_domain(&create_request("hidden.example.edu"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, CreateOutcome::AlreadyExists);
+}
+
+#[tokio::test]
+async fn requested_delegations_are_approved_only_by_an_mrao_and_only_once() {
+    let sim = ScmSim::start().await;
+    sim.set_delegations_need_approval(true);
+    let client = header_client(&sim);
+    let CreateOutcome::Created { id } = client
+        .create_domain(&create_request("deleg.example.edu"))
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    let info = client.domain_info(id).await.unwrap();
+    assert_eq!(info.delegation_status, Some(DelegationStatus::Requested));
+    sim.set_admin_is_mrao(false);
+    let err = client.approve_delegation(id, 2622).await.unwrap_err();
+    assert_eq!(err.code(), Some(-3), "{err:?}");
+    sim.set_admin_is_mrao(true);
+    client.approve_delegation(id, 2622).await.unwrap();
+    assert_eq!(sim.delegation_statuses("deleg.example.edu"), ["ACTIVE"]);
+    let err = client.approve_delegation(id, 2622).await.unwrap_err();
+    assert_eq!(err.code(), Some(-705), "{err:?}");
+}
+
+#[tokio::test]
+async fn list_paging_works_when_x_total_count_is_sometimes_absent() {
+    let sim = ScmSim::start().await;
+    for i in 0..450 {
+        sim.add_domain(&format!("page{i}.paging.edu"));
+    }
+    sim.add_domain("paging.edu");
+    sim.set_total_count_sometimes_absent(true);
+    let found = header_client(&sim)
+        .find_domains_by_name("paging.edu")
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(sim.count(LIST) >= 3, "all pages were read");
+}
+
+#[tokio::test]
+async fn over_tls_both_auth_modes_work_without_allowing_http() {
+    let sim = ScmSim::start_tls().await;
+    sim.add_domain("tls.example.edu");
+    let root = sim.tls_root_pem().unwrap().as_bytes().to_vec();
+    for credentials in [header_credentials(), oauth_credentials(&sim)] {
+        let mut o = options(&sim, credentials);
+        o.allow_insecure_http = false;
+        o.extra_root_certificates_pem = vec![root.clone()];
+        let client = SectigoClient::new(o).unwrap();
+        assert!(
+            client
+                .find_domain("tls.example.edu")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(sim.token_requests(), 1);
+    // Without trusting the simulator's certificate, the TLS handshake fails (transient).
+    let mut o = options(&sim, header_credentials());
+    o.allow_insecure_http = false;
+    let err = SectigoClient::new(o)
+        .unwrap()
+        .find_domain("tls.example.edu")
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
 }

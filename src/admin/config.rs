@@ -10,7 +10,8 @@
 //! The bearer token is a secret like Sectigo's password: it is read from the environment or
 //! a file, never written in the TOML, so the file can be committed and shared.
 
-use crate::config::{ConfigError, Secret, load_secret};
+use crate::config::error::ConfigError;
+use crate::config::secret::{Secret, load_secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;

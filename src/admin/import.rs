@@ -2,10 +2,10 @@
 //! add` would (same normalisation, same store call, same audit trail, committed before the
 //! answer). `certline import` sends a file through it in batches, for a progress bar.
 
+use super::extract::ApiJson;
 use super::views::{ImportRequest, ImportResponse, ImportResult};
 use super::{AdminState, ApiError};
-use crate::apikey::ApiKey;
-use crate::store::AddOutcome;
+use crate::service::{self, Context, Registered};
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -15,11 +15,13 @@ use std::sync::Arc;
 /// The most domains one request may carry.
 pub const MAX_BATCH: usize = 1000;
 
-/// 400 for too many domains, 422 for a malformed key, 404 unknown key, 403 revoked key.
+/// 400 for too many domains; otherwise the line protocol's answers for the key: 422 for a
+/// malformed key, 401 for an unknown one, 403 for a revoked one. Each domain is registered by
+/// the rule `command add` uses; an invalid name is reported in its result, not as an error.
 pub async fn import(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(request): Json<ImportRequest>,
+    ApiJson(request): ApiJson<ImportRequest>,
 ) -> Result<Json<ImportResponse>, ApiError> {
     if request.domains.len() > MAX_BATCH {
         return Err(ApiError::new(
@@ -27,32 +29,11 @@ pub async fn import(
             format!("at most {MAX_BATCH} domains per request; split the list"),
         ));
     }
-    let key = ApiKey::parse(&request.apikey).map_err(|_| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid api key format: 1-64 characters of A-Z, a-z, 0-9 and -",
-        )
-    })?;
-    let hash = key.hash();
-    match state.store.key(&hash)? {
-        None => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown api key: mint one with `command apikey` (or claim it) first",
-            ));
-        }
-        Some(r) if r.revoked_at.is_some() => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the api key is revoked: use another key",
-            ));
-        }
-        Some(_) => {}
-    }
-    let now = chrono::Utc::now().timestamp();
+    let hash = service::authorize_apikey(&state.store, &request.apikey)?;
+    let ctx = Context::now(peer.ip());
     let mut results = Vec::with_capacity(request.domains.len());
     for input in request.domains {
-        let Ok(domain) = crate::domain::normalize(&input) else {
+        let Ok(domain) = service::parse_domain(&input) else {
             results.push(ImportResult {
                 input,
                 domain: None,
@@ -60,12 +41,9 @@ pub async fn import(
             });
             continue;
         };
-        let outcome = match state.store.add_domain(&hash, &domain, peer.ip(), now)? {
-            AddOutcome::Added => "added",
-            AddOutcome::AlreadyRegistered => "already_registered",
-            AddOutcome::UnknownKey => {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown api key"));
-            }
+        let outcome = match service::register(&state.store, &hash, &domain, ctx)? {
+            Registered::Added => "added",
+            Registered::AlreadyRegistered => "already_registered",
         };
         results.push(ImportResult {
             input,

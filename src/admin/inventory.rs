@@ -5,12 +5,13 @@
 //! * `suffix=X`: the domain is `X` or ends in `.X`;
 //! * `needs_action=true`: only domains with at least one reason (see [`reasons`]).
 
+use super::extract::ApiQuery;
 use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
 use super::{AdminState, ApiError};
 use crate::store::rfc3339;
-use crate::store::{BridgePhase, BridgeRecord, InventoryRow};
+use crate::store::{BridgePhase, BridgeRecord, DcvState, InventoryRow};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::NaiveDate;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub struct Filter {
 /// The handler.
 pub async fn list(
     State(state): State<Arc<AdminState>>,
-    Query(filter): Query<Filter>,
+    ApiQuery(filter): ApiQuery<Filter>,
 ) -> Result<Json<DomainList>, ApiError> {
     let store = state.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.inventory())
@@ -89,8 +90,14 @@ fn view(
         (None, false) => "off",
     };
     let b = row.bridge.as_ref();
+    let unconfirmed: Vec<&str> = row
+        .holders
+        .iter()
+        .filter(|h| !h.confirmed && !h.revoked)
+        .map(|h| h.key_id.as_str())
+        .collect();
     let needs_action = match b {
-        Some(r) => reasons(r, paused, today, dcv_window_days),
+        Some(r) => reasons(r, paused, today, dcv_window_days, &unconfirmed),
         None => Vec::new(),
     };
     DomainView {
@@ -108,8 +115,11 @@ fn view(
             })
             .collect(),
         id: b.and_then(|r| r.sectigo_id),
-        dcv: b.and_then(|r| r.dcv_status.clone()),
-        dcv_expires: b.and_then(|r| r.dcv_expires.clone()),
+        dcv: b
+            .and_then(|r| r.dcv_status.as_ref())
+            .map(|d| d.as_str().to_owned()),
+        dcv_expires: b.and_then(|r| r.dcv_expires).map(|d| d.to_string()),
+        dcv_domain: b.and_then(|r| r.dcv_domain.clone()),
         ct: b.and_then(|r| r.ct_monitoring),
         checked: b.and_then(|r| r.checked_at).map(rfc3339),
         next_attempt: b
@@ -127,12 +137,14 @@ fn view(
     }
 }
 
-/// Why a domain needs an operator, each with what to do.
+/// Why a domain needs an operator, each with what to do. `unconfirmed` are the ids of the
+/// unrevoked keys holding it that are not confirmed: confirming any one releases it.
 pub fn reasons(
     r: &BridgeRecord,
     paused: bool,
     today: NaiveDate,
     dcv_window_days: i64,
+    unconfirmed: &[&str],
 ) -> Vec<Reason> {
     let mut out = Vec::new();
     let mut add = |reason: &str, detail: String| {
@@ -158,10 +170,42 @@ pub fn reasons(
             "not_in_sectigo",
             "Sectigo does not have it and this server may not create it: add it in Sectigo or set sectigo.create_missing".into(),
         ),
+        BridgePhase::AwaitingDelegationApproval => add(
+            "awaiting_delegation_approval",
+            "its delegation in Sectigo waits for approval: an MRAO approves it in SCM (Domains → Delegations), or set sectigo.approve_delegations = true if certline's admin is an MRAO".into(),
+        ),
+        BridgePhase::Suspended => add(
+            "suspended",
+            "the domain is suspended (inactive) in Sectigo: an administrator activates it in SCM".into(),
+        ),
         BridgePhase::AwaitingConfirmation => add(
             "awaiting_confirmation",
-            "no key holding it is confirmed: its owner must follow the link in the claim e-mail".into(),
+            format!(
+                "no key holding it is confirmed: its owner follows the confirm link of the claim e-mail, or you run `certline confirm {}` once you know whose key it is{}",
+                unconfirmed.first().copied().unwrap_or("KEY-ID"),
+                match unconfirmed.len() {
+                    0 | 1 => String::new(),
+                    _ => format!(" (keys holding it: {})", unconfirmed.join(", ")),
+                }
+            ),
         ),
+        BridgePhase::DcvActionRequired => {
+            let record = r.dcv.as_ref().and_then(|d| {
+                Some(format!(
+                    "{} {} \"{}\"",
+                    d.record_type.as_str(),
+                    d.host.as_deref()?,
+                    d.point.as_deref()?
+                ))
+            });
+            add(
+                "dcv_action_required",
+                format!(
+                    "no sectigo.dcv_hook publishes DNS records here: publish {} by hand (certline keeps checking), or configure sectigo.dcv_hook",
+                    record.as_deref().unwrap_or("the record Sectigo asks for")
+                ),
+            )
+        }
         BridgePhase::Queued
         | BridgePhase::Lookup
         | BridgePhase::Create
@@ -177,13 +221,9 @@ pub fn reasons(
         }
         _ => {}
     }
-    match r.dcv_status.as_deref() {
-        Some("VALIDATED") => {
-            let expires = r
-                .dcv_expires
-                .as_deref()
-                .and_then(|d| d.parse::<NaiveDate>().ok());
-            if let Some(expires) = expires
+    match &r.dcv_status {
+        Some(DcvState::Validated) => {
+            if let Some(expires) = r.dcv_expires
                 && (expires - today).num_days() <= dcv_window_days
             {
                 add(
@@ -194,7 +234,11 @@ pub fn reasons(
         }
         Some(other) => add(
             "dcv_not_validated",
-            format!("DCV is {other}: complete domain control validation in Sectigo"),
+            format!(
+                "DCV of {} is {}: complete domain control validation in Sectigo",
+                r.dcv_domain.as_deref().unwrap_or("the domain"),
+                other.as_str()
+            ),
         ),
         None => {}
     }
@@ -206,9 +250,12 @@ mod tests {
     use super::*;
     use crate::store::BridgeError;
 
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
+    }
+
     fn names(r: &BridgeRecord, paused: bool) -> Vec<String> {
-        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        reasons(r, paused, today, 30)
+        reasons(r, paused, today(), 30, &[])
             .into_iter()
             .map(|r| r.reason)
             .collect()
@@ -221,8 +268,38 @@ mod tests {
         assert_eq!(names(&r, true), ["paused"]);
         r.phase = BridgePhase::AwaitingConfirmation;
         assert_eq!(names(&r, true), ["awaiting_confirmation"]);
+        let waiting = reasons(&r, false, today(), 30, &["3f9a1c0d2b4e", "77aa00112233"]);
+        assert!(
+            waiting[0]
+                .detail
+                .contains("`certline confirm 3f9a1c0d2b4e`")
+                && waiting[0]
+                    .detail
+                    .ends_with("(keys holding it: 3f9a1c0d2b4e, 77aa00112233)"),
+            "{}",
+            waiting[0].detail
+        );
+        r.phase = BridgePhase::DcvActionRequired;
+        let mut dcv = crate::store::DcvProgress::new(crate::store::DcvRecordType::Txt, 0);
+        dcv.host = Some("_pki-validation.www.example.edu.".into());
+        dcv.point = Some("abc123".into());
+        r.dcv = Some(dcv);
+        let publish = reasons(&r, false, today(), 30, &[]);
+        assert_eq!(publish[0].reason, "dcv_action_required");
+        assert!(
+            publish[0]
+                .detail
+                .contains("publish TXT _pki-validation.www.example.edu. \"abc123\" by hand"),
+            "{}",
+            publish[0].detail
+        );
+        r.dcv = None;
         r.phase = BridgePhase::NotInSectigo;
         assert_eq!(names(&r, false), ["not_in_sectigo"]);
+        r.phase = BridgePhase::AwaitingDelegationApproval;
+        assert_eq!(names(&r, false), ["awaiting_delegation_approval"]);
+        r.phase = BridgePhase::Suspended;
+        assert_eq!(names(&r, false), ["suspended"]);
         r.phase = BridgePhase::Failed;
         r.last_error = Some(BridgeError {
             step: BridgePhase::Create,
@@ -232,15 +309,15 @@ mod tests {
             at: 0,
         });
         let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        let detail = &reasons(&r, false, today, 30)[0].detail;
+        let detail = &reasons(&r, false, today, 30, &[])[0].detail;
         assert!(detail.contains("create (-712): too short"), "{detail}");
         r.phase = BridgePhase::Synced;
-        r.dcv_status = Some("NOT_VALIDATED".into());
+        r.dcv_status = Some(DcvState::NotValidated);
         assert_eq!(names(&r, false), ["dcv_not_validated"]);
-        r.dcv_status = Some("VALIDATED".into());
-        r.dcv_expires = Some("2026-12-01".into());
+        r.dcv_status = Some(DcvState::Validated);
+        r.dcv_expires = NaiveDate::from_ymd_opt(2026, 12, 1);
         assert_eq!(names(&r, false), ["dcv_expiring"]);
-        r.dcv_expires = Some("2027-06-01".into());
+        r.dcv_expires = NaiveDate::from_ymd_opt(2027, 6, 1);
         assert!(names(&r, false).is_empty());
     }
 }

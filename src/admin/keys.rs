@@ -1,12 +1,16 @@
-//! `GET /api/keys` (every key: id, e-mail, times, domain count) and
-//! `POST /api/keys/{prefix}/revoke` (revoke the one key whose id starts with `prefix`).
+//! `GET /api/keys` (every key: id, e-mail, times, domain count),
+//! `POST /api/keys/{prefix}/revoke` (revoke the one key whose id starts with `prefix`) and
+//! `POST /api/keys/{prefix}/confirm` (confirm it by hand, as its claim e-mail's link would).
 //!
 //! A revocation is committed before the answer, and the line protocol reads the key on every
-//! request, so the key's next request gets `status error 403 api key revoked`.
+//! request, so the key's next request gets `status error 403 api key revoked`. A confirmation
+//! is committed before the answer too, and the key's domains that waited for it are back in
+//! the bridge's queue by then.
 
-use super::views::{KeyList, KeyView, Revoked};
+use super::views::{KeyConfirmed, KeyList, KeyView, Revoked};
 use super::{AdminState, ApiError};
-use crate::store::rfc3339;
+use crate::apikey::KeyHash;
+use crate::store::{KeyRecord, OperatorConfirmOutcome, rfc3339};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -48,6 +52,73 @@ pub async fn revoke(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(prefix): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
+    let (hash, record) = one_key(&state, &prefix)?;
+    let now = chrono::Utc::now().timestamp();
+    let already = record.revoked_at;
+    state.store.revoke_key(&hash, peer.ip(), now)?;
+    state.store.commit().await?;
+    tracing::info!(key = %hash.id(), operator = %peer.ip(), "key revoked through the admin API");
+    Ok(Json(Revoked {
+        id: hash.id(),
+        revoked: rfc3339(already.unwrap_or(now)),
+        already: already.is_some(),
+    }))
+}
+
+/// `POST /api/keys/{prefix}/confirm`: the operator's way out for a key whose owner never got
+/// (or never opened) the claim e-mail, under `sectigo.require_confirmed_key`. Audited as the
+/// link is (`confirm-apikey`, with the operator's address). 400 for a malformed prefix, 404
+/// when no key matches, 409 when several do or the key is revoked.
+pub async fn confirm(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(prefix): Path<String>,
+) -> Result<Json<KeyConfirmed>, ApiError> {
+    let (hash, _) = one_key(&state, &prefix)?;
+    let now = chrono::Utc::now().timestamp();
+    let outcome = state.store.confirm_key(&hash, peer.ip(), now)?;
+    let (confirmed_at, already, requeued) = match outcome {
+        OperatorConfirmOutcome::Confirmed {
+            confirmed_at,
+            already,
+            requeued,
+        } => (confirmed_at, already, requeued),
+        OperatorConfirmOutcome::KeyRevoked => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "key {} is revoked and cannot be confirmed; its owner needs a new key",
+                    hash.id()
+                ),
+            ));
+        }
+        // Found a moment ago; gone only if the database was replaced underneath.
+        OperatorConfirmOutcome::Unknown => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("key {} no longer exists", hash.id()),
+            ));
+        }
+    };
+    state.store.commit().await?;
+    tracing::info!(
+        key = %hash.id(),
+        operator = %peer.ip(),
+        requeued,
+        already,
+        "key confirmed through the admin API"
+    );
+    Ok(Json(KeyConfirmed {
+        id: hash.id(),
+        confirmed: rfc3339(confirmed_at),
+        already,
+        requeued,
+    }))
+}
+
+/// The one key whose id starts with `prefix`: 400 for a malformed prefix, 404 when no key
+/// matches, 409 when several do.
+fn one_key(state: &AdminState, prefix: &str) -> Result<(KeyHash, KeyRecord), ApiError> {
     let prefix = prefix.to_ascii_lowercase();
     if prefix.len() < MIN_PREFIX
         || prefix.len() > 64
@@ -61,29 +132,15 @@ pub async fn revoke(
         ));
     }
     let mut matches = state.store.keys_with_id_prefix(&prefix)?;
-    let (hash, record) = match matches.len() {
-        0 => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no key id starts with {prefix}; `certline keys` lists them"),
-            ));
-        }
-        1 => matches.remove(0),
-        n => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("{n} key ids start with {prefix}; give more digits"),
-            ));
-        }
-    };
-    let now = chrono::Utc::now().timestamp();
-    let already = record.revoked_at;
-    state.store.revoke_key(&hash, peer.ip(), now)?;
-    state.store.commit().await?;
-    tracing::info!(key = %hash.id(), operator = %peer.ip(), "key revoked through the admin API");
-    Ok(Json(Revoked {
-        id: hash.id(),
-        revoked: rfc3339(already.unwrap_or(now)),
-        already: already.is_some(),
-    }))
+    match matches.len() {
+        0 => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no key id starts with {prefix}; `certline keys` lists them"),
+        )),
+        1 => Ok(matches.remove(0)),
+        n => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{n} key ids start with {prefix}; give more digits"),
+        )),
+    }
 }

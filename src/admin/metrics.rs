@@ -7,6 +7,8 @@
 //! | `certline_open_connections` | gauge | | server/listener.rs |
 //! | `certline_rate_limited_total` | counter | `command` | service/rate_limit.rs |
 //! | `certline_flush_seconds` | histogram | | store/durable.rs (one flush + fsync round) |
+//! | `certline_storage_failures_total` | counter | `stage` (`log_write`, `recovery`, `checkpoint`, `database`) | store/durable.rs |
+//! | `certline_store_writable` | gauge | | at scrape time |
 //! | `certline_outbox_depth` | gauge | | at scrape time |
 //! | `certline_bridge_steps_total` | counter | `step`, `result` (`ok`, `retry`, `failed`, `paused`) | bridge/worker.rs |
 //! | `certline_domains` | gauge | `state` (the bridge phase) | at scrape time |
@@ -41,6 +43,8 @@ const PHASES: &[BridgePhase] = &[
     BridgePhase::NotForwarded,
     BridgePhase::NotInSectigo,
     BridgePhase::AwaitingConfirmation,
+    BridgePhase::AwaitingDelegationApproval,
+    BridgePhase::Suspended,
     BridgePhase::Failed,
 ];
 
@@ -86,7 +90,15 @@ fn describe() {
     describe_histogram!(
         "certline_flush_seconds",
         metrics::Unit::Seconds,
-        "Duration of one group-commit round (sled flush + fdatasync)."
+        "Duration of one group-commit round (one write-ahead log write + fdatasync)."
+    );
+    describe_counter!(
+        "certline_storage_failures_total",
+        "Storage operations that failed, by stage: log_write, recovery (a retry while writes are refused), checkpoint, database (fatal: the process exits)."
+    );
+    describe_gauge!(
+        "certline_store_writable",
+        "1 while the store takes writes; 0 while it refuses them (failed log write, low disk space, failed database)."
     );
     describe_gauge!(
         "certline_outbox_depth",
@@ -127,6 +139,8 @@ pub async fn render(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         }
     }
     metrics::gauge!("certline_bridge_paused").set(if state.bridge_paused() { 1.0 } else { 0.0 });
+    let writable = state.store.writable().is_ok();
+    metrics::gauge!("certline_store_writable").set(if writable { 1.0 } else { 0.0 });
     (
         [(
             header::CONTENT_TYPE,

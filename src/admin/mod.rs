@@ -11,6 +11,7 @@
 //! | `POST /api/domains/{domain}/requeue` | bearer | bridge record back to `queued`, due now |
 //! | `GET /api/keys` | bearer | the keys ([`keys`]) |
 //! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
+//! | `POST /api/keys/{prefix}/confirm` | bearer | confirm it by hand, as its claim link would |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
 //!
 //! Health is open so probes need no secret; the claim links carry their own credential.
@@ -19,6 +20,7 @@
 
 pub mod config;
 mod confirm;
+mod extract;
 mod health;
 mod import;
 mod inventory;
@@ -30,7 +32,7 @@ pub mod views;
 pub use config::AdminConfig;
 
 use crate::bridge::BridgeHandle;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -150,12 +152,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/domains/{domain}/requeue", post(requeue::requeue))
         .route("/api/keys", get(keys::list))
         .route("/api/keys/{prefix}/revoke", post(keys::revoke))
+        .route("/api/keys/{prefix}/confirm", post(keys::confirm))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such route; see README.md, \"Operating certline\", for the admin API",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method; see README.md, \"Operating certline\", for the admin API",
             )
         })
         .with_state(state)
@@ -220,6 +229,21 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage failure (see the server log); retry later",
         )
+    }
+}
+
+/// A rule of the line protocol refused: the same code as on the wire (the wire's codes are
+/// HTTP's), the same text.
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        match e {
+            crate::service::ServiceError::Storage(e) => Self::storage(e),
+            other => Self::new(
+                StatusCode::from_u16(other.code().as_u16())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                other.to_string(),
+            ),
+        }
     }
 }
 

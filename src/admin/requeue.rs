@@ -10,18 +10,14 @@ use axum::http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// 400 for an invalid name, 404 for a domain no key registered, 409 without a bridge.
+/// 406 for an invalid name (as on the wire), 404 for a domain no key registered, 409
+/// without a bridge.
 pub async fn requeue(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(domain): Path<String>,
 ) -> Result<Json<Requeued>, ApiError> {
-    let domain = crate::domain::normalize(&domain).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not a valid domain name; give it as `certline domains` shows it",
-        )
-    })?;
+    let domain = crate::service::parse_domain(&domain)?;
     let host = domain.host().to_owned();
     let now = chrono::Utc::now().timestamp();
     match state.store.requeue_domain(&host, peer.ip(), now)? {

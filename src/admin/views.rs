@@ -32,6 +32,10 @@ pub struct DomainView {
     pub dcv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dcv_expires: Option<String>,
+    /// The name Sectigo validates for this domain (its registrable domain or an operator's
+    /// `dcv_domains` entry); its DCV state is this domain's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcv_domain: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +111,18 @@ pub struct Revoked {
     pub revoked: String,
     /// It was revoked before this request.
     pub already: bool,
+}
+
+/// `POST /api/keys/{prefix}/confirm`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyConfirmed {
+    pub id: String,
+    /// When the key was confirmed (before this request, when `already`).
+    pub confirmed: String,
+    /// It was confirmed before this request.
+    pub already: bool,
+    /// Domains of the key that were waiting for the confirmation and are queued now.
+    pub requeued: usize,
 }
 
 /// `POST /api/domains/{domain}/requeue`.

@@ -26,7 +26,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::sectigo::{ClientOptions, Credentials, DcvApiVersion};
-use crate::config::{ConfigError, check_secret_source, load_secret};
+use crate::config::error::ConfigError;
+use crate::config::secret::{check_secret_source, load_secret};
 
 /// Sectigo's OAuth2 token endpoint for API keys (client credentials), per Sectigo's DevX docs.
 pub const DEFAULT_TOKEN_URL: &str =
@@ -164,6 +165,29 @@ pub struct SectigoConfig {
     /// started again at the next recheck).
     #[serde(default = "default_dcv_max_wait_hours")]
     pub dcv_max_wait_hours: u64,
+
+    /// Names to validate at instead of the registrable domain the Public Suffix List gives:
+    /// a private suffix, or a delegated `dept.example.edu` that has its own validation in
+    /// SCM. A forwarded name validates at the longest entry it equals or ends in.
+    #[serde(default)]
+    pub dcv_domains: Vec<String>,
+
+    /// Approve a delegation SCM shows as `REQUESTED` (awaiting approval) with
+    /// `POST /api/domain/v1/{id}/delegation/approve`. Only an MRAO may; off by default, so a
+    /// RAO/DRAO account shows `sectigo=awaiting_delegation_approval` instead of failing.
+    #[serde(default)]
+    pub approve_delegations: bool,
+
+    /// Environment variables passed on to the DNS hook besides `PATH`, `HOME`, `LANG` and
+    /// the `CERTLINE_DCV_*` record variables (e.g. the DNS provider's token). Nothing else of
+    /// certline's environment reaches the hook, so its Sectigo secret never does.
+    #[serde(default)]
+    pub dcv_hook_env: Vec<String>,
+
+    /// Accept `http://` Sectigo URLs (base and token URL). Only for tests against a local
+    /// simulator: over plain HTTP the password or client secret travels in clear.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 /// Which DNS DCV method certline drives.
@@ -269,6 +293,21 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl SectigoConfig {
+    /// Sectigo URLs must be `https://`; `http://` only with `allow_insecure_http` (tests),
+    /// because every request carries the password or a bearer token.
+    fn check_scheme(&self, field: &'static str, url: &Url) -> Result<(), ConfigError> {
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_insecure_http => Ok(()),
+            "http" => Err(invalid(
+                field,
+                "is http://, which would send the Sectigo credentials in clear; use https:// \
+                 (allow_insecure_http = true exists for local test simulators only)",
+            )),
+            _ => Err(invalid(field, "must be an https URL")),
+        }
+    }
+
     /// Checks the section for combinations that cannot work, before anything talks to SCM.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(hook) = &self.dcv_hook
@@ -288,9 +327,7 @@ impl SectigoConfig {
                 format!("is not a URL ({e}); use e.g. \"{DEFAULT_BASE_URL}\""),
             )
         })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid("sectigo.base_url", "must be an http or https URL"));
-        }
+        self.check_scheme("sectigo.base_url", &base)?;
         if !base.username().is_empty() || base.password().is_some() {
             return Err(invalid(
                 "sectigo.base_url",
@@ -318,12 +355,7 @@ impl SectigoConfig {
                 let url = Url::parse(&o.token_url).map_err(|e| {
                     invalid("sectigo.auth.token_url", format!("is not a URL ({e})"))
                 })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(invalid(
-                        "sectigo.auth.token_url",
-                        "must be an http or https URL",
-                    ));
-                }
+                self.check_scheme("sectigo.auth.token_url", &url)?;
                 if o.client_id.trim().is_empty() {
                     return Err(invalid("sectigo.auth.client_id", "must not be empty"));
                 }
@@ -372,6 +404,23 @@ impl SectigoConfig {
                 "sectigo.recheck_interval_hours",
                 "must be at least 1",
             ));
+        }
+        for d in &self.dcv_domains {
+            let n = normalize_suffix(d);
+            if n.is_empty() || !n.contains('.') || n.split('.').any(str::is_empty) {
+                return Err(invalid(
+                    "sectigo.dcv_domains",
+                    format!("{d:?} is not a domain name; use names like \"dept.example.edu\""),
+                ));
+            }
+        }
+        for name in &self.dcv_hook_env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(invalid(
+                    "sectigo.dcv_hook_env",
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
         }
         if self.allowed_suffixes.is_empty() {
             return Err(invalid(
@@ -473,6 +522,8 @@ impl SectigoConfig {
             max_concurrency: self.max_concurrency,
             max_requests_per_second: self.max_requests_per_second,
             dcv_action_api,
+            allow_insecure_http: self.allow_insecure_http,
+            extra_root_certificates_pem: Vec::new(),
         })
     }
 }

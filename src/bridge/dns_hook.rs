@@ -12,6 +12,12 @@
 //! | `CERTLINE_DCV_HOST` | the record's name as Sectigo gave it, with its trailing dot |
 //! | `CERTLINE_DCV_VALUE` | the record's value, byte for byte as Sectigo gave it |
 //!
+//! The hook runs with a clean environment: `PATH`, `HOME` and `LANG` (when certline has
+//! them), the variables above, and the names the operator lists in `dcv_hook_env`. Nothing
+//! else of certline's environment reaches it, so a third-party DNS script never sees the
+//! Sectigo password or OAuth2 client secret certline may have been given in its
+//! environment.
+//!
 //! Exit status 0 means done. Anything else, or running longer than the timeout (the hook is
 //! then killed), is a failure the bridge retries with backoff.
 
@@ -21,6 +27,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::process::Command;
+
+/// What every hook gets from certline's environment, besides `dcv_hook_env`.
+const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG"];
 
 /// Publish or remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +75,17 @@ pub async fn run(
     hook: &Path,
     action: HookAction,
     record: &DnsRecord<'_>,
+    pass_env: &[String],
     timeout: Duration,
 ) -> Result<(), HookError> {
+    let inherited = BASE_ENV
+        .iter()
+        .copied()
+        .chain(pass_env.iter().map(String::as_str))
+        .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
     let child = Command::new(hook)
+        .env_clear()
+        .envs(inherited)
         .env("CERTLINE_DCV_ACTION", action.as_str())
         .env("CERTLINE_DCV_DOMAIN", record.domain)
         .env("CERTLINE_DCV_RECORD_TYPE", record.record_type.as_str())

@@ -12,6 +12,7 @@
 //! Facts about the API are in `shared/reference/sectigo-scm-api.md`.
 
 pub mod config;
+pub mod dcv_domain;
 pub mod dns_hook;
 pub mod policy;
 pub mod sectigo;

@@ -25,20 +25,22 @@
 //! `max_concurrency` domains at once on top of that.
 
 use super::config::{BackoffConfig, DcvMethod, SectigoConfig};
+use super::dcv_domain::ValidationDomains;
 use super::dns_hook::{self, DnsRecord, HookAction, HookError};
 use super::policy::{Policy, Skip};
 use super::sectigo::{
-    CreateOutcome, DcvStatus, OrderStatus, SectigoClient, SectigoError, ValidationStatus,
+    CreateOutcome, DcvStatus, DelegationStatus, DomainState, OrderStatus, SectigoClient,
+    SectigoError, ValidationStatus,
 };
 use crate::store::{
-    AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, Store,
+    AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, DcvState, Store,
     StoreError, UnixTime,
 };
 use chrono::Utc;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -47,10 +49,25 @@ use tokio_util::task::TaskTracker;
 /// How long the worker sleeps at most between outbox scans when nothing wakes it.
 const IDLE_SCAN: Duration = Duration::from_secs(30);
 
+/// Rounds of "create: -700 exists / lookup: nothing" before the domain is `failed`.
+const MAX_EXISTS_ROUNDS: u32 = 3;
+
+/// Consecutive undecodable answers to one step before it is `failed`: a proxy page or a
+/// changed API does not heal by retrying for ever.
+const MAX_DECODE_ATTEMPTS: u32 = 5;
+
+/// How often a state only a person can change (a suspended domain, a delegation awaiting
+/// approval) is looked at again.
+const PERSON_RECHECK: Duration = Duration::from_secs(3600);
+
 /// What the rest of certline may see of the bridge (the `status` command, the admin API).
 #[derive(Debug, Default)]
 pub struct BridgeHandle {
     paused: AtomicBool,
+    /// Set by [`Worker::credentials_changed`]: probe at once instead of after
+    /// `unauthorized_retry_secs`.
+    probe_now: AtomicBool,
+    wake: Notify,
 }
 
 impl BridgeHandle {
@@ -63,8 +80,11 @@ impl BridgeHandle {
 /// The worker. Build it with [`Worker::new`], run it with [`Worker::run`].
 pub struct Worker {
     store: Arc<Store>,
-    client: SectigoClient,
+    /// Replaced as a whole when new credentials arrive ([`Worker::replace_client`]).
+    client: RwLock<SectigoClient>,
     policy: Policy,
+    validation_domains: ValidationDomains,
+    approve_delegations: bool,
     backoff: BackoffConfig,
     recheck_interval: Duration,
     unauthorized_retry: Duration,
@@ -79,6 +99,7 @@ pub struct Worker {
 struct DcvSettings {
     method: DcvMethod,
     hook: Option<PathBuf>,
+    hook_env: Vec<String>,
     hook_timeout: Duration,
     max_poll: Duration,
     max_wait: Duration,
@@ -98,8 +119,10 @@ impl Worker {
     pub fn new(store: Arc<Store>, client: SectigoClient, config: &SectigoConfig) -> Self {
         Self {
             store,
-            client,
+            client: RwLock::new(client),
             policy: Policy::from_config(config),
+            validation_domains: ValidationDomains::new(&config.dcv_domains),
+            approve_delegations: config.approve_delegations,
             backoff: config.backoff.clone(),
             recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
             unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
@@ -107,6 +130,7 @@ impl Worker {
             dcv: DcvSettings {
                 method: config.dcv_method,
                 hook: config.dcv_hook.clone(),
+                hook_env: config.dcv_hook_env.clone(),
                 hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
                 max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
                 max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
@@ -123,6 +147,52 @@ impl Worker {
         self.handle.clone()
     }
 
+    /// The current client (cheap clone; shares pool, token cache and limits).
+    fn client(&self) -> SectigoClient {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New credentials (a config reload): use `client` from now on, and resume like a
+    /// restart does ([`Self::credentials_changed`]).
+    pub fn replace_client(&self, client: SectigoClient) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        self.credentials_changed();
+    }
+
+    /// The entry point for "new configuration or credentials arrived" (start-up and reload
+    /// call it): every domain parked by a 401 is due at once, but while any waits on
+    /// credentials the bridge stays `paused` and sends one probe first; when the probe
+    /// succeeds, all of them go, not a request per `unauthorized_retry_secs`.
+    pub fn credentials_changed(&self) {
+        match self.store.release_credential_waiters(now()) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    domains = n,
+                    "credentials (re)loaded: domains parked by a 401 are due; probing Sectigo first"
+                );
+                self.handle.paused.store(true, Ordering::SeqCst);
+                self.handle.probe_now.store(true, Ordering::SeqCst);
+                self.handle.wake.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "could not requeue domains parked by a 401"),
+        }
+    }
+
+    /// A call to Sectigo succeeded: if the bridge was paused, the credentials work again,
+    /// so every domain parked by a 401 is due now.
+    fn resumed(&self) {
+        if self.handle.paused.swap(false, Ordering::SeqCst) {
+            tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
+            if let Err(e) = self.store.release_credential_waiters(now()) {
+                tracing::error!(error = %e, "could not requeue domains parked by a 401");
+            }
+        }
+    }
+
     /// Runs until `shutdown` is cancelled; in-flight domains finish their current step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         match self.store.backfill_bridge(now()) {
@@ -130,24 +200,35 @@ impl Worker {
             Ok(n) => tracing::info!(domains = n, "queued domains registered before the bridge"),
             Err(e) => tracing::error!(error = %e, "could not queue older domains for the bridge"),
         }
+        // Domains parked by a 401 before this start are due now, behind one probe.
+        self.credentials_changed();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_concurrency));
         while !shutdown.is_cancelled() {
             if self.handle.is_paused() {
-                // Paused: one domain at a time probes whether the credentials work again.
-                tokio::select! {
-                    _ = tokio::time::sleep(self.unauthorized_retry) => {}
-                    _ = shutdown.cancelled() => break,
+                // Paused: one domain probes whether the credentials work (again); at once
+                // after new credentials, else every `unauthorized_retry_secs`.
+                if !self.handle.probe_now.swap(false, Ordering::SeqCst) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.unauthorized_retry) => {}
+                        _ = self.handle.wake.notified() => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    self.handle.probe_now.store(false, Ordering::SeqCst);
                 }
                 // The probe is due now by definition: it is the earliest domain waiting.
                 let probe = self.store.due_bridge_jobs(i64::MAX, 1);
                 if let Ok(Some((domain, mut record))) = probe.map(|v| v.into_iter().next())
-                    && !self.lock_in_flight().contains(&domain)
+                    && self.lock_in_flight().insert(domain.clone())
                 {
                     record.next_attempt_at = Some(now());
                     if self.store.save_bridge(&domain, &record).is_ok() {
-                        self.clone().process(domain).await;
+                        self.clone().process(domain.clone(), &shutdown).await;
                     }
+                    self.lock_in_flight().remove(&domain);
+                } else if let Ok(false) = self.store.has_credential_waiters() {
+                    // Nothing left waiting on credentials: nothing to probe with.
+                    self.handle.paused.store(false, Ordering::SeqCst);
                 }
                 continue;
             }
@@ -173,6 +254,7 @@ impl Worker {
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
     ) -> usize {
+        let since = self.store.mark();
         let due = match self.store.due_bridge_jobs(now(), self.max_concurrency + 64) {
             Ok(due) => due,
             Err(e) => {
@@ -180,6 +262,11 @@ impl Worker {
                 return 0;
             }
         };
+        // Only registrations that are on disk go to Sectigo: one whose log write fails is
+        // undone, and must not have been forwarded meanwhile.
+        if self.store.commit_since(since).await.is_err() {
+            return 0;
+        }
         let mut started = 0;
         for (domain, _) in due {
             if self.handle.is_paused() || shutdown.is_cancelled() {
@@ -196,8 +283,9 @@ impl Worker {
                 }
             };
             let this = self.clone();
+            let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                this.clone().process(domain.clone()).await;
+                this.clone().process(domain.clone(), &shutdown).await;
                 this.lock_in_flight().remove(&domain);
                 drop(permit);
                 this.finished.notify_one();
@@ -223,7 +311,11 @@ impl Worker {
     /// The record is read afresh here, not taken from the outbox scan that found it: by the
     /// time a worker slot is free, another task may have moved the domain on, and acting on a
     /// stale copy would repeat steps (a second DNS publish, say).
-    async fn process(self: Arc<Self>, domain: String) {
+    ///
+    /// Shutdown cancels the step in flight (a hung Sectigo must not hold certline past
+    /// `shutdown_grace_ms`); its record is not saved, so a restart repeats that step, which
+    /// every step tolerates (a repeated create meets -700 and looks the domain up).
+    async fn process(self: Arc<Self>, domain: String, shutdown: &CancellationToken) {
         let mut record = match self.store.bridge(&domain) {
             Ok(Some(r)) if r.next_attempt_at.is_some_and(|due| due <= now()) => r,
             Ok(_) => return,
@@ -234,10 +326,20 @@ impl Worker {
         };
         loop {
             let before = record.phase;
-            let result = self.step(&domain, &mut record).await;
+            let result = tokio::select! {
+                result = self.step(&domain, &mut record) => result,
+                _ = shutdown.cancelled() => {
+                    tracing::debug!(%domain, step = before.name(), "shutdown: step abandoned");
+                    return;
+                }
+            };
             let (rest, outcome) = match result {
-                Ok(Step::Continue) => (false, "ok"),
-                Ok(Step::Rest) => (true, "ok"),
+                Ok(step) => {
+                    record.waiting_on_credentials = false;
+                    // `attempts` counts consecutive failures of one step.
+                    record.attempts = 0;
+                    (matches!(step, Step::Rest), "ok")
+                }
                 Err(failure) => {
                     let outcome = match &failure.cause {
                         Cause::Sectigo(SectigoError::Unauthorized { .. }) => "paused",
@@ -268,7 +370,7 @@ impl Worker {
         self.store.save_bridge(domain, record)
     }
 
-    /// One step of the state machine.
+    /// One step of the state machine: the function for the record's phase.
     async fn step(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
         let now = now();
         match r.phase {
@@ -276,266 +378,21 @@ impl Worker {
             | BridgePhase::NotForwarded
             | BridgePhase::AwaitingConfirmation
             | BridgePhase::NotInSectigo
-            | BridgePhase::Failed => match self.policy.decide(domain, r.key_confirmed) {
-                Ok(()) => {
-                    r.phase = if r.sectigo_id.is_some() {
-                        BridgePhase::Details
-                    } else {
-                        BridgePhase::Lookup
-                    };
-                    Ok(Step::Continue)
-                }
-                Err(skip) => {
-                    r.phase = match skip {
-                        Skip::KeyNotConfirmed => BridgePhase::AwaitingConfirmation,
-                        Skip::SuffixNotAllowed | Skip::IpLiteral => BridgePhase::NotForwarded,
-                    };
-                    // Re-evaluated when the configuration or the key changes (start-up and
-                    // confirmation requeue it), never by polling.
-                    r.next_attempt_at = None;
-                    Ok(Step::Rest)
-                }
-            },
-            BridgePhase::Lookup => match self
-                .call(BridgePhase::Lookup, self.client.find_domain(domain))
-                .await?
-            {
-                Some(found) => {
-                    r.sectigo_id = Some(found.id);
-                    r.phase = BridgePhase::Details;
-                    Ok(Step::Continue)
-                }
-                None if self.policy.may_create(domain) => {
-                    r.phase = BridgePhase::Create;
-                    Ok(Step::Continue)
-                }
-                None => {
-                    r.phase = BridgePhase::NotInSectigo;
-                    r.checked_at = Some(now);
-                    r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
-                    Ok(Step::Rest)
-                }
-            },
-            BridgePhase::Create => {
-                let Some(request) = self.policy.create_request(domain) else {
-                    r.phase = BridgePhase::Lookup;
-                    return Ok(Step::Continue);
-                };
-                match self
-                    .call(BridgePhase::Create, self.client.create_domain(&request))
-                    .await?
-                {
-                    CreateOutcome::Created { id } => {
-                        tracing::info!(%domain, id, "created in Sectigo");
-                        r.sectigo_id = Some(id);
-                        r.created_by_certline = true;
-                        r.phase = BridgePhase::Details;
-                    }
-                    // An earlier attempt got through but its answer was lost: find the id.
-                    CreateOutcome::AlreadyExists => r.phase = BridgePhase::Lookup,
-                }
-                Ok(Step::Continue)
-            }
-            BridgePhase::Details | BridgePhase::Monitoring => {
-                let Some(id) = r.sectigo_id else {
-                    r.phase = BridgePhase::Lookup;
-                    return Ok(Step::Continue);
-                };
-                let info = match self.client.domain_info(id).await {
-                    Ok(info) => info,
-                    // Deleted in Sectigo since we saw it: look it up (or create it) again.
-                    Err(SectigoError::Api { status: 404, .. }) => {
-                        r.sectigo_id = None;
-                        r.phase = BridgePhase::Lookup;
-                        return Ok(Step::Continue);
-                    }
-                    Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
-                };
-                r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
-                if let Some(update) = self.policy.monitoring_update(&info) {
-                    self.call(
-                        BridgePhase::Monitoring,
-                        self.client.set_ct_monitoring(id, &update),
-                    )
-                    .await?;
-                    r.ct_monitoring = Some(update.enabled);
-                }
-                r.phase = BridgePhase::DcvStatus;
-                Ok(Step::Continue)
-            }
-            BridgePhase::DcvStatus => {
-                match self.client.dcv_status(domain).await {
-                    Ok(dcv) => {
-                        note_dcv(r, &dcv);
-                        r.last_error = None;
-                        if let Some(record_type) = self.dcv_due(r) {
-                            r.dcv = Some(DcvProgress::new(record_type, now));
-                            r.phase = match record_type {
-                                DcvRecordType::Cname => BridgePhase::DcvStart,
-                                DcvRecordType::Txt => BridgePhase::DcvSubmit,
-                            };
-                            self.audit(domain, "dcv-begin", record_type.as_str(), now);
-                            return Ok(Step::Continue);
-                        }
-                    }
-                    // Sectigo validates only registrable domains (-723) and may not know a
-                    // subdomain's DCV (-727): the domain is in the inventory all the same, so
-                    // it is synced, with the refusal kept for the operator to see.
-                    Err(e @ SectigoError::Api { .. }) => {
-                        r.dcv_status = None;
-                        r.last_error =
-                            Some(Failure::sectigo(BridgePhase::DcvStatus, e).into_error(now));
-                    }
-                    Err(e) => return Err(Failure::sectigo(BridgePhase::DcvStatus, e)),
-                }
-                self.synced(r, now);
-                Ok(Step::Rest)
-            }
-            BridgePhase::DcvStart => {
-                let challenge = self
-                    .call(BridgePhase::DcvStart, self.client.start_cname(domain))
-                    .await?;
-                let progress = r
-                    .dcv
-                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Cname, now));
-                progress.host = Some(challenge.host);
-                progress.point = Some(challenge.point);
-                r.phase = BridgePhase::DcvPublish;
-                Ok(Step::Continue)
-            }
-            BridgePhase::DcvSubmit => {
-                let Some(progress) = r.dcv.as_mut() else {
-                    r.phase = BridgePhase::DcvStatus;
-                    return Ok(Step::Continue);
-                };
-                match progress.record_type {
-                    DcvRecordType::Cname => {
-                        self.call(BridgePhase::DcvSubmit, self.client.submit_cname(domain))
-                            .await?;
-                        progress.submitted_at = Some(now);
-                        r.phase = BridgePhase::DcvWait;
-                    }
-                    DcvRecordType::Txt => {
-                        let answer = self
-                            .call(BridgePhase::DcvSubmit, self.client.submit_txt(domain))
-                            .await?;
-                        progress.host = Some(answer.host);
-                        progress.point = Some(answer.point);
-                        progress.submitted_at = Some(now);
-                        r.phase = BridgePhase::DcvPublish;
-                    }
-                }
-                self.audit(domain, "dcv-submit", progress.record_type.as_str(), now);
-                Ok(Step::Continue)
-            }
+            | BridgePhase::Failed => Ok(self.apply_policy(domain, r)),
+            BridgePhase::Lookup => self.lookup(domain, r, now).await,
+            BridgePhase::Create => self.create(domain, r).await,
+            BridgePhase::Details
+            | BridgePhase::Monitoring
+            | BridgePhase::AwaitingDelegationApproval
+            | BridgePhase::Suspended => self.details(r, now).await,
+            BridgePhase::DcvStatus => self.dcv_status(domain, r, now).await,
+            BridgePhase::DcvStart => self.dcv_start(domain, r, now).await,
+            BridgePhase::DcvSubmit => self.dcv_submit(domain, r, now).await,
             BridgePhase::DcvPublish | BridgePhase::DcvActionRequired => {
-                let Some(progress) = r.dcv.as_mut() else {
-                    r.phase = BridgePhase::DcvStatus;
-                    return Ok(Step::Continue);
-                };
-                let due_again = r.phase == BridgePhase::DcvActionRequired;
-                match &self.dcv.hook {
-                    Some(hook) if !progress.published => {
-                        let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
-                            r.phase = BridgePhase::DcvStatus;
-                            return Ok(Step::Continue);
-                        };
-                        let record = DnsRecord {
-                            domain,
-                            record_type: progress.record_type,
-                            host,
-                            value,
-                        };
-                        dns_hook::run(hook, HookAction::Publish, &record, self.dcv.hook_timeout)
-                            .await
-                            .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
-                        self.audit(domain, "dcv-publish", host, now);
-                        progress.published = true;
-                    }
-                    Some(_) => {}
-                    // No hook: a person publishes. Show the record and come back later; once
-                    // due again, assume it may be there and let Sectigo check.
-                    None if !due_again => {
-                        r.phase = BridgePhase::DcvActionRequired;
-                        r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
-                        return Ok(Step::Rest);
-                    }
-                    None => progress.published = true,
-                }
-                r.phase = match (progress.record_type, progress.submitted_at) {
-                    (DcvRecordType::Cname, None) => BridgePhase::DcvSubmit,
-                    _ => BridgePhase::DcvWait,
-                };
-                Ok(Step::Continue)
+                self.dcv_publish(domain, r, now).await
             }
-            BridgePhase::DcvWait => {
-                let dcv = self
-                    .call(BridgePhase::DcvWait, self.client.dcv_status(domain))
-                    .await?;
-                note_dcv(r, &dcv);
-                if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r)
-                {
-                    r.phase = BridgePhase::DcvCleanup;
-                    return Ok(Step::Continue);
-                }
-                let progress = r
-                    .dcv
-                    .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Txt, now));
-                if matches!(dcv.order_status, Some(OrderStatus::Rejected)) {
-                    return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
-                }
-                let submitted = progress.submitted_at.unwrap_or(progress.started_at);
-                if now - submitted > self.dcv.max_wait.as_secs() as i64 {
-                    return Err(Failure::final_dcv(&format!(
-                        "DCV not validated within {} hours of submission",
-                        self.dcv.max_wait.as_secs() / 3600
-                    )));
-                }
-                // Sectigo says when it checks next; poll then (within our bounds).
-                let wait = dcv
-                    .next_check
-                    .map(|t| (t.timestamp() - now).max(1) as u64)
-                    .unwrap_or(self.dcv.max_poll.as_secs())
-                    .min(self.dcv.max_poll.as_secs());
-                r.next_attempt_at = Some(now + wait as i64);
-                if self.dcv.hook.is_none() {
-                    r.phase = BridgePhase::DcvActionRequired;
-                }
-                Ok(Step::Rest)
-            }
-            BridgePhase::DcvCleanup => {
-                if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
-                    && let (Some(host), Some(value), true) =
-                        (&progress.host, &progress.point, progress.published)
-                {
-                    let record = DnsRecord {
-                        domain,
-                        record_type: progress.record_type,
-                        host,
-                        value,
-                    };
-                    // The domain is validated: a failed cleanup leaves a stale record, which
-                    // is worth a log line but not a retry loop.
-                    match dns_hook::run(hook, HookAction::Cleanup, &record, self.dcv.hook_timeout)
-                        .await
-                    {
-                        Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
-                        Err(e) => {
-                            tracing::warn!(%domain, error = %e, "DNS hook cleanup failed");
-                            self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now);
-                        }
-                    }
-                }
-                r.dcv = None;
-                self.audit(
-                    domain,
-                    "dcv-validated",
-                    r.dcv_expires.as_deref().unwrap_or("-"),
-                    now,
-                );
-                self.synced(r, now);
-                Ok(Step::Rest)
-            }
+            BridgePhase::DcvWait => self.dcv_wait(domain, r, now).await,
+            BridgePhase::DcvCleanup => Ok(self.dcv_cleanup(domain, r, now).await),
             BridgePhase::Synced => {
                 r.phase = BridgePhase::Details;
                 Ok(Step::Continue)
@@ -543,19 +400,459 @@ impl Worker {
         }
     }
 
+    /// Queued (or resting for a reason the configuration decides): may it be forwarded?
+    fn apply_policy(&self, domain: &str, r: &mut BridgeRecord) -> Step {
+        match self.policy.decide(domain, r.key_confirmed) {
+            Ok(()) => {
+                // A recheck or requeue after a bounded -700 cycle gets one more bounded cycle.
+                r.exists_rounds = 0;
+                r.phase = if r.sectigo_id.is_some() {
+                    BridgePhase::Details
+                } else {
+                    BridgePhase::Lookup
+                };
+                Step::Continue
+            }
+            Err(skip) => {
+                r.phase = match skip {
+                    Skip::KeyNotConfirmed => BridgePhase::AwaitingConfirmation,
+                    Skip::SuffixNotAllowed | Skip::IpLiteral => BridgePhase::NotForwarded,
+                };
+                // Re-evaluated when the configuration or the key changes (start-up and
+                // confirmation requeue it), never by polling.
+                r.next_attempt_at = None;
+                Step::Rest
+            }
+        }
+    }
+
+    /// Find the domain in SCM's inventory by name.
+    async fn lookup(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        match self
+            .call(BridgePhase::Lookup, self.client().find_domain(domain))
+            .await?
+        {
+            Some(found) => {
+                r.sectigo_id = Some(found.id);
+                r.exists_rounds = 0;
+                r.phase = BridgePhase::Details;
+                Ok(Step::Continue)
+            }
+            None if !self.policy.may_create(domain) => {
+                r.phase = BridgePhase::NotInSectigo;
+                r.checked_at = Some(now);
+                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                Ok(Step::Rest)
+            }
+            // SCM said -700 "exists", yet this admin's lookup finds nothing: the domain
+            // belongs to an organisation the admin cannot see, or SCM stores another
+            // spelling. Creating again at once would loop; rest, and give up after a few
+            // rounds with what to check.
+            None if r.exists_rounds >= MAX_EXISTS_ROUNDS => Err(Failure {
+                step: BridgePhase::Create,
+                cause: Cause::Invisible(format!(
+                    "Sectigo answers -700 'Such domain already exists' to a create, but this admin's \
+                     lookup finds no domain named {domain} ({} rounds): it probably belongs to an \
+                     organisation or department this admin cannot see, or SCM stores it in \
+                     another spelling (Unicode, a '*.' prefix); check the domain's delegations \
+                     in SCM and the admin's organisation, then `certline requeue`",
+                    r.exists_rounds
+                )),
+            }),
+            None if r.exists_rounds > 0 => {
+                let jitter = rand::random_range(0.5..=1.0);
+                let rest = self.backoff.delay(r.exists_rounds - 1, jitter, None);
+                r.phase = BridgePhase::Create;
+                r.next_attempt_at = Some(now + rest.as_secs().max(1) as i64);
+                Ok(Step::Rest)
+            }
+            None => {
+                r.phase = BridgePhase::Create;
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Create the domain in SCM (the policy allows it; lookup found nothing).
+    async fn create(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
+        let Some(request) = self.policy.create_request(domain) else {
+            r.phase = BridgePhase::Lookup;
+            return Ok(Step::Continue);
+        };
+        match self
+            .call(BridgePhase::Create, self.client().create_domain(&request))
+            .await?
+        {
+            CreateOutcome::Created { id } => {
+                tracing::info!(%domain, id, "created in Sectigo");
+                r.sectigo_id = Some(id);
+                r.created_by_certline = true;
+                r.exists_rounds = 0;
+                r.phase = BridgePhase::Details;
+            }
+            // An earlier attempt got through but its answer was lost: find the id. Counted,
+            // because the same answer also comes for domains this admin cannot see.
+            CreateOutcome::AlreadyExists => {
+                r.exists_rounds = r.exists_rounds.saturating_add(1);
+                r.phase = BridgePhase::Lookup;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Read the domain's details: its state and delegation (suspended and awaiting-approval
+    /// domains rest, visibly), then CT-log monitoring.
+    async fn details(&self, r: &mut BridgeRecord, now: UnixTime) -> Result<Step, Failure> {
+        let Some(id) = r.sectigo_id else {
+            r.phase = BridgePhase::Lookup;
+            return Ok(Step::Continue);
+        };
+        let info = match self.client().domain_info(id).await {
+            Ok(info) => info,
+            // Deleted in Sectigo since we saw it: look it up (or create it) again.
+            Err(SectigoError::Api { status: 404, .. }) => {
+                r.sectigo_id = None;
+                r.phase = BridgePhase::Lookup;
+                return Ok(Step::Continue);
+            }
+            Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
+        };
+        self.resumed();
+        r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
+        if matches!(info.state, Some(DomainState::Suspended)) {
+            return Ok(self.rest_visibly(r, BridgePhase::Suspended, now));
+        }
+        let requested: Vec<u64> = info
+            .delegations
+            .iter()
+            .filter(|d| awaits_approval(d.status.as_ref()))
+            .map(|d| d.org_id)
+            .collect();
+        let overall_requested = awaits_approval(info.delegation_status.as_ref());
+        if !requested.is_empty() || overall_requested {
+            if !self.approve_delegations || requested.is_empty() {
+                return Ok(self.rest_visibly(r, BridgePhase::AwaitingDelegationApproval, now));
+            }
+            for org_id in requested {
+                if let Err(e) = self.client().approve_delegation(id, org_id).await {
+                    if !matches!(e, SectigoError::Api { .. }) {
+                        return Err(Failure::sectigo(BridgePhase::AwaitingDelegationApproval, e));
+                    }
+                    // Refused (not an MRAO, or approved meanwhile): show it and wait for a
+                    // person, with Sectigo's reason.
+                    let step = self.rest_visibly(r, BridgePhase::AwaitingDelegationApproval, now);
+                    r.last_error = Some(
+                        Failure::sectigo(BridgePhase::AwaitingDelegationApproval, e)
+                            .into_error(now),
+                    );
+                    return Ok(step);
+                }
+                self.audit_id(id, "delegation-approved", &org_id.to_string(), now);
+            }
+            // Read the details again: the approval should show.
+            r.phase = BridgePhase::Details;
+            return Ok(Step::Continue);
+        }
+        if let Some(update) = self.policy.monitoring_update(&info) {
+            self.call(
+                BridgePhase::Monitoring,
+                self.client().set_ct_monitoring(id, &update),
+            )
+            .await?;
+            r.ct_monitoring = Some(update.enabled);
+        }
+        r.phase = BridgePhase::DcvStatus;
+        Ok(Step::Continue)
+    }
+
+    /// A state only a person in SCM can change: shown by `status` and `--needs-action`,
+    /// looked at again within the hour.
+    fn rest_visibly(&self, r: &mut BridgeRecord, phase: BridgePhase, now: UnixTime) -> Step {
+        r.phase = phase;
+        r.attempts = 0;
+        r.checked_at = Some(now);
+        r.next_attempt_at = Some(now + self.recheck_interval.min(PERSON_RECHECK).as_secs() as i64);
+        Step::Rest
+    }
+
+    /// Read the DCV status and decide whether certline runs DCV. A domain that validates at
+    /// another name (its registrable domain) takes that domain's DCV state; the run happens
+    /// once, on the validation domain's own record.
+    async fn dcv_status(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let validation_domain = self.validation_domains.for_domain(domain);
+        r.dcv_domain = Some(validation_domain.clone());
+        if validation_domain != domain && self.dcv.method != DcvMethod::None {
+            return self.follow_validation_domain(&validation_domain, r, now);
+        }
+        match self.client().dcv_status(domain).await {
+            Ok(dcv) => {
+                self.resumed();
+                note_dcv(r, &dcv);
+                r.last_error = None;
+                if let Some(record_type) = self.dcv_due(r) {
+                    r.dcv = Some(DcvProgress::new(record_type, now));
+                    r.phase = match record_type {
+                        DcvRecordType::Cname => BridgePhase::DcvStart,
+                        DcvRecordType::Txt => BridgePhase::DcvSubmit,
+                    };
+                    self.audit(domain, "dcv-begin", record_type.as_str(), now);
+                    return Ok(Step::Continue);
+                }
+            }
+            // SCM may not know DCV for a name (-727), or refuse a non-high-level one (-723,
+            // with dcv_method none): the domain is in the inventory all the same, so it is
+            // synced, with the refusal kept for the operator to see.
+            Err(e @ SectigoError::Api { .. }) => {
+                r.dcv_status = None;
+                r.last_error = Some(Failure::sectigo(BridgePhase::DcvStatus, e).into_error(now));
+            }
+            Err(e) => return Err(Failure::sectigo(BridgePhase::DcvStatus, e)),
+        }
+        self.synced(r, now);
+        Ok(Step::Rest)
+    }
+
+    /// A subdomain's DCV is its validation domain's: make sure that domain is on its way
+    /// into SCM (under the same policy) and copy its DCV state. Until it is validated, look
+    /// again every `dcv_max_poll_secs` (its validation wakes this record sooner).
+    fn follow_validation_domain(
+        &self,
+        validation_domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let store_failed = |e: StoreError| Failure {
+            step: BridgePhase::DcvStatus,
+            cause: Cause::Store(e.to_string()),
+        };
+        if self
+            .store
+            .ensure_bridge_record(validation_domain, r.key_confirmed, now)
+            .map_err(store_failed)?
+        {
+            tracing::info!(domain = validation_domain, "queued as a validation domain");
+        }
+        let parent = self.store.bridge(validation_domain).map_err(store_failed)?;
+        r.dcv_status = parent.as_ref().and_then(|p| p.dcv_status.clone());
+        r.dcv_expires = parent.as_ref().and_then(|p| p.dcv_expires);
+        r.last_error = None;
+        self.synced(r, now);
+        if self.dcv_due(r).is_some() {
+            r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+        }
+        Ok(Step::Rest)
+    }
+
+    /// DCV (CNAME): ask Sectigo which record to publish.
+    async fn dcv_start(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let challenge = self
+            .call(BridgePhase::DcvStart, self.client().start_cname(domain))
+            .await?;
+        let progress = r
+            .dcv
+            .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Cname, now));
+        progress.host = Some(challenge.host);
+        progress.point = Some(challenge.point);
+        r.phase = BridgePhase::DcvPublish;
+        Ok(Step::Continue)
+    }
+
+    /// DCV: tell Sectigo to check (CNAME after publishing; TXT first, which names the record).
+    async fn dcv_submit(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let Some(progress) = r.dcv.as_mut() else {
+            r.phase = BridgePhase::DcvStatus;
+            return Ok(Step::Continue);
+        };
+        match progress.record_type {
+            DcvRecordType::Cname => {
+                self.call(BridgePhase::DcvSubmit, self.client().submit_cname(domain))
+                    .await?;
+                progress.submitted_at = Some(now);
+                r.phase = BridgePhase::DcvWait;
+            }
+            DcvRecordType::Txt => {
+                let answer = self
+                    .call(BridgePhase::DcvSubmit, self.client().submit_txt(domain))
+                    .await?;
+                progress.host = Some(answer.host);
+                progress.point = Some(answer.point);
+                progress.submitted_at = Some(now);
+                r.phase = BridgePhase::DcvPublish;
+            }
+        }
+        self.audit(domain, "dcv-submit", progress.record_type.as_str(), now);
+        Ok(Step::Continue)
+    }
+
+    /// DCV: publish the record through the DNS hook, or wait for a person to.
+    async fn dcv_publish(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let Some(progress) = r.dcv.as_mut() else {
+            r.phase = BridgePhase::DcvStatus;
+            return Ok(Step::Continue);
+        };
+        let due_again = r.phase == BridgePhase::DcvActionRequired;
+        match &self.dcv.hook {
+            Some(hook) if !progress.published => {
+                let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
+                    r.phase = BridgePhase::DcvStatus;
+                    return Ok(Step::Continue);
+                };
+                let record = DnsRecord {
+                    domain,
+                    record_type: progress.record_type,
+                    host,
+                    value,
+                };
+                dns_hook::run(
+                    hook,
+                    HookAction::Publish,
+                    &record,
+                    &self.dcv.hook_env,
+                    self.dcv.hook_timeout,
+                )
+                .await
+                .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
+                self.audit(domain, "dcv-publish", host, now);
+                progress.published = true;
+            }
+            Some(_) => {}
+            // No hook: a person publishes. Show the record and come back later; once
+            // due again, assume it may be there and let Sectigo check.
+            None if !due_again => {
+                r.phase = BridgePhase::DcvActionRequired;
+                r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+                return Ok(Step::Rest);
+            }
+            None => progress.published = true,
+        }
+        r.phase = match (progress.record_type, progress.submitted_at) {
+            (DcvRecordType::Cname, None) => BridgePhase::DcvSubmit,
+            _ => BridgePhase::DcvWait,
+        };
+        Ok(Step::Continue)
+    }
+
+    /// DCV: poll Sectigo (at its announced `nextCheck`, within bounds) until validated.
+    async fn dcv_wait(
+        &self,
+        domain: &str,
+        r: &mut BridgeRecord,
+        now: UnixTime,
+    ) -> Result<Step, Failure> {
+        let dcv = self
+            .call(BridgePhase::DcvWait, self.client().dcv_status(domain))
+            .await?;
+        note_dcv(r, &dcv);
+        if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r) {
+            r.phase = BridgePhase::DcvCleanup;
+            return Ok(Step::Continue);
+        }
+        let progress = r
+            .dcv
+            .get_or_insert_with(|| DcvProgress::new(DcvRecordType::Txt, now));
+        if matches!(dcv.order_status, Some(OrderStatus::Rejected)) {
+            return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
+        }
+        let submitted = progress.submitted_at.unwrap_or(progress.started_at);
+        if now - submitted > self.dcv.max_wait.as_secs() as i64 {
+            return Err(Failure::final_dcv(&format!(
+                "DCV not validated within {} hours of submission",
+                self.dcv.max_wait.as_secs() / 3600
+            )));
+        }
+        // Sectigo says when it checks next; poll then (within our bounds).
+        let wait = dcv
+            .next_check
+            .map(|t| (t.timestamp() - now).max(1) as u64)
+            .unwrap_or(self.dcv.max_poll.as_secs())
+            .min(self.dcv.max_poll.as_secs());
+        r.next_attempt_at = Some(now + wait as i64);
+        if self.dcv.hook.is_none() {
+            r.phase = BridgePhase::DcvActionRequired;
+        }
+        Ok(Step::Rest)
+    }
+
+    /// DCV: validated. Remove the published record and let the subdomains know.
+    async fn dcv_cleanup(&self, domain: &str, r: &mut BridgeRecord, now: UnixTime) -> Step {
+        if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
+            && let (Some(host), Some(value), true) =
+                (&progress.host, &progress.point, progress.published)
+        {
+            let record = DnsRecord {
+                domain,
+                record_type: progress.record_type,
+                host,
+                value,
+            };
+            // The domain is validated: a failed cleanup leaves a stale record, which is
+            // worth a log line but not a retry loop.
+            match dns_hook::run(
+                hook,
+                HookAction::Cleanup,
+                &record,
+                &self.dcv.hook_env,
+                self.dcv.hook_timeout,
+            )
+            .await
+            {
+                Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
+                Err(e) => {
+                    tracing::warn!(%domain, error = %e, "DNS hook cleanup failed");
+                    self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now);
+                }
+            }
+        }
+        r.dcv = None;
+        let expires = r.dcv_expires.map(|d| d.to_string());
+        self.audit(
+            domain,
+            "dcv-validated",
+            expires.as_deref().unwrap_or("-"),
+            now,
+        );
+        self.synced(r, now);
+        match self.store.wake_dcv_dependents(domain, now) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%domain, subdomains = n, "DCV validated; subdomains follow"),
+            Err(e) => tracing::error!(%domain, error = %e, "waking subdomains failed"),
+        }
+        Step::Rest
+    }
+
     /// Marks a record synced and schedules its recheck: sooner when DCV expires soon.
     fn synced(&self, r: &mut BridgeRecord, now: UnixTime) {
         let today = Utc::now().date_naive();
-        let expires = r
-            .dcv_expires
-            .as_deref()
-            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
-        let after = self.policy.recheck_after(expires, today);
+        let after = self.policy.recheck_after(r.dcv_expires, today);
         r.phase = BridgePhase::Synced;
         r.attempts = 0;
         r.checked_at = Some(now);
         r.next_attempt_at = Some(now + after.as_secs() as i64);
-        self.handle.paused.store(false, Ordering::SeqCst);
     }
 
     /// Which DCV run a domain needs now, if any: the operator's method, when DCV is missing,
@@ -566,17 +863,13 @@ impl Worker {
             DcvMethod::Cname => DcvRecordType::Cname,
             DcvMethod::Txt => DcvRecordType::Txt,
         };
-        let validated = r.dcv_status.as_deref() == Some("VALIDATED");
+        let validated = r.dcv_status == Some(DcvState::Validated);
         (!validated || self.expires_soon(r)).then_some(record_type)
     }
 
     fn expires_soon(&self, r: &BridgeRecord) -> bool {
         let today = Utc::now().date_naive();
-        match r
-            .dcv_expires
-            .as_deref()
-            .and_then(|d| d.parse::<chrono::NaiveDate>().ok())
-        {
+        match r.dcv_expires {
             Some(expires) => (expires - today).num_days() <= self.dcv.expiry_window_days,
             None => false,
         }
@@ -594,6 +887,11 @@ impl Worker {
         }
     }
 
+    /// Audit-trail entry for an action on a Sectigo id (the domain name is in the log).
+    fn audit_id(&self, id: u64, step: &str, detail: &str, now: UnixTime) {
+        self.audit(&format!("sectigo-id-{id}"), step, detail, now);
+    }
+
     /// Awaits a Sectigo call, tagging its error with the step.
     async fn call<T>(
         &self,
@@ -601,9 +899,8 @@ impl Worker {
         call: impl Future<Output = Result<T, SectigoError>>,
     ) -> Result<T, Failure> {
         let result = call.await;
-        if result.is_ok() && self.handle.is_paused() {
-            tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
-            self.handle.paused.store(false, Ordering::SeqCst);
+        if result.is_ok() {
+            self.resumed();
         }
         result.map_err(|e| Failure::sectigo(step, e))
     }
@@ -621,9 +918,13 @@ impl Worker {
                          forwarded until [sectigo.auth] is fixed (certline retries by itself)"
                     );
                 }
+                r.waiting_on_credentials = true;
                 r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
             }
-            cause if cause.is_retryable() => {
+            cause
+                if cause.is_retryable()
+                    && !(cause.is_decode() && r.attempts + 1 >= MAX_DECODE_ATTEMPTS) =>
+            {
                 let jitter = rand::random_range(0.5..=1.0);
                 let delay = self.backoff.delay(r.attempts, jitter, cause.retry_after());
                 r.attempts = r.attempts.saturating_add(1);
@@ -646,7 +947,10 @@ impl Worker {
                 r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
             }
         }
-        r.last_error = Some(failure.into_error(now));
+        let mut error = failure.into_error(now);
+        // A retryable cause given up on (undecodable answers, N times) is final.
+        error.transient &= r.phase != BridgePhase::Failed;
+        r.last_error = Some(error);
     }
 }
 
@@ -660,6 +964,12 @@ enum Cause {
     /// DCV ended without validation (rejected, or not validated in time). Final for the run.
     #[error("{0}")]
     DcvGaveUp(String),
+    /// SCM says the domain exists but this admin cannot find it (bounded -700 cycle).
+    #[error("{0}")]
+    Invisible(String),
+    /// certline's own store failed; retried.
+    #[error("store: {0}")]
+    Store(String),
 }
 
 impl Cause {
@@ -667,9 +977,13 @@ impl Cause {
         match self {
             Cause::Sectigo(e) => e.is_retryable(),
             // A hook that failed or hung may work next time (DNS API down, rate limits).
-            Cause::Hook(_) => true,
-            Cause::DcvGaveUp(_) => false,
+            Cause::Hook(_) | Cause::Store(_) => true,
+            Cause::DcvGaveUp(_) | Cause::Invisible(_) => false,
         }
+    }
+
+    fn is_decode(&self) -> bool {
+        matches!(self, Cause::Sectigo(SectigoError::Decode { .. }))
     }
 
     fn retry_after(&self) -> Option<Duration> {
@@ -727,10 +1041,20 @@ impl Failure {
     }
 }
 
+/// Does a delegation status mean "waiting for someone's approval"? `AWAITING_ME` is only
+/// seen in a client library (unconfirmed): treated like `REQUESTED`, which fails safe (the
+/// domain is shown waiting rather than synced).
+fn awaits_approval(status: Option<&DelegationStatus>) -> bool {
+    matches!(
+        status,
+        Some(DelegationStatus::Requested | DelegationStatus::AwaitingMe)
+    )
+}
+
 /// Copies what a DCV status says into the record.
 fn note_dcv(r: &mut BridgeRecord, dcv: &DcvStatus) {
-    r.dcv_status = dcv.status.as_ref().map(|s| s.as_str().to_owned());
-    r.dcv_expires = dcv.expiration_date.map(|d| d.to_string());
+    r.dcv_status = dcv.status.as_ref().map(|s| DcvState::parse(s.as_str()));
+    r.dcv_expires = dcv.expiration_date;
 }
 
 fn now() -> UnixTime {

@@ -1,6 +1,8 @@
 //! `certline check-config FILE`: parse and validate a configuration file, load every secret
-//! it names (without printing one), and say what was found.
+//! it names (without printing one), say what was found, and name every combination of
+//! settings that could never work ([`crate::config::requirements`]), as `serve` would refuse.
 
+use crate::config::requirements::unmet_requirements;
 use crate::config::{Config, LogFormat};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -78,6 +80,15 @@ pub fn check_config(path: &Path) -> Result<CheckReport, crate::config::ConfigErr
                 "sectigo: on, base_url = {}, allowed_suffixes = {:?}, create_missing = {}, require_confirmed_key = {}",
                 s.base_url, s.allowed_suffixes, s.create_missing, s.require_confirmed_key
             );
+            let _ = writeln!(
+                out,
+                "sectigo dcv: dcv_method = {:?}, dcv_domains = {:?} (others validate at their registrable domain), dcv_hook_env = {:?}, approve_delegations = {}, allow_insecure_http = {}",
+                s.dcv_method,
+                s.dcv_domains,
+                s.dcv_hook_env,
+                s.approve_delegations,
+                s.allow_insecure_http
+            );
             secret(
                 &mut out,
                 "sectigo credentials",
@@ -141,6 +152,19 @@ pub fn check_config(path: &Path) -> Result<CheckReport, crate::config::ConfigErr
                 );
             }
         }
+    }
+    let unmet = unmet_requirements(&c);
+    if unmet.is_empty() {
+        let _ = writeln!(
+            out,
+            "requirements: ok (nothing waits for something that cannot happen)"
+        );
+    } else {
+        let _ = writeln!(out, "requirements:");
+        for u in &unmet {
+            let _ = writeln!(out, "  PROBLEM: {u}");
+        }
+        problems += unmet.len();
     }
     let ok = problems == 0;
     if ok {

@@ -2,7 +2,7 @@
 
 use crate::admin::views::ApiErrorBody;
 use crate::config::Config;
-use crate::config::Secret;
+use crate::config::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -160,7 +160,13 @@ impl AdminClient {
                 reason: error_chain(&e),
             })?;
         let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+        // Only the bearer check challenges with `WWW-Authenticate`; a 401 without it is the
+        // line protocol's "unknown api key" (an import under a key that does not exist).
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && response
+                .headers()
+                .contains_key(reqwest::header::WWW_AUTHENTICATE)
+        {
             return Err(CliError::Unauthorized);
         }
         let bytes = response.bytes().await.map_err(|e| CliError::Connect {

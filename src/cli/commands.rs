@@ -3,7 +3,7 @@
 use super::client::{AdminClient, CliError};
 use super::table;
 use crate::admin::views::{
-    DomainList, DomainView, ImportRequest, ImportResponse, KeyList, Requeued, Revoked,
+    DomainList, DomainView, ImportRequest, ImportResponse, KeyConfirmed, KeyList, Requeued, Revoked,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -50,6 +50,7 @@ pub async fn domains(
         "KEY",
         "ID",
         "DCV",
+        "DCV_DOMAIN",
         "DCV_EXPIRES",
         "NEXT_ATTEMPT",
         "NEEDS_ACTION",
@@ -85,6 +86,7 @@ fn domain_row(d: &DomainView) -> Vec<String> {
         d.key.clone(),
         d.id.map_or_else(|| "-".into(), |i| i.to_string()),
         opt(&d.dcv),
+        opt(&d.dcv_domain),
         opt(&d.dcv_expires),
         opt(&d.next_attempt),
         if why.is_empty() { "-".into() } else { why },
@@ -142,6 +144,25 @@ pub async fn revoke(client: &AdminClient, prefix: &str) -> Result<String, CliErr
             "key {} revoked; its requests are refused from now on\n",
             r.id
         )
+    })
+}
+
+/// `certline confirm PREFIX`.
+pub async fn confirm(client: &AdminClient, prefix: &str) -> Result<String, CliError> {
+    let c: KeyConfirmed = client
+        .post(&["api", "keys", prefix, "confirm"], None::<&()>)
+        .await?;
+    let released = match c.requeued {
+        0 => String::new(),
+        n => format!("; {n} waiting domain(s) go on to Sectigo now"),
+    };
+    Ok(if c.already {
+        format!(
+            "key {} was already confirmed ({}){released}\n",
+            c.id, c.confirmed
+        )
+    } else {
+        format!("key {} confirmed{released}\n", c.id)
     })
 }
 

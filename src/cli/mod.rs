@@ -1,5 +1,5 @@
 //! The operator's command-line client for the admin API (`certline domains`, `keys`,
-//! `revoke`, `requeue`, `import`). `main.rs` only parses arguments and calls in here.
+//! `revoke`, `confirm`, `requeue`, `import`). `main.rs` only parses arguments and calls in here.
 //!
 //! Where the admin API is and its token come from, first found wins: the flags
 //! (`--admin-url`, `--admin-token`), the environment (`CERTLINE_ADMIN_URL`,
@@ -13,4 +13,4 @@ mod table;
 
 pub use client::{AdminClient, CliError, Endpoint};
 pub use commands::ImportReport;
-pub use commands::{Format, domains, import, keys, requeue, revoke};
+pub use commands::{Format, confirm, domains, import, keys, requeue, revoke};

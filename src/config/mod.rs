@@ -6,12 +6,14 @@
 //! Each section's type lives with the layer that uses it (`[limits]` in [`crate::server`],
 //! `[rate_limit]` in [`crate::service`], `[sectigo]` in [`crate::bridge`], `[admin]` in
 //! [`crate::admin`], `[smtp]` in [`crate::confirm`]); this module only assembles the file and
-//! validates the combination. The layers receive their section as a value from
-//! [`crate::app`] and never read the whole configuration. What every section shares, the
+//! validates each section ([`Config::validate`]). Combinations of sections that can never work
+//! are found by [`requirements::unmet_requirements`]. What every section shares, the
 //! error type and secret loading, is in [`error`] and [`secret`]: those two files import
-//! nothing else from the crate.
+//! nothing else from the crate, and the layers import them by their own paths
+//! (`config::secret::Secret`), never this module, so no layer depends on the whole file.
 
 pub mod error;
+pub mod requirements;
 pub mod secret;
 
 pub use error::ConfigError;
@@ -234,12 +236,6 @@ impl Config {
         }
         if let Some(smtp) = &self.smtp {
             smtp.validate()?;
-            if self.admin.is_none() {
-                return invalid(
-                    "smtp",
-                    "[smtp] needs an [admin] section: the confirm and revoke links in the e-mails are served by the admin listener (set admin.public_url to the address users reach it at)",
-                );
-            }
         }
         Ok(())
     }

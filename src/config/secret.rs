@@ -2,7 +2,7 @@
 //! are loaded: the TOML names an environment variable or a file, never the value, so a
 //! configuration can be committed and shared without leaking credentials.
 
-use super::ConfigError;
+use super::error::ConfigError;
 use std::fmt;
 use std::path::Path;
 

@@ -10,7 +10,8 @@
 //! from = "certline <certline@example.org>"
 //! ```
 
-use crate::config::{ConfigError, Secret, load_secret};
+use crate::config::error::ConfigError;
+use crate::config::secret::{Secret, load_secret};
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Sending one e-mail over SMTP (lettre), as configured in `[smtp]`.
 
 use super::config::{SmtpConfig, SmtpTls};
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;

@@ -2,8 +2,12 @@
 //! claims a key, certline mails that address two single-use links, one to confirm the key
 //! and one to revoke it, valid for `claims.link_validity_secs` (7 days by default).
 //!
-//! * The mail goes out in the background: the claim's reply never waits for SMTP, and a
-//!   relay that is down never fails a claim (the failure is logged).
+//! * The mail goes through a durable outbox ([`crate::store::DueMail`]): the claim writes the
+//!   job in its own batch, so an acknowledged claim gets its mail even after a `kill -9`.
+//!   [`Confirmations::run`] sends due jobs in the background, so the claim's reply never waits
+//!   for SMTP, and retries a relay that is down with exponential backoff (counted in
+//!   `certline_confirmation_mails_total{result="failed"}`, pending in
+//!   `certline_confirmation_mail_outbox`).
 //! * A link's token is 128 random bits; only its SHA-256 is stored (`Store::use_link`), so
 //!   the database alone cannot confirm or revoke anything.
 //! * Without `[smtp]`, the links are logged at `info` for the operator to pass on: that log
@@ -20,14 +24,27 @@ pub use config::{SmtpConfig, SmtpTls};
 pub use mailer::{MailError, Mailer};
 
 use crate::apikey::KeyHash;
-use crate::store::{LinkAction, LinkToken, Store, UnixTime};
+use crate::store::{DueMail, LinkAction, LinkToken, Store, StoreError, UnixTime};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use url::Url;
+
+/// The first retry of a failed send comes after this; each further one waits twice as long.
+const FIRST_RETRY_SECS: i64 = 1;
+/// The longest wait between two attempts.
+const MAX_RETRY_SECS: i64 = 3600;
+/// After this many failed sends (about a day at the longest wait) the job is dropped and the
+/// operator told: the key still works unconfirmed, and `certline keys` shows it.
+const MAX_ATTEMPTS: u32 = 36;
+/// With nothing due, look at the outbox at least this often (a retry's due time passing).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Mints links and sends them. Shared by the service (claims) and nothing else.
 pub struct Confirmations {
@@ -35,6 +52,8 @@ pub struct Confirmations {
     base: Url,
     validity_secs: i64,
     mailer: Option<Mailer>,
+    /// Woken by a new claim, so its mail goes out at once.
+    wakeup: Notify,
 }
 
 impl Confirmations {
@@ -46,28 +65,75 @@ impl Confirmations {
             base,
             validity_secs: i64::try_from(validity_secs).unwrap_or(i64::MAX / 2),
             mailer,
+            wakeup: Notify::new(),
         }
     }
 
-    /// A new claim of `hash` by `email` was acknowledged: mint the links and mail them, in a
-    /// background task.
-    pub fn key_claimed(self: &Arc<Self>, hash: KeyHash, email: String, ip: IpAddr, now: UnixTime) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let key_id = hash.id();
-            match this.notify(hash, &email, ip, now).await {
+    /// A new claim was acknowledged: its mail job is in the outbox; send it now.
+    pub fn key_claimed(&self) {
+        self.wakeup.notify_one();
+    }
+
+    /// Sends the outbox's due mails until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.send_due().await {
+                tracing::error!(error = %e, "mail outbox: storage failure; retrying");
+            }
+            metrics::gauge!("certline_confirmation_mail_outbox")
+                .set(self.store.mail_outbox_len() as f64);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wakeup.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    /// Sends every due mail once; a failure moves its job to a later time.
+    async fn send_due(&self) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        for mail in self.store.due_mail(now, 64)? {
+            let key_id = mail.key.id();
+            match self
+                .notify(mail.key, &mail.job.email, mail.job.ip, now)
+                .await
+            {
                 Ok(how) => {
                     metrics::counter!("certline_confirmation_mails_total", "result" => how)
                         .increment(1);
+                    self.store.finish_mail(&mail)?;
                 }
                 Err(e) => {
                     metrics::counter!("certline_confirmation_mails_total", "result" => "failed")
                         .increment(1);
-                    tracing::warn!(key = %key_id, error = %e,
-                        "could not send the claim confirmation e-mail; the key works unconfirmed (check [smtp])");
+                    self.failed(&mail, now, &key_id, &e)?;
                 }
             }
-        });
+            self.store.commit().await?;
+        }
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        mail: &DueMail,
+        now: UnixTime,
+        key_id: &str,
+        e: &NotifyError,
+    ) -> Result<(), StoreError> {
+        let attempts = mail.job.attempts + 1;
+        if attempts >= MAX_ATTEMPTS {
+            tracing::error!(key = %key_id, attempts, error = %e,
+                "giving up on the claim confirmation e-mail; the key works unconfirmed (check [smtp])");
+            metrics::counter!("certline_confirmation_mails_total", "result" => "abandoned")
+                .increment(1);
+            return self.store.finish_mail(mail);
+        }
+        let wait = retry_delay(mail.job.attempts);
+        tracing::warn!(key = %key_id, attempts, retry_in_secs = wait, error = %e,
+            "could not send the claim confirmation e-mail; will retry (check [smtp])");
+        self.store.retry_mail(mail, now.saturating_add(wait))
     }
 
     async fn notify(
@@ -118,6 +184,13 @@ impl Confirmations {
             .join(&format!("{}/{token}", link_path(action)))
             .expect("a hex token is a valid path segment")
     }
+}
+
+/// Seconds before retry number `attempt` (0 = the first): doubling, capped.
+fn retry_delay(attempt: u32) -> i64 {
+    FIRST_RETRY_SECS
+        .saturating_mul(1i64 << attempt.min(30))
+        .min(MAX_RETRY_SECS)
 }
 
 /// The path of a link route, relative to the public URL.
@@ -187,6 +260,14 @@ enum NotifyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_up_to_an_hour() {
+        let delays: Vec<i64> = (0..4).map(retry_delay).collect();
+        assert_eq!(delays, [1, 2, 4, 8]);
+        assert_eq!(retry_delay(12), MAX_RETRY_SECS);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_SECS);
+    }
 
     #[test]
     fn tokens_are_128_bit_hex_and_distinct() {

@@ -1,8 +1,7 @@
 //! `command add apikey K domain D`: register a domain (protocol.md §7).
 
-use super::{Context, Service, ServiceError, parse_domain};
+use super::{Context, Registered, Service, ServiceError, register};
 use crate::protocol::Reply;
-use crate::store::AddOutcome;
 
 pub(super) async fn run(
     svc: &Service,
@@ -10,17 +9,14 @@ pub(super) async fn run(
     domain: &str,
     ctx: Context,
 ) -> Result<Reply, ServiceError> {
-    let key = Service::parse_key(apikey)?;
-    let domain = parse_domain(domain)?;
-    let (hash, _) = svc.authorize(&key)?;
-    let outcome = svc.store.add_domain(&hash, &domain, ctx.peer, ctx.now)?;
+    let (hash, domain) = svc.key_and_domain(apikey, domain)?;
+    let outcome = register(&svc.store, &hash, &domain, ctx)?;
     // Also for "already registered": another connection's add of the same domain may not be
     // on disk yet, and `ok` must mean durable.
     svc.store.commit().await?;
     let text = match outcome {
-        AddOutcome::Added => "domain added",
-        AddOutcome::AlreadyRegistered => "domain already registered",
-        AddOutcome::UnknownKey => return Err(ServiceError::UnknownKey),
+        Registered::Added => "domain added",
+        Registered::AlreadyRegistered => "domain already registered",
     };
     Ok(Reply::ok_with_data(domain.to_string(), text))
 }

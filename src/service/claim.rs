@@ -32,7 +32,7 @@ pub(super) async fn run(
         ClaimOutcome::Capped(cap) => Err(cap.into()),
         ClaimOutcome::Claimed => {
             svc.store.commit().await?;
-            svc.claimed(key.hash(), email, ctx);
+            svc.claimed();
             Ok(Reply::ok("api key claimed"))
         }
         ClaimOutcome::AlreadyClaimed => {

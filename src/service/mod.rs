@@ -16,7 +16,7 @@ use crate::apikey::{ApiKey, KeyHash};
 use crate::bridge::BridgeHandle;
 use crate::confirm::Confirmations;
 use crate::protocol::{ErrorCode, Reply, Request};
-use crate::store::{CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
+use crate::store::{AddOutcome, CapExceeded, ClaimCaps, KeyRecord, Store, StoreError, UnixTime};
 use rate_limit::RateLimiters;
 pub use rate_limit::RateLimits;
 use std::net::IpAddr;
@@ -93,10 +93,15 @@ impl ServiceError {
         }
     }
 
-    /// The error as a reply. Store details go to the log, not to the client.
+    /// The error as a reply. Store details go to the log, not to the client; a write refused
+    /// while the store does not take writes was logged once by the store, not per request.
     pub fn into_reply(self) -> Reply {
-        if let ServiceError::Storage(e) = &self {
-            tracing::error!(error = %e, "storage failure");
+        match &self {
+            ServiceError::Storage(StoreError::Flush(e)) => {
+                tracing::debug!(error = %e, "storage failure");
+            }
+            ServiceError::Storage(e) => tracing::error!(error = %e, "storage failure"),
+            _ => {}
         }
         Reply::error(self.code(), self.to_string())
     }
@@ -148,10 +153,10 @@ impl Service {
         self
     }
 
-    /// Starts the confirmation e-mail for a new claim (in the background).
-    fn claimed(&self, hash: crate::apikey::KeyHash, email: &str, ctx: Context) {
+    /// A new claim is on disk with its mail job: wake the sender.
+    fn claimed(&self) {
         if let Some(c) = &self.confirmations {
-            c.key_claimed(hash, email.to_owned(), ctx.peer, ctx.now);
+            c.key_claimed();
         }
     }
 
@@ -171,8 +176,14 @@ impl Service {
         &self.limiters
     }
 
-    /// Runs one request.
+    /// Runs one request. The reply waits until everything the request read or wrote is on
+    /// disk (protocol.md §8): a change whose log write fails is undone, and a request that
+    /// saw it answers `500` rather than show it.
     pub async fn handle(&self, request: Request, ctx: Context) -> Reply {
+        if let Request::Ping = request {
+            return Reply::ok("pong");
+        }
+        let since = self.store.mark();
         let result = match request {
             Request::Ping => Ok(Reply::ok("pong")),
             Request::Apikey { email } => apikey::run(self, email.as_deref(), ctx).await,
@@ -182,7 +193,11 @@ impl Service {
             Request::List { apikey, offset } => list::run(self, &apikey, offset.as_deref()),
             Request::Remove { apikey, domain } => remove::run(self, &apikey, &domain, ctx).await,
         };
-        result.unwrap_or_else(ServiceError::into_reply)
+        let reply = result.unwrap_or_else(ServiceError::into_reply);
+        match self.store.commit_since(since).await {
+            Ok(()) => reply,
+            Err(e) => ServiceError::Storage(e).into_reply(),
+        }
     }
 
     /// Checks a key's format (422).
@@ -192,13 +207,61 @@ impl Service {
 
     /// Looks a key up: unknown is 401, revoked is 403.
     fn authorize(&self, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
-        let hash = key.hash();
-        match self.store.key(&hash)? {
-            None => Err(ServiceError::UnknownKey),
-            Some(r) if r.revoked_at.is_some() => Err(ServiceError::Revoked),
-            Some(r) => Ok((hash, r)),
-        }
+        authorize(&self.store, key)
     }
+
+    /// What `add` and `remove` check first, in the order the wire answers: the key's format
+    /// (422), the domain (406), then the key itself (401, 403).
+    fn key_and_domain(
+        &self,
+        apikey: &str,
+        domain: &str,
+    ) -> Result<(KeyHash, crate::domain::Domain), ServiceError> {
+        let key = Self::parse_key(apikey)?;
+        let domain = parse_domain(domain)?;
+        let (hash, _) = self.authorize(&key)?;
+        Ok((hash, domain))
+    }
+}
+
+/// Looks a key up: unknown is 401, revoked is 403. The line protocol's commands and the admin
+/// API's import both ask here, so they answer alike.
+pub fn authorize(store: &Store, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
+    let hash = key.hash();
+    match store.key(&hash)? {
+        None => Err(ServiceError::UnknownKey),
+        Some(r) if r.revoked_at.is_some() => Err(ServiceError::Revoked),
+        Some(r) => Ok((hash, r)),
+    }
+}
+
+/// Checks a key's format (422), then looks it up ([`authorize`]).
+pub fn authorize_apikey(store: &Store, apikey: &str) -> Result<KeyHash, ServiceError> {
+    let key = Service::parse_key(apikey)?;
+    authorize(store, &key).map(|(hash, _)| hash)
+}
+
+/// Registers `domain` under an authorized key, not yet committed (the caller commits once for
+/// everything it wrote). `command add` and the admin import both register through here.
+pub fn register(
+    store: &Store,
+    hash: &KeyHash,
+    domain: &crate::domain::Domain,
+    ctx: Context,
+) -> Result<Registered, ServiceError> {
+    match store.add_domain(hash, domain, ctx.peer, ctx.now)? {
+        AddOutcome::Added => Ok(Registered::Added),
+        AddOutcome::AlreadyRegistered => Ok(Registered::AlreadyRegistered),
+        // Revoked or gone between the lookup and the write.
+        AddOutcome::UnknownKey => Err(ServiceError::UnknownKey),
+    }
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Added,
+    AlreadyRegistered,
 }
 
 /// Checks an e-mail address (422): at most 254 characters and RFC 5322-valid.
@@ -211,6 +274,6 @@ fn parse_email(email: &str) -> Result<&str, ServiceError> {
 }
 
 /// Normalises a domain (406).
-fn parse_domain(domain: &str) -> Result<crate::domain::Domain, ServiceError> {
+pub fn parse_domain(domain: &str) -> Result<crate::domain::Domain, ServiceError> {
     crate::domain::normalize(domain).map_err(|_| ServiceError::InvalidDomain)
 }

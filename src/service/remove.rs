@@ -1,6 +1,6 @@
 //! `command remove apikey K domain D`: unregister a domain from a key (protocol.md §7).
 
-use super::{Context, Service, ServiceError, parse_domain};
+use super::{Context, Service, ServiceError};
 use crate::protocol::Reply;
 
 pub(super) async fn run(
@@ -9,9 +9,7 @@ pub(super) async fn run(
     domain: &str,
     ctx: Context,
 ) -> Result<Reply, ServiceError> {
-    let key = Service::parse_key(apikey)?;
-    let domain = parse_domain(domain)?;
-    let (hash, _) = svc.authorize(&key)?;
+    let (hash, domain) = svc.key_and_domain(apikey, domain)?;
     let removed = svc.store.remove_domain(&hash, &domain, ctx.peer, ctx.now)?;
     svc.store.commit().await?;
     let text = if removed {

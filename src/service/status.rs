@@ -45,6 +45,9 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
         return;
     };
     let _ = write!(out, " sectigo={}", r.phase.name());
+    if let Some(why) = waiting_on(r.phase) {
+        let _ = write!(out, " waiting={why}");
+    }
     if paused {
         out.push_str(" bridge=paused");
     }
@@ -52,10 +55,13 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
         let _ = write!(out, " id={id}");
     }
     if let Some(dcv) = &r.dcv_status {
-        let _ = write!(out, " dcv={}", token(dcv));
+        let _ = write!(out, " dcv={}", token(dcv.as_str()));
     }
-    if let Some(expires) = &r.dcv_expires {
-        let _ = write!(out, " dcv_expires={}", token(expires));
+    if let Some(expires) = r.dcv_expires {
+        let _ = write!(out, " dcv_expires={expires}");
+    }
+    if let Some(dcv_domain) = &r.dcv_domain {
+        let _ = write!(out, " dcv_domain={}", token(dcv_domain));
     }
     if let Some(ct) = r.ct_monitoring {
         let _ = write!(out, " ct={}", if ct { "on" } else { "off" });
@@ -94,6 +100,16 @@ fn describe_bridge(out: &mut String, record: Option<&BridgeRecord>, paused: bool
             })
             .collect();
         let _ = write!(out, " error=\"{text}\"");
+    }
+}
+
+/// Whom a domain waits for, when that is not the bridge itself: a host that sees
+/// `sectigo=awaiting_confirmation` alone cannot tell that it is its own key's e-mail link
+/// (or the operator's `certline confirm`) that would release it.
+fn waiting_on(phase: BridgePhase) -> Option<&'static str> {
+    match phase {
+        BridgePhase::AwaitingConfirmation => Some("key_confirmation"),
+        _ => None,
     }
 }
 

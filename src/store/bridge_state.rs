@@ -102,6 +102,92 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every record parked by a 401 due at `now` (new credentials arrived: a restart
+    /// or a reload). The records keep `waiting_on_credentials` until a step succeeds, so the
+    /// bridge shows `paused` until the credentials are proven. Returns how many there are.
+    pub fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut released = 0;
+        for (domain, mut record) in self.bridge_records_where(|r| r.waiting_on_credentials)? {
+            record.next_attempt_at = Some(now);
+            self.save_bridge(&domain, &record)?;
+            released += 1;
+        }
+        if released > 0 {
+            self.bridge_wakeup.notify_one();
+        }
+        Ok(released)
+    }
+
+    /// Does any record wait on credentials (parked by a 401)?
+    pub fn has_credential_waiters(&self) -> Result<bool, StoreError> {
+        Ok(!self
+            .bridge_records_where(|r| r.waiting_on_credentials)?
+            .is_empty())
+    }
+
+    /// Makes every domain that validates at `dcv_domain` (but is not it) due at `now`, so
+    /// its DCV state follows its validation domain's at once.
+    pub fn wake_dcv_dependents(
+        &self,
+        dcv_domain: &str,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
+        let mut woken = 0;
+        let dependents = self.bridge_records_where(|r| {
+            r.dcv_domain.as_deref() == Some(dcv_domain) && r.phase == BridgePhase::Synced
+        })?;
+        for (domain, mut record) in dependents {
+            if domain == dcv_domain {
+                continue;
+            }
+            record.next_attempt_at = Some(now);
+            self.save_bridge(&domain, &record)?;
+            woken += 1;
+        }
+        if woken > 0 {
+            self.bridge_wakeup.notify_one();
+        }
+        Ok(woken)
+    }
+
+    /// Gives `domain` a bridge record, queued and due at `now`, unless it has one: a
+    /// validation domain the bridge must bring into SCM for its subdomains' DCV. Returns
+    /// whether one was created.
+    pub fn ensure_bridge_record(
+        &self,
+        domain: &str,
+        key_confirmed: bool,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        {
+            let _guard = self.lock();
+            if self.db.contains_key(bridge_key(domain))? {
+                return Ok(false);
+            }
+            let mut batch = WriteBatch::default();
+            queue_new_domain(&mut batch, domain, now, key_confirmed);
+            self.write(batch)?;
+        }
+        self.bridge_wakeup.notify_one();
+        Ok(true)
+    }
+
+    /// All bridge records matching `keep` (a full scan: for rare, operator-paced events).
+    fn bridge_records_where(
+        &self,
+        keep: impl Fn(&BridgeRecord) -> bool,
+    ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([BRIDGE]) {
+            let (k, v) = entry?;
+            let record = BridgeRecord::decode(&v)?;
+            if keep(&record) {
+                out.push((String::from_utf8_lossy(&k[1..]).into_owned(), record));
+            }
+        }
+        Ok(out)
+    }
+
     /// Run when the bridge starts: queues every registered domain that has no bridge record
     /// yet (registered while the bridge was not configured), and requeues the domains whose
     /// rest depends on the configuration (outside the allowed suffixes, awaiting a confirmed

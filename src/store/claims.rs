@@ -63,6 +63,22 @@ pub enum LinkOutcome {
     KeyRevoked,
 }
 
+/// What an operator's `certline confirm` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorConfirmOutcome {
+    /// The key is confirmed (`already`: it was before, at `confirmed_at`); `requeued`
+    /// domains were waiting for it and go to Sectigo now.
+    Confirmed {
+        confirmed_at: UnixTime,
+        already: bool,
+        requeued: usize,
+    },
+    /// No such key.
+    Unknown,
+    /// The key is revoked; a revoked key cannot be confirmed.
+    KeyRevoked,
+}
+
 impl Store {
     /// Runs a new claim's cap checks and, when they pass, adds the claim's index entries to
     /// `batch`. Called under the write lock by `create_key` and `claim_key`.
@@ -188,12 +204,7 @@ impl Store {
                 if key.revoked_at.is_some() {
                     return Ok(LinkOutcome::KeyRevoked);
                 }
-                if key.confirmed_at.is_none() {
-                    key.confirmed_at = Some(now);
-                    batch.insert(key_key(&hash), key.encode());
-                    self.audit(&mut batch, now, ip, &hash, AuditKind::KeyConfirmed)?;
-                }
-                let requeued = self.confirm_bridge_records(&mut batch, &hash, now)?;
+                let requeued = self.confirm_into(&mut batch, &hash, key, ip, now)?;
                 LinkOutcome::Confirmed { key_id, requeued }
             }
             LinkAction::Revoke => {
@@ -210,6 +221,57 @@ impl Store {
             self.bridge_wakeup.notify_one();
         }
         Ok(outcome)
+    }
+
+    /// An operator confirms a key by hand (`certline confirm`), for owners whose claim e-mail
+    /// never arrived or keys that were never claimed. Exactly what the confirm link does,
+    /// audited the same way (`confirm-apikey`, with the operator's address): the key's waiting
+    /// domains go back to `queued`, due now. A revoked key stays revoked. Commit before
+    /// telling the operator.
+    pub fn confirm_key(
+        &self,
+        hash: &KeyHash,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<OperatorConfirmOutcome, StoreError> {
+        let _guard = self.lock();
+        let Some(key) = self.key(hash)? else {
+            return Ok(OperatorConfirmOutcome::Unknown);
+        };
+        if key.revoked_at.is_some() {
+            return Ok(OperatorConfirmOutcome::KeyRevoked);
+        }
+        let already = key.confirmed_at;
+        let mut batch = WriteBatch::default();
+        let requeued = self.confirm_into(&mut batch, hash, key, ip, now)?;
+        self.write(batch)?;
+        if requeued > 0 {
+            self.bridge_wakeup.notify_one();
+        }
+        Ok(OperatorConfirmOutcome::Confirmed {
+            confirmed_at: already.unwrap_or(now),
+            already: already.is_some(),
+            requeued,
+        })
+    }
+
+    /// Adds to `batch` the confirmation of an unrevoked key (unless it is confirmed already)
+    /// with its audit event, and the release of its waiting domains. Returns how many
+    /// domains were requeued.
+    fn confirm_into(
+        &self,
+        batch: &mut WriteBatch,
+        hash: &KeyHash,
+        mut key: KeyRecord,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
+        if key.confirmed_at.is_none() {
+            key.confirmed_at = Some(now);
+            batch.insert(key_key(hash), key.encode());
+            self.audit(batch, now, ip, hash, AuditKind::KeyConfirmed)?;
+        }
+        self.confirm_bridge_records(batch, hash, now)
     }
 
     /// The host names (no port) registered under at least one confirmed, unrevoked key: what
@@ -501,6 +563,76 @@ mod tests {
         assert_eq!(released.next_attempt_at, Some(7));
         assert_eq!(released.sectigo_id, Some(396), "what was known is kept");
         assert_eq!(store.due_bridge_jobs(i64::MAX, 10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_operator_confirms_a_key_like_its_link_would() {
+        use crate::domain::normalize;
+        use crate::store::BridgePhase;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.enable_bridge();
+        let ip: IpAddr = IP.parse().unwrap();
+        let operator: IpAddr = "127.0.0.1".parse().unwrap();
+        let (key, revoked) = (ApiKey::generate(), ApiKey::generate());
+        for k in [&key, &revoked] {
+            store
+                .create_key(&k.hash(), None, &ClaimCaps::default(), ip, 0)
+                .unwrap();
+        }
+        store
+            .add_domain(&key.hash(), &normalize("www.x.org").unwrap(), ip, 0)
+            .unwrap();
+        let mut parked = store.bridge("www.x.org").unwrap().unwrap();
+        parked.phase = BridgePhase::AwaitingConfirmation;
+        parked.next_attempt_at = None;
+        store.save_bridge("www.x.org", &parked).unwrap();
+        assert!(store.due_bridge_jobs(i64::MAX, 10).unwrap().is_empty());
+
+        assert_eq!(
+            store.confirm_key(&key.hash(), operator, 40).unwrap(),
+            OperatorConfirmOutcome::Confirmed {
+                confirmed_at: 40,
+                already: false,
+                requeued: 1
+            }
+        );
+        let released = store.bridge("www.x.org").unwrap().unwrap();
+        assert_eq!(released.phase, BridgePhase::Queued);
+        assert!(released.key_confirmed);
+        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).unwrap().len(), 1);
+        let audit: Vec<_> = store.audit_events().map(Result::unwrap).collect();
+        let event = audit.last().unwrap();
+        assert_eq!(event.kind, AuditKind::KeyConfirmed);
+        assert_eq!(event.ip, operator);
+        assert_eq!(event.key_id, key.hash().id());
+
+        assert_eq!(
+            store.confirm_key(&key.hash(), operator, 50).unwrap(),
+            OperatorConfirmOutcome::Confirmed {
+                confirmed_at: 40,
+                already: true,
+                requeued: 0
+            },
+            "a second confirmation changes nothing"
+        );
+        assert_eq!(store.audit_events().count(), audit.len());
+
+        store.revoke_key(&revoked.hash(), operator, 60).unwrap();
+        assert_eq!(
+            store.confirm_key(&revoked.hash(), operator, 61).unwrap(),
+            OperatorConfirmOutcome::KeyRevoked
+        );
+        assert_eq!(
+            store.key(&revoked.hash()).unwrap().unwrap().confirmed_at,
+            None
+        );
+        assert_eq!(
+            store
+                .confirm_key(&ApiKey::generate().hash(), operator, 62)
+                .unwrap(),
+            OperatorConfirmOutcome::Unknown
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,9 @@
 //! removing one moves them down ([`KeyIndex::inserted`], [`KeyIndex::removed`], called by
 //! the store in the same critical section that writes the key-domain entry). A build runs
 //! without the store's write lock, so it records the key's change counter before its scan
-//! and is discarded if a change to that key raced with it.
+//! and is discarded if a change to that key raced with it. A failed log write undoes
+//! changes in the database behind the store's back (`durable`); every such undo bumps the
+//! group commit's loss count, and posts from before it are dropped.
 //!
 //! Memory: one name per [`SPACING`] domains, for at most [`MAX_KEYS`] keys (the least
 //! recently paged are dropped first), plus a change counter per key written since start.
@@ -53,6 +55,8 @@ pub(super) struct KeyIndex {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The group commit's loss count the posts were built or kept under.
+    losses: u64,
     keys: HashMap<KeyHash, KeyState>,
     /// Keys that currently have posts.
     with_posts: usize,
@@ -67,15 +71,30 @@ pub(super) struct Start {
     pub skip: u64,
 }
 
-/// A build in progress: what the key's change counter was before the scan.
+/// A build in progress: what the key's change counter and the loss count were before the
+/// scan.
 pub(super) struct Ticket {
     changes: u64,
+    losses: u64,
 }
 
 impl KeyIndex {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every critical section leaves the map consistent, so a poisoned lock is usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index, with every post dropped if changes were undone since it was built.
+    fn current(&self, losses: u64) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.inner();
+        if inner.losses != losses {
+            inner.losses = losses;
+            inner.with_posts = 0;
+            for state in inner.keys.values_mut() {
+                state.posts = None;
+            }
+        }
+        inner
     }
 
     /// A domain `name` was registered under `hash` (call under the store's write lock).
@@ -116,14 +135,15 @@ impl KeyIndex {
     /// Where a page at `offset` starts, if `hash` has posts that get close enough; `None`
     /// when the caller should build them ([`KeyIndex::begin_build`]) or, for a small
     /// offset, simply scan from the start.
-    pub(super) fn start(&self, hash: &KeyHash, offset: u64) -> Option<Start> {
+    /// `losses` is the group commit's loss count now.
+    pub(super) fn start(&self, hash: &KeyHash, offset: u64, losses: u64) -> Option<Start> {
         if offset < SPACING {
             return Some(Start {
                 from: None,
                 skip: offset,
             });
         }
-        let mut inner = self.inner();
+        let mut inner = self.current(losses);
         inner.clock += 1;
         let clock = inner.clock;
         let state = inner.keys.get_mut(hash)?;
@@ -145,15 +165,22 @@ impl KeyIndex {
     }
 
     /// Starts building the posts of `hash`: call before scanning its domains.
-    pub(super) fn begin_build(&self, hash: &KeyHash) -> Ticket {
-        let mut inner = self.inner();
+    pub(super) fn begin_build(&self, hash: &KeyHash, losses: u64) -> Ticket {
+        let mut inner = self.current(losses);
         let changes = inner.keys.entry(*hash).or_default().changes;
-        Ticket { changes }
+        Ticket { changes, losses }
     }
 
     /// Installs the posts built from a scan of every domain of `hash`, in order, unless a
-    /// change to the key raced with the scan (then the next deep page tries again).
-    pub(super) fn finish_build(&self, hash: &KeyHash, ticket: Ticket, names: Vec<Box<[u8]>>) {
+    /// change to the key or an undo (`losses` is the loss count now) raced with the scan
+    /// (then the next deep page tries again).
+    pub(super) fn finish_build(
+        &self,
+        hash: &KeyHash,
+        ticket: Ticket,
+        names: Vec<Box<[u8]>>,
+        losses: u64,
+    ) {
         let posts = names
             .into_iter()
             .enumerate()
@@ -162,7 +189,10 @@ impl KeyIndex {
                 rank: i as u64 * SPACING,
             })
             .collect();
-        let mut inner = self.inner();
+        let mut inner = self.current(losses);
+        if ticket.losses != losses {
+            return;
+        }
         inner.clock += 1;
         let clock = inner.clock;
         let had_posts;
@@ -211,14 +241,14 @@ mod tests {
 
     /// Builds posts over domains 0, 2, 4, ... (so odd ones can be inserted in between).
     fn built(index: &KeyIndex, hash: &KeyHash, count: u64) {
-        let ticket = index.begin_build(hash);
+        let ticket = index.begin_build(hash, 0);
         let names = (0..count).step_by(SPACING as usize).map(|i| name(2 * i));
-        index.finish_build(hash, ticket, names.collect());
+        index.finish_build(hash, ticket, names.collect(), 0);
     }
 
     /// The reference: a sorted list of names and the page start it implies.
     fn check(index: &KeyIndex, hash: &KeyHash, all: &[Box<[u8]>], offset: u64) {
-        let start = index.start(hash, offset).expect("posts are built");
+        let start = index.start(hash, offset, 0).expect("posts are built");
         let begin = match &start.from {
             None => 0,
             Some(from) => all.partition_point(|n| n < from),
@@ -236,7 +266,7 @@ mod tests {
         let hash = KeyHash([7; 32]);
         let count = 5 * SPACING;
         let mut all: Vec<Box<[u8]>> = (0..count).map(|i| name(2 * i)).collect();
-        assert_eq!(index.start(&hash, SPACING), None, "no posts yet");
+        assert_eq!(index.start(&hash, SPACING, 0), None, "no posts yet");
         built(&index, &hash, count);
         for offset in [0, 1, SPACING - 1, SPACING, 3 * SPACING + 17, count - 1] {
             check(&index, &hash, &all, offset);
@@ -260,12 +290,26 @@ mod tests {
     fn a_build_that_raced_with_a_change_is_discarded() {
         let index = KeyIndex::default();
         let hash = KeyHash([1; 32]);
-        let ticket = index.begin_build(&hash);
+        let ticket = index.begin_build(&hash, 0);
         index.inserted(&hash, b"x.example");
-        index.finish_build(&hash, ticket, vec![name(0), name(SPACING)]);
-        assert_eq!(index.start(&hash, SPACING), None);
+        index.finish_build(&hash, ticket, vec![name(0), name(SPACING)], 0);
+        assert_eq!(index.start(&hash, SPACING, 0), None);
         built(&index, &hash, 2 * SPACING);
-        assert!(index.start(&hash, SPACING).is_some());
+        assert!(index.start(&hash, SPACING, 0).is_some());
+    }
+
+    #[test]
+    fn an_undo_drops_every_post_and_a_build_it_raced_with() {
+        let index = KeyIndex::default();
+        let hash = KeyHash([3; 32]);
+        built(&index, &hash, 2 * SPACING);
+        assert!(index.start(&hash, SPACING, 0).is_some());
+        let ticket = index.begin_build(&KeyHash([4; 32]), 0);
+        // A failed log write undid changes: the loss count is now 1.
+        assert_eq!(index.start(&hash, SPACING, 1), None);
+        index.finish_build(&KeyHash([4; 32]), ticket, vec![name(0), name(SPACING)], 1);
+        assert_eq!(index.start(&KeyHash([4; 32]), SPACING, 1), None);
+        assert_eq!(index.inner().with_posts, 0);
     }
 
     #[test]
@@ -277,8 +321,8 @@ mod tests {
         for i in 0..4 * SPACING {
             index.inserted(&hash, format!("z{i:06}").as_bytes());
         }
-        assert!(index.start(&hash, SPACING + 4 * SPACING - 1).is_some());
-        assert_eq!(index.start(&hash, SPACING + 4 * SPACING), None);
+        assert!(index.start(&hash, SPACING + 4 * SPACING - 1, 0).is_some());
+        assert_eq!(index.start(&hash, SPACING + 4 * SPACING, 0), None);
     }
 
     #[test]
@@ -291,6 +335,6 @@ mod tests {
         }
         assert_eq!(index.inner().with_posts, MAX_KEYS);
         // The first key, the least recently used, lost its posts.
-        assert_eq!(index.start(&KeyHash([0; 32]), SPACING), None);
+        assert_eq!(index.start(&KeyHash([0; 32]), SPACING, 0), None);
     }
 }

@@ -17,6 +17,7 @@
 //! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
 //! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
 //! | `M` | a name | store metadata (migrations done, the readiness probe) |
+//! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -36,22 +37,24 @@ mod claims;
 pub mod durable;
 mod inventory;
 mod key_index;
+mod mail_outbox;
 pub mod records;
 pub mod wal;
 
 use crate::apikey::KeyHash;
 use crate::domain::Domain;
-pub use claims::{CapExceeded, ClaimCaps, LinkOutcome};
-pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Timing};
+pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
+pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 use key_index::KeyIndex;
+pub use mail_outbox::DueMail;
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
-    DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, Record, UnixTime, rfc3339,
+    DcvState, DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, MailJob, Record, UnixTime,
+    rfc3339,
 };
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use thiserror::Error;
 pub use wal::WriteBatch;
@@ -66,6 +69,7 @@ const EMAIL: u8 = b'E';
 const NEW_EMAILS: u8 = b'I';
 const LINK_TOKEN: u8 = b'T';
 const META: u8 = b'M';
+const MAIL_OUTBOX: u8 = b'Q';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
 #[derive(Debug, Error)]
@@ -115,9 +119,10 @@ pub enum AddOutcome {
 /// The embedded store. Share it behind an `Arc`.
 pub struct Store {
     db: sled::Db,
-    write_lock: Mutex<()>,
     commits: GroupCommit,
     bridge_enabled: AtomicBool,
+    /// Claims queue a confirmation e-mail (the admin listener that serves the links is on).
+    mail_enabled: AtomicBool,
     /// The last audit sequence number handed out.
     audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
@@ -205,9 +210,9 @@ impl Store {
         };
         let store = Self {
             db,
-            write_lock: Mutex::new(()),
             commits,
             bridge_enabled: AtomicBool::new(false),
+            mail_enabled: AtomicBool::new(false),
             audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
             key_index: KeyIndex::default(),
@@ -216,14 +221,44 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies a batch: to sled atomically, and to the write-ahead log in the same order.
+    /// Applies a batch: to sled, and to the write-ahead log in the same order. Refused while
+    /// the store does not take writes (see [`durable`]).
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        Ok(self.commits.apply(&batch)?)
+        Ok(self.commits.apply(batch)?)
     }
 
-    /// Waits until every change made before the call is durable (see [`durable`]).
+    /// The point in history a request starts from: take it before reading or writing, and
+    /// pass it to [`Store::commit_since`] before answering.
+    pub fn mark(&self) -> Mark {
+        self.commits.mark()
+    }
+
+    /// Waits until everything applied so far is durable (durable mode; at once in relaxed
+    /// mode). An error if anything applied since `since` was undone because its log write
+    /// failed: then what the caller wrote or read was not stored, and the caller answers
+    /// `500` instead of showing it.
+    pub async fn commit_since(&self, since: Mark) -> Result<(), StoreError> {
+        Ok(self.commits.commit_since(since).await?)
+    }
+
+    /// Waits until every change made before the call is durable (see [`durable`]), for
+    /// callers that took no [`Mark`] before writing. A change undone between the write and
+    /// this call leaves the log marked broken for at least a second, which this refuses;
+    /// [`Store::commit_since`] needs no such margin.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        Ok(self.commits.commit().await?)
+        let since = self.commits.mark();
+        self.commits.log_intact()?;
+        Ok(self.commits.commit_since(since).await?)
+    }
+
+    /// `Ok` while the store takes writes; otherwise why not and what to do (for `/readyz`).
+    pub fn writable(&self) -> Result<(), StoreError> {
+        Ok(self.commits.writable()?)
+    }
+
+    /// Cancelled when the store has failed in a way only a restart mends: the server exits.
+    pub fn fatal(&self) -> &tokio_util::sync::CancellationToken {
+        self.commits.fatal()
     }
 
     /// Flushes and syncs now, whatever the mode.
@@ -248,9 +283,7 @@ impl Store {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        // A panic while holding the lock cannot leave sled half-written (batches are atomic),
-        // so a poisoned lock is safe to keep using.
-        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+        self.commits.writers()
     }
 
     /// The record of a key, if the key is known.
@@ -292,6 +325,7 @@ impl Store {
                 email: email.to_owned(),
             };
             self.audit(&mut batch, now, ip, hash, kind)?;
+            self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
         }
         self.write(batch)?;
         Ok(ClaimOutcome::Claimed)
@@ -352,6 +386,7 @@ impl Store {
             email: email.to_owned(),
         };
         self.audit(&mut batch, now, ip, hash, kind)?;
+        self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
         self.write(batch)?;
         Ok(ClaimOutcome::Claimed)
     }
@@ -508,14 +543,14 @@ impl Store {
     /// Where the page at `offset` of a key starts; builds the key's rank index (one scan of
     /// its domains) when a deep page finds none.
     fn page_start(&self, hash: &KeyHash, prefix: &[u8], offset: u64) -> key_index::Start {
-        if let Some(start) = self.key_index.start(hash, offset) {
+        if let Some(start) = self.key_index.start(hash, offset, self.commits.losses()) {
             return start;
         }
         let from_first = key_index::Start {
             from: None,
             skip: offset,
         };
-        let ticket = self.key_index.begin_build(hash);
+        let ticket = self.key_index.begin_build(hash, self.commits.losses());
         let mut posts = Vec::new();
         for (rank, entry) in self.db.scan_prefix(prefix).keys().enumerate() {
             let Ok(k) = entry else {
@@ -533,7 +568,8 @@ impl Store {
             },
             None => from_first,
         };
-        self.key_index.finish_build(hash, ticket, posts);
+        self.key_index
+            .finish_build(hash, ticket, posts, self.commits.losses());
         start
     }
 
@@ -611,7 +647,6 @@ impl Store {
         key_id: String,
         kind: AuditKind,
     ) -> Result<(), StoreError> {
-        tracing::info!(event = kind.name(), key = %key_id, %ip, ?kind, "audit");
         let mut key = vec![AUDIT];
         key.extend_from_slice(&self.next_audit_seq(at).to_be_bytes());
         let event = AuditEvent {
@@ -620,7 +655,8 @@ impl Store {
             key_id,
             kind,
         };
-        batch.insert(key, event.encode());
+        // Its log line is written once the batch is on disk (see `durable`).
+        batch.audit(key, event);
         Ok(())
     }
 }
@@ -681,6 +717,10 @@ mod tests {
     use std::time::Duration;
 
     fn open(dir: &Path) -> Store {
+        open_in(dir, DurabilityMode::Durable)
+    }
+
+    fn open_in(dir: &Path, mode: DurabilityMode) -> Store {
         let timing = Timing {
             relaxed_flush: Duration::from_secs(1),
             // No checkpoint during the test: the log segments stay and are replayed.
@@ -690,7 +730,7 @@ mod tests {
         // after it is dropped; a real restart is another process and does not wait.
         let mut attempts = 0;
         loop {
-            match Store::open(dir, DurabilityMode::Durable, timing) {
+            match Store::open(dir, mode, timing) {
                 Ok(store) => return store,
                 Err(StoreError::Open { .. }) if attempts < 200 => {
                     attempts += 1;
@@ -744,5 +784,97 @@ mod tests {
             assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, listed);
             store.close().await.unwrap();
         });
+    }
+
+    async fn wait_until_writable(store: &Store) {
+        let started = std::time::Instant::now();
+        while store.writable().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never writable again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn domain_added(store: &Store, name: &str) -> bool {
+        store
+            .audit_events()
+            .map(Result::unwrap)
+            .any(|e| matches!(&e.kind, AuditKind::DomainAdded { domain } if domain == name))
+    }
+
+    /// Durable mode: a change whose log write failed is undone in memory (the key's count,
+    /// the domain entry, its audit event), the request that made it learns so, and it is not
+    /// there after a restart either; the store takes writes again by itself.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_log_write_is_undone_and_writes_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = crate::apikey::ApiKey::generate().hash();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (kept, refused, later): (Domain, Domain, Domain) = (
+            "kept.example.org".parse().unwrap(),
+            "refused.example.org".parse().unwrap(),
+            "later.example.org".parse().unwrap(),
+        );
+        let store = open(dir.path());
+        store
+            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .unwrap();
+        store.add_domain(&hash, &kept, ip, 0).unwrap();
+        store.commit().await.unwrap();
+
+        let since = store.mark();
+        store.group_commit().inject_flush_failures(1);
+        store.add_domain(&hash, &refused, ip, 0).unwrap();
+        assert!(store.commit_since(since).await.is_err());
+        assert_eq!(store.key_domain(&hash, &refused).unwrap(), None);
+        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 1);
+        assert!(!domain_added(&store, "refused.example.org"));
+        // Refused up front until the log is mended, without touching the database.
+        let refusal = store.add_domain(&hash, &later, ip, 0).unwrap_err();
+        assert!(refusal.to_string().contains("free space"), "{refusal}");
+        assert_eq!(store.key_domain(&hash, &later).unwrap(), None);
+
+        wait_until_writable(&store).await;
+        let since = store.mark();
+        store.add_domain(&hash, &later, ip, 0).unwrap();
+        store.commit_since(since).await.unwrap();
+        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2);
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.key_domain(&hash, &refused).unwrap(), None);
+        assert!(store.key_domain(&hash, &later).unwrap().is_some());
+        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2);
+        store.close().await.unwrap();
+    }
+
+    /// Relaxed mode acknowledged the change already: a failed log write keeps it, and it is
+    /// written once the log works again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relaxed_mode_keeps_an_acknowledged_change_through_a_failed_log_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = crate::apikey::ApiKey::generate().hash();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let domain: Domain = "relaxed.example.org".parse().unwrap();
+        let store = open_in(dir.path(), DurabilityMode::Relaxed);
+        store
+            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .unwrap();
+        store.group_commit().inject_flush_failures(1);
+        store.add_domain(&hash, &domain, ip, 0).unwrap();
+        store.commit().await.unwrap();
+        assert!(store.flush().await.is_err());
+        assert!(store.key_domain(&hash, &domain).unwrap().is_some());
+        wait_until_writable(&store).await;
+        store.flush().await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = open_in(dir.path(), DurabilityMode::Relaxed);
+        assert!(store.key_domain(&hash, &domain).unwrap().is_some());
+        assert!(domain_added(&store, "relaxed.example.org"));
+        store.close().await.unwrap();
     }
 }

@@ -145,6 +145,21 @@ versioned!(KeyRecord, StoredKeyRecord);
 versioned!(KeyDomain, StoredKeyDomain);
 versioned!(DomainRecord, StoredDomainRecord);
 versioned!(AuditEvent, StoredAuditEvent);
+versioned!(MailJob, StoredMailJob);
+
+/// A claim confirmation e-mail still to be sent (the mail outbox, prefix `Q`). Written in the
+/// claim's own batch, so an acknowledged claim always gets its mail, even across a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailJob {
+    /// The address that claimed the key.
+    pub email: String,
+    /// Where the claim came from (said in the mail).
+    pub ip: IpAddr,
+    /// When the key was claimed.
+    pub claimed_at: UnixTime,
+    /// Failed sends so far.
+    pub attempts: u32,
+}
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +181,33 @@ mod tests {
         assert_eq!(KeyRecord::decode(&bytes).unwrap(), r);
         assert!(KeyRecord::decode(&[7, 1, 2]).is_err());
     }
+
+    #[test]
+    fn a_version_1_bridge_record_reads_with_typed_dcv_fields() {
+        let v1 = StoredBridgeRecord::V1(BridgeRecordV1 {
+            phase: BridgePhase::Synced,
+            next_attempt_at: Some(5),
+            attempts: 0,
+            sectigo_id: Some(400),
+            created_by_certline: true,
+            dcv_status: Some("VALIDATED".into()),
+            dcv_expires: Some("2027-05-22".into()),
+            ct_monitoring: Some(true),
+            checked_at: Some(4),
+            last_error: None,
+            key_confirmed: true,
+            dcv: None,
+        });
+        let bytes = postcard::to_allocvec(&v1).unwrap();
+        let r = BridgeRecord::decode(&bytes).unwrap();
+        assert_eq!(r.dcv_status, Some(DcvState::Validated));
+        assert_eq!(r.dcv_expires, chrono::NaiveDate::from_ymd_opt(2027, 5, 22));
+        assert_eq!(r.sectigo_id, Some(400));
+        assert!(!r.waiting_on_credentials);
+        let again = BridgeRecord::decode(&r.encode()).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(r.encode()[0], 1, "written as version 2");
+    }
 }
 
 /// Where a domain stands with the Sectigo bridge. Written after every bridge step, so a
@@ -182,10 +224,10 @@ pub struct BridgeRecord {
     pub sectigo_id: Option<u64>,
     /// certline created the domain in Sectigo (rather than finding it there).
     pub created_by_certline: bool,
-    /// DCV status as Sectigo reported it (`VALIDATED`, `NOT_VALIDATED`, `EXPIRED`, …).
-    pub dcv_status: Option<String>,
-    /// DCV expiry date, `yyyy-mm-dd`.
-    pub dcv_expires: Option<String>,
+    /// DCV status as Sectigo reported it (for a subdomain: its validation domain's).
+    pub dcv_status: Option<DcvState>,
+    /// DCV expiry date.
+    pub dcv_expires: Option<chrono::NaiveDate>,
     /// CT-log monitoring as last seen or set.
     pub ct_monitoring: Option<bool>,
     /// When the domain last completed a full sync.
@@ -196,6 +238,105 @@ pub struct BridgeRecord {
     pub key_confirmed: bool,
     /// A DCV run in progress (DNS validation driven by certline).
     pub dcv: Option<DcvProgress>,
+    /// The name Sectigo validates for this domain (its registrable domain, or an operator's
+    /// `dcv_domains` entry); `None` until the bridge has worked it out.
+    pub dcv_domain: Option<String>,
+    /// Parked by a 401: due again as soon as certline has (new) credentials that work.
+    pub waiting_on_credentials: bool,
+    /// Rounds of "create says -700 exists, lookup finds nothing" in a row (bounded).
+    pub exists_rounds: u32,
+}
+
+/// DCV status of a domain, as Sectigo's wire vocabulary names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DcvState {
+    NotValidated,
+    Validated,
+    Expired,
+    /// A value certline does not know yet, kept verbatim.
+    Other(String),
+}
+
+impl DcvState {
+    /// The wire value (`VALIDATED`, ...), as `status` and the inventory show it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DcvState::NotValidated => "NOT_VALIDATED",
+            DcvState::Validated => "VALIDATED",
+            DcvState::Expired => "EXPIRED",
+            DcvState::Other(s) => s,
+        }
+    }
+
+    /// From a wire value; unknown values are kept as [`DcvState::Other`].
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "NOT_VALIDATED" => DcvState::NotValidated,
+            "VALIDATED" => DcvState::Validated,
+            "EXPIRED" => DcvState::Expired,
+            other => DcvState::Other(other.to_owned()),
+        }
+    }
+}
+
+/// The first on-disk form of [`BridgeRecord`] (DCV status and expiry as strings, no DCV
+/// domain, no credential or -700 bookkeeping); read, never written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BridgeRecordV1 {
+    phase: BridgePhase,
+    next_attempt_at: Option<UnixTime>,
+    attempts: u32,
+    sectigo_id: Option<u64>,
+    created_by_certline: bool,
+    dcv_status: Option<String>,
+    dcv_expires: Option<String>,
+    ct_monitoring: Option<bool>,
+    checked_at: Option<UnixTime>,
+    last_error: Option<BridgeError>,
+    key_confirmed: bool,
+    dcv: Option<DcvProgress>,
+}
+
+impl From<BridgeRecordV1> for BridgeRecord {
+    fn from(v: BridgeRecordV1) -> Self {
+        BridgeRecord {
+            phase: v.phase,
+            next_attempt_at: v.next_attempt_at,
+            attempts: v.attempts,
+            sectigo_id: v.sectigo_id,
+            created_by_certline: v.created_by_certline,
+            dcv_status: v.dcv_status.as_deref().map(DcvState::parse),
+            dcv_expires: v.dcv_expires.as_deref().and_then(|d| d.parse().ok()),
+            ct_monitoring: v.ct_monitoring,
+            checked_at: v.checked_at,
+            last_error: v.last_error,
+            key_confirmed: v.key_confirmed,
+            dcv: v.dcv,
+            dcv_domain: None,
+            waiting_on_credentials: false,
+            exists_rounds: 0,
+        }
+    }
+}
+
+/// The on-disk versions of [`BridgeRecord`].
+#[derive(Serialize, Deserialize)]
+pub enum StoredBridgeRecord {
+    V1(BridgeRecordV1),
+    V2(BridgeRecord),
+}
+
+impl Record for BridgeRecord {
+    type Stored = StoredBridgeRecord;
+    fn into_stored(self) -> StoredBridgeRecord {
+        StoredBridgeRecord::V2(self)
+    }
+    fn from_stored(stored: StoredBridgeRecord) -> Self {
+        match stored {
+            StoredBridgeRecord::V1(r) => r.into(),
+            StoredBridgeRecord::V2(r) => r,
+        }
+    }
 }
 
 /// A DNS DCV run: the record Sectigo asked for and how far certline got with it.
@@ -246,7 +387,7 @@ impl DcvRecordType {
     }
 }
 
-/// The bridge's state machine (design.md §6).
+/// The bridge's state machine (ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BridgePhase {
     /// Registered; nothing sent yet.
@@ -283,6 +424,12 @@ pub enum BridgePhase {
     DcvCleanup,
     /// DCV needs a person: no DNS hook is configured; `status` shows the record to publish.
     DcvActionRequired,
+    // New variants go at the end: postcard stores the variant index.
+    /// The domain's delegation to the organisation waits for an MRAO's approval in SCM
+    /// (`delegationStatus` `REQUESTED`); rechecked on a schedule.
+    AwaitingDelegationApproval,
+    /// The domain is suspended (inactive) in SCM; rechecked on a schedule.
+    Suspended,
 }
 
 impl BridgePhase {
@@ -306,6 +453,8 @@ impl BridgePhase {
             BridgePhase::DcvWait => "dcv_wait",
             BridgePhase::DcvCleanup => "dcv_cleanup",
             BridgePhase::DcvActionRequired => "dcv_action_required",
+            BridgePhase::AwaitingDelegationApproval => "awaiting_delegation_approval",
+            BridgePhase::Suspended => "suspended",
         }
     }
 }
@@ -340,11 +489,12 @@ impl BridgeRecord {
             last_error: None,
             key_confirmed,
             dcv: None,
+            dcv_domain: None,
+            waiting_on_credentials: false,
+            exists_rounds: 0,
         }
     }
 }
-
-versioned!(BridgeRecord, StoredBridgeRecord);
 
 /// What a single-use link in a claim confirmation e-mail does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,8 @@
 //! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
 //! torn tail left by a crash in the middle of a write, never acknowledged.
 
+use super::records::{AuditEvent, Record};
+use smallvec::SmallVec;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -40,11 +42,19 @@ pub const SEGMENT_BYTES: u64 = 8 << 20;
 const RECYCLE_KEEP: usize = 4;
 const BLOCK_MAGIC: &[u8; 4] = b"CLW1";
 const BLOCK_HEADER: usize = 20;
+/// Written over the header of a block whose write failed: replay stops there.
+pub(super) const NO_BLOCK: [u8; BLOCK_HEADER] = [0; BLOCK_HEADER];
+
+/// One change: a key and its new value, or `None` to delete it.
+pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 
 /// A set of changes applied atomically: to sled as one batch, to the log as one record.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
+    /// The audit events among the changes, logged once they are on disk. Inline: a batch
+    /// has one or two, and a write should not cost an allocation for them.
+    audit: SmallVec<[AuditEvent; 2]>,
 }
 
 impl WriteBatch {
@@ -58,9 +68,21 @@ impl WriteBatch {
         self.ops.push((key.into(), None));
     }
 
+    /// Records an audit event stored under `key`: its log line is written once the batch is
+    /// on disk, never for a change that was refused.
+    pub(super) fn audit(&mut self, key: Vec<u8>, event: AuditEvent) {
+        self.insert(key, event.encode());
+        self.audit.push(event);
+    }
+
     /// No changes?
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The changes and the audit events, for the store to apply.
+    pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[AuditEvent; 2]>) {
+        (self.ops, self.audit)
     }
 
     /// Applies the changes to sled one by one, in order.
@@ -118,7 +140,10 @@ impl WriteBatch {
             };
             ops.push((key, value));
         }
-        r.0.is_empty().then_some(Self { ops })
+        r.0.is_empty().then_some(Self {
+            ops,
+            audit: SmallVec::new(),
+        })
     }
 }
 
@@ -253,7 +278,17 @@ pub(super) fn ensure_spare(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes a segment's worth of zeros to `path`; on failure (a full disk) removes what it
+/// wrote, so that a failed attempt does not eat the space a retry needs.
 fn zero_filled(path: &Path) -> io::Result<()> {
+    let result = write_zeros(path);
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn write_zeros(path: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)

@@ -73,25 +73,80 @@ pub async fn pipelined(addr: SocketAddr, lines: &str) -> String {
     all
 }
 
-/// The domains `list` shows under `key` from `offset` on, following `next=` across pages,
-/// in order. Every page must say which offset it is.
-pub async fn list_pages(addr: SocketAddr, key: &str, mut offset: usize) -> Vec<String> {
-    let mut out = Vec::new();
+/// [`request`] for code outside a runtime (the hook-script tests): sends `line` with a newline
+/// on a new connection and returns the whole reply.
+pub fn request_blocking(addr: SocketAddr, line: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for one request")
+        .block_on(request(addr, &format!("{line}\n")))
+}
+
+/// One key's listing, page by page (protocol.md §7).
+pub struct Listing {
+    /// Every domain, in the order the pages gave them.
+    pub domains: Vec<String>,
+    /// Each page's raw reply.
+    pub pages: Vec<String>,
+}
+
+/// Lists every domain of `key`, following `next=` page by page. Checks the paging contract on
+/// the way: each page is `ok`, echoes its `offset`, keeps `total` unchanged, `next` advances,
+/// and `total` equals the number of domains listed.
+pub async fn list_all(addr: SocketAddr, key: &str) -> Listing {
+    list_from(addr, key, 0).await
+}
+
+/// [`list_all`] from `offset` on: the domains from there to the end, with the same checks
+/// (`total` then equals `offset` plus the number listed, for an offset within the total).
+pub async fn list_from(addr: SocketAddr, key: &str, first: u64) -> Listing {
+    let mut listing = Listing {
+        domains: Vec::new(),
+        pages: Vec::new(),
+    };
+    let mut offset = first;
+    let mut total = None;
     loop {
-        let reply = call(addr, &format!("command list apikey {key} offset {offset}")).await;
-        assert!(reply.is_ok(), "{reply:?}");
+        let raw = request(
+            addr,
+            &format!("command list apikey {key} offset {offset}\n"),
+        )
+        .await;
+        let reply = Reply::parse(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert!(reply.is_ok(), "list failed: {raw:?}");
         let data = reply.data.expect("list has a data line");
-        assert!(data.contains(&format!(" offset={offset} ")), "{data}");
-        let domains = data.split(" domains=").nth(1).unwrap();
-        out.extend(
-            domains
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned),
-        );
-        match data.split(' ').find_map(|f| f.strip_prefix("next=")) {
-            Some(next) => offset = next.parse().unwrap(),
-            None => return out,
+        let mut next = None;
+        for field in data.split(' ') {
+            let (name, value) = field.split_once('=').expect("name=value");
+            match name {
+                "total" => {
+                    let t: u64 = value.parse().expect("total is a number");
+                    assert!(total.is_none_or(|prev| prev == t), "total changed: {data}");
+                    total = Some(t);
+                }
+                "offset" => assert_eq!(value.parse::<u64>().ok(), Some(offset), "{data}"),
+                "next" => next = Some(value.parse::<u64>().expect("next is a number")),
+                "domains" => listing
+                    .domains
+                    .extend(value.split(',').filter(|d| !d.is_empty()).map(String::from)),
+                other => panic!("unexpected field {other} in {data:?}"),
+            }
+        }
+        listing.pages.push(raw);
+        match next {
+            Some(n) => {
+                assert!(n > offset, "next={n} does not advance from offset={offset}");
+                offset = n;
+            }
+            None => break,
         }
     }
+    let total = total.expect("every page has a total");
+    assert_eq!(
+        total.max(first),
+        first + listing.domains.len() as u64,
+        "the key's total disagrees with its listed domains"
+    );
+    listing
 }

@@ -1,9 +1,14 @@
-//! Shared test support: a server harness (in-process and as a child process) and a line client.
+//! The one test kit: a server harness (in-process, or the binary as a child process with a
+//! start-up timeout), one line client with [`client::list_all`], [`wait::wait_until`] for
+//! polling with a deadline, simulators of Sectigo and an SMTP relay, and the shell-script
+//! helpers.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
 pub mod admin;
 pub mod bridge_setup;
 pub mod client;
 pub mod scm_sim;
+pub mod scripts;
 pub mod server;
 pub mod smtp_sink;
+pub mod wait;

@@ -15,6 +15,29 @@
 //! * **counters**: requests in total, per route (`"POST /api/domain/v1"`), per domain name
 //!   seen, and successful creations per name.
 //!
+//! Rules beyond the basic shapes, each with its source in `shared/reference/sectigo-scm-api.md`:
+//!
+//! * **Separate hosts** (§1d, §0): the OAuth2 token endpoint listens on its own port (as
+//!   `auth.sso.sectigo.com` is not the API host); each host answers 404 for the other's paths.
+//! * **Only high-level domains are validated** (§2c -723, §6e): DCV start/submit on a name
+//!   that is not its own registrable domain (Public Suffix List) answers 400 -723.
+//! * **Subdomains inherit validation** (§6e, SUNET): the DCV status and `validationStatus` of
+//!   a subdomain are its registrable domain's when that one is in the inventory.
+//! * **Visibility by the admin's organisation** (§1a "filtered based on the administrator's
+//!   role"): with [`ScmSim::set_admin_org`], domains delegated only to other organisations
+//!   are absent from lists, 404 by id and -727 for DCV, while a create still meets -700.
+//! * **Delegation approval** (§4c, §10.6): `REQUESTED` delegations; approve via
+//!   `POST /api/domain/v1/{id}/delegation/approve` only as MRAO (else 400 -3), and only
+//!   while `REQUESTED` (else 400 -705).
+//! * **DCV errors as 404 where the OpenAPI says so** (§2b: OAS declares 404 ErrorResponse
+//!   per operation): -727 answers 404 on `/api/dcv/v2/...`, 400 on v1 (DOC25.5, CTOPHS).
+//! * **Validation only at the announced `nextCheck`** (§6b v2 status, §6e: checks are
+//!   scheduled, 2 h apart in Sectigo's example): a submitted order is looked at no sooner;
+//!   tests shorten the interval with [`ScmSim::set_next_check_interval`].
+//! * **Error bodies with `items: null`** (§2a OAS `ErrorResponse.items`) when switched on.
+//! * **Page size** (§3): `size` above 200 is refused (-1601; unconfirmed, the harsh choice);
+//!   [`ScmSim::set_total_count_sometimes_absent`] leaves `X-Total-Count` off every other page.
+//!
 //! Where the reference marks behaviour as unconfirmed (HTTP status of business errors, the
 //! error code for an unknown id, the `name` filter semantics) the simulator picks the
 //! harshest plausible behaviour: 400 for business errors, 404 + error body for unknown ids,
@@ -82,6 +105,8 @@ struct Dcv {
     backend_id: Option<String>,
     submitted_date: Option<NaiveDate>,
     last_check: Option<chrono::DateTime<Utc>>,
+    /// The announced `nextCheck`: SCM looks at the proof no sooner (§6b, §6e).
+    next_check: Option<chrono::DateTime<Utc>>,
 }
 
 impl Default for Dcv {
@@ -98,6 +123,7 @@ impl Default for Dcv {
             backend_id: None,
             submitted_date: None,
             last_check: None,
+            next_check: None,
         }
     }
 }
@@ -134,6 +160,8 @@ struct Faults {
     malform: Option<Malform>,
     unauthorized: bool,
     random_rate: f64,
+    redirects: u32,
+    redirect_to: String,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +174,16 @@ struct Counters {
 
 struct State {
     base_url: String,
+    /// The organisation certline's admin belongs to (`None`: sees everything, an MRAO).
+    admin_org: Option<u64>,
+    /// Whether the admin may approve delegations (an MRAO).
+    admin_is_mrao: bool,
+    items_null: bool,
+    total_count_sometimes_absent: bool,
+    pages_served: u64,
+    /// The request being answered is on `/api/dcv/v2/` (the OpenAPI host's paths, which
+    /// declare 404 for an unknown entity).
+    request_is_dcv_v2: bool,
     login: String,
     password: String,
     customer_uri: String,
@@ -173,6 +211,9 @@ struct State {
 /// A running simulator. Dropping it stops accepting connections.
 pub struct ScmSim {
     addr: SocketAddr,
+    token_addr: SocketAddr,
+    /// PEM of the self-signed certificate when the simulator speaks HTTPS.
+    tls_root_pem: Option<String>,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
 }
@@ -195,12 +236,66 @@ impl ScmSim {
     /// [`CUSTOMER_URI`], [`CLIENT_ID`], [`CLIENT_SECRET`]), tokens valid for 5 minutes, an empty
     /// inventory and the background DCV check running every 20 ms.
     pub async fn start() -> ScmSim {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`ScmSim::start`], but both hosts speak HTTPS with a fresh self-signed
+    /// certificate for `127.0.0.1` (rcgen + rustls); [`ScmSim::tls_root_pem`] is what a
+    /// client must trust.
+    pub async fn start_tls() -> ScmSim {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("rcgen");
+        let cert_pem = certified.cert.pem();
+        let cert_der = certified.cert.der().clone();
+        let key_der = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(
+            certified.signing_key.serialize_der(),
+        )
+        .expect("key der");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der], key_der)
+            .expect("server certificate");
+        let mut sim =
+            Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        sim.tls_root_pem = Some(cert_pem);
+        let base = format!("https://{}", sim.addr);
+        sim.st().base_url = base;
+        sim
+    }
+
+    /// The certificate to trust for a simulator from [`ScmSim::start_tls`].
+    pub fn tls_root_pem(&self) -> Option<&str> {
+        self.tls_root_pem.as_deref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls_root_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> ScmSim {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind simulator");
         let addr = listener.local_addr().expect("simulator address");
+        let token_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind simulator token host");
+        let token_addr = token_listener.local_addr().expect("token host address");
         let state = Arc::new(Mutex::new(State {
             base_url: format!("http://{addr}"),
+            admin_org: None,
+            admin_is_mrao: true,
+            items_null: false,
+            total_count_sometimes_absent: false,
+            pages_served: 0,
+            request_is_dcv_v2: false,
             login: LOGIN.into(),
             password: PASSWORD.into(),
             customer_uri: CUSTOMER_URI.into(),
@@ -222,9 +317,28 @@ impl ScmSim {
             rng: StdRng::seed_from_u64(0x5ec7_1600),
         }));
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            Host::Api,
+            tls.clone(),
+            state.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(accept_loop(
+            token_listener,
+            Host::Token,
+            tls,
+            state.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(dcv_checker(state.clone(), stop.clone()));
-        ScmSim { addr, state, stop }
+        ScmSim {
+            addr,
+            token_addr,
+            state,
+            stop,
+            tls_root_pem: None,
+        }
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
@@ -233,17 +347,75 @@ impl ScmSim {
 
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
     }
 
     /// The API root the client should use: `http://127.0.0.1:<port>/api`.
     pub fn api_url(&self) -> String {
-        format!("http://{}/api", self.addr)
+        format!("{}://{}/api", self.scheme(), self.addr)
     }
 
-    /// The OAuth2 token endpoint.
+    /// The OAuth2 token endpoint, on its own host (port), as Sectigo's is.
     pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        format!("{}://{}{TOKEN_PATH}", self.scheme(), self.token_addr)
+    }
+
+    // --- strictness switches ------------------------------------------------------------
+
+    /// The admin belongs to `org` (a RAO/DRAO): domains delegated only elsewhere are
+    /// invisible to it, and it may not approve delegations.
+    pub fn set_admin_org(&self, org: Option<u64>) {
+        let mut s = self.st();
+        s.admin_org = org;
+        s.admin_is_mrao = org.is_none();
+    }
+
+    /// Whether the admin may approve delegations.
+    pub fn set_admin_is_mrao(&self, yes: bool) {
+        self.st().admin_is_mrao = yes;
+    }
+
+    /// Error bodies carry `"items": null` (the OpenAPI `ErrorResponse` field).
+    pub fn set_error_items_null(&self, on: bool) {
+        self.st().items_null = on;
+    }
+
+    /// `X-Total-Count` is left off every other list page.
+    pub fn set_total_count_sometimes_absent(&self, on: bool) {
+        self.st().total_count_sometimes_absent = on;
+    }
+
+    /// Adds a domain delegated (ACTIVE) only to `org`.
+    pub fn add_domain_for_org(&self, name: &str, org: u64) -> u64 {
+        let id = self.add_domain(name);
+        self.st()
+            .domains
+            .get_mut(&id)
+            .expect("just added")
+            .delegations[0]
+            .org_id = org;
+        id
+    }
+
+    /// Suspends (`active = false`) or activates a domain.
+    pub fn set_domain_active(&self, name: &str, active: bool) {
+        let mut s = self.st();
+        let id = find_by_name(&s, name).expect("set_domain_active: unknown domain");
+        s.domains.get_mut(&id).expect("found").active = active;
+    }
+
+    /// The delegation statuses of a domain.
+    pub fn delegation_statuses(&self, name: &str) -> Vec<String> {
+        let s = self.st();
+        find_by_name(&s, name)
+            .map(|id| {
+                s.domains[&id]
+                    .delegations
+                    .iter()
+                    .map(|d| d.status.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // --- credentials --------------------------------------------------------------------
@@ -393,9 +565,10 @@ impl ScmSim {
         find_by_name(&s, name).map(|id| s.domains[&id].dcv.status.to_string())
     }
 
-    /// Runs the DCV check once, now (the background check also runs every 20 ms).
+    /// Runs the DCV check once, now, whatever `nextCheck` said (the background check runs
+    /// every 20 ms but looks at an order only once its announced `nextCheck` has come).
     pub fn check_dcv_now(&self) {
-        run_dcv_checks(&mut self.st());
+        run_dcv_checks(&mut self.st(), true);
     }
 
     // --- faults -------------------------------------------------------------------------
@@ -436,6 +609,14 @@ impl ScmSim {
         let mut s = self.st();
         s.faults.malformed = n;
         s.faults.malform = Some(how);
+    }
+
+    /// Answer the next `n` requests with `301 Moved Permanently` to `location` (what a web
+    /// server in front of the wrong base URL does).
+    pub fn redirect_next(&self, n: u32, location: &str) {
+        let mut s = self.st();
+        s.faults.redirects = n;
+        s.faults.redirect_to = location.into();
     }
 
     /// Answer every request (token endpoint included) with 401 until switched off.
@@ -505,7 +686,20 @@ impl ScmSim {
 // ---------------------------------------------------------------------------------------------
 // Connections
 
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, stop: CancellationToken) {
+/// Which of the two simulated hosts a connection came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    Api,
+    Token,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    host: Host,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -528,26 +722,49 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, stop: Canc
         let kill = CancellationToken::new();
         let state = state.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc_kill = kill.clone();
-            let service = service_fn(move |req| handle(state.clone(), svc_kill.clone(), req));
-            let mut conn =
-                Box::pin(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = kill.cancelled() => {
-                    let _ = socket2::SockRef::from(&spare).set_linger(Some(Duration::ZERO));
+            match tls {
+                None => serve(stream, host, state, kill, stop, spare).await,
+                Some(acceptor) => {
+                    if let Ok(tls_stream) = acceptor.accept(stream).await {
+                        serve(tls_stream, host, state, kill, stop, spare).await;
+                    }
                 }
-                _ = stop.cancelled() => {}
             }
-            drop(conn);
-            drop(spare);
         });
     }
 }
 
+/// Serves one connection (plain or TLS) until it ends, a reset fault kills it, or the
+/// simulator stops.
+async fn serve<IO>(
+    io: IO,
+    host: Host,
+    state: Arc<Mutex<State>>,
+    kill: CancellationToken,
+    stop: CancellationToken,
+    spare: std::net::TcpStream,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_kill = kill.clone();
+    let service = service_fn(move |req| handle(state.clone(), host, svc_kill.clone(), req));
+    let mut conn = Box::pin(http1::Builder::new().serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = kill.cancelled() => {
+            let _ = socket2::SockRef::from(&spare).set_linger(Some(Duration::ZERO));
+        }
+        _ = stop.cancelled() => {}
+    }
+    drop(conn);
+    drop(spare);
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
+    host: Host,
     kill: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
@@ -557,6 +774,10 @@ async fn handle(
         Err(_) => Bytes::new(),
     };
     let route = Route::of(&parts.method, parts.uri.path());
+    // The token endpoint and the API are different hosts.
+    if matches!(route, Route::Token) != (host == Host::Token) {
+        return Ok(error(404, -1, "Unknown error."));
+    }
     let (latency, pre) = {
         let mut s = state.lock().expect("simulator state poisoned");
         s.counters.total += 1;
@@ -580,6 +801,7 @@ async fn handle(
     let (response, reset_after) = {
         let mut s = state.lock().expect("simulator state poisoned");
         let query = parts.uri.query().unwrap_or("").to_string();
+        s.request_is_dcv_v2 = parts.uri.path().starts_with("/api/dcv/v2/");
         let mut response = dispatch(&mut s, &route, &parts.headers, &query, &body);
         let reset_after = if s.faults.resets_after > 0 {
             s.faults.resets_after -= 1;
@@ -611,6 +833,15 @@ fn pre_fault(s: &mut State, route: &Route) -> Option<Action> {
     if f.resets > 0 {
         f.resets -= 1;
         return Some(Action::Reset);
+    }
+    if f.redirects > 0 {
+        f.redirects -= 1;
+        let mut r = empty(301);
+        r.headers_mut().insert(
+            "location",
+            HeaderValue::from_str(&f.redirect_to).expect("ascii location"),
+        );
+        return Some(Action::Respond(r));
     }
     if f.fail_5xx > 0 {
         f.fail_5xx -= 1;
@@ -681,6 +912,7 @@ enum Route {
     CreateDomain,
     DomainDetails(u64),
     Monitoring(u64),
+    ApproveDelegation(u64),
     DcvList,
     DcvStatus,
     StartCname,
@@ -717,6 +949,11 @@ impl Route {
             },
             ["domain", "v1", id, "monitoring"] => match (m, id.parse()) {
                 (Method::PUT, Ok(id)) => Route::Monitoring(id),
+                (_, Ok(_)) => Route::MethodNotAllowed,
+                _ => Route::NotFound,
+            },
+            ["domain", "v1", id, "delegation", "approve"] => match (m, id.parse()) {
+                (Method::POST, Ok(id)) => Route::ApproveDelegation(id),
                 (_, Ok(_)) => Route::MethodNotAllowed,
                 _ => Route::NotFound,
             },
@@ -774,8 +1011,9 @@ fn dispatch(
     }
     match route {
         Route::ListDomains => list_domains(s, query),
+        Route::ApproveDelegation(id) => approve_delegation(s, *id, body),
         Route::CreateDomain => create_domain(s, body),
-        Route::DomainDetails(id) => match s.domains.get(id) {
+        Route::DomainDetails(id) => match s.domains.get(id).filter(|d| visible(s, d)) {
             Some(d) => {
                 let name = d.name.clone();
                 note_name(s, &name);
@@ -786,12 +1024,13 @@ fn dispatch(
         Route::Monitoring(id) => monitoring(s, *id, body),
         Route::DcvList => dcv_list(s, query),
         Route::DcvStatus => with_dcv_domain(s, body, |s, id| {
-            json_response(
-                200,
-                &dcv_status_json(&s.domains[&id].dcv, s.next_check_interval),
-            )
+            let dcv = inherited_dcv(s, id);
+            json_response(200, &dcv_status_json(&dcv, s.next_check_interval))
         }),
         Route::StartCname => with_dcv_domain(s, body, |s, id| {
+            if let Some(refusal) = not_high_level(s, id) {
+                return refusal;
+            }
             let a: u128 = s.rng.random();
             let b: u128 = s.rng.random();
             let c: u128 = s.rng.random();
@@ -804,7 +1043,11 @@ fn dispatch(
             json_response(200, &json!({"host": host, "point": point}))
         }),
         Route::SubmitCname => with_dcv_domain(s, body, |s, id| {
+            if let Some(refusal) = not_high_level(s, id) {
+                return refusal;
+            }
             let backend = next_backend_id(s);
+            let interval = s.next_check_interval;
             let d = s.domains.get_mut(&id).expect("checked");
             if d.dcv.order_mode != Some("CNAME") || d.dcv.host.is_none() {
                 return error(
@@ -813,7 +1056,7 @@ fn dispatch(
                     &format!("Error while validating the domain {}", d.name),
                 );
             }
-            submit(&mut d.dcv, backend.clone());
+            submit(&mut d.dcv, backend.clone(), interval);
             json_response(
                 200,
                 &json!({"status": d.dcv.status, "orderStatus": "SUBMITTED",
@@ -821,14 +1064,18 @@ fn dispatch(
             )
         }),
         Route::SubmitTxt => with_dcv_domain(s, body, |s, id| {
+            if let Some(refusal) = not_high_level(s, id) {
+                return refusal;
+            }
             let backend = next_backend_id(s);
             let point = txt_value(&mut s.rng);
+            let interval = s.next_check_interval;
             let d = s.domains.get_mut(&id).expect("checked");
             let host = format!("_pki-validation.{}.", d.name);
             d.dcv.order_mode = Some("TXT");
             d.dcv.host = Some(host.clone());
             d.dcv.point = Some(point.clone());
-            submit(&mut d.dcv, backend.clone());
+            submit(&mut d.dcv, backend.clone(), interval);
             json_response(
                 200,
                 &json!({"status": d.dcv.status, "orderStatus": "SUBMITTED",
@@ -923,6 +1170,7 @@ fn list_domains(s: &mut State, query: &str) -> Resp {
     let matching: Vec<&SimDomain> = s
         .domains
         .values()
+        .filter(|d| visible(s, d))
         .filter(|d| name.as_ref().is_none_or(|n| d.name.contains(n.as_str())))
         .filter(|d| org.is_none_or(|o| d.delegations.iter().any(|g| g.org_id == o)))
         .filter(|d| match state_filter.as_deref() {
@@ -937,9 +1185,13 @@ fn list_domains(s: &mut State, query: &str) -> Resp {
         .take(size)
         .map(|d| json!({"id": d.id, "name": d.name}))
         .collect();
+    let total = matching.len() as u64;
     let mut r = json_response(200, &Value::Array(page));
-    r.headers_mut()
-        .insert("x-total-count", HeaderValue::from(matching.len() as u64));
+    s.pages_served += 1;
+    if !(s.total_count_sometimes_absent && s.pages_served.is_multiple_of(2)) {
+        r.headers_mut()
+            .insert("x-total-count", HeaderValue::from(total));
+    }
     r
 }
 
@@ -1091,10 +1343,10 @@ fn with_dcv_domain(s: &mut State, body: &[u8], f: impl FnOnce(&mut State, u64) -
         return error(400, -7, "domain is required but missing.");
     };
     note_name(s, &domain);
-    match find_by_name(s, &domain) {
+    match find_by_name(s, &domain).filter(|id| visible(s, &s.domains[id])) {
         Some(id) => f(s, id),
         None => error(
-            400,
+            if s.request_is_dcv_v2 { 404 } else { 400 },
             -727,
             &format!("The domain ''{domain}'' does not exist."),
         ),
@@ -1128,8 +1380,9 @@ fn dcv_list(s: &mut State, query: &str) -> Resp {
     r
 }
 
-fn submit(dcv: &mut Dcv, backend: String) {
+fn submit(dcv: &mut Dcv, backend: String, next_check_interval: chrono::Duration) {
     dcv.order_status = "SUBMITTED";
+    dcv.next_check = Some(Utc::now() + next_check_interval);
     dcv.submitted_date = Some(Utc::now().date_naive());
     dcv.backend_id = Some(backend);
 }
@@ -1168,11 +1421,13 @@ fn dcv_status_json(d: &Dcv, next_check_interval: chrono::Duration) -> Value {
         v["point"] = json!(d.point);
         v["orderBackendId"] = json!(d.backend_id);
         v["submittedDate"] = json!(d.submitted_date.map(|x| x.to_string()));
-        let last = d.last_check.unwrap_or_else(Utc::now);
-        v["lastCheck"] = json!(last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        v["nextCheck"] = json!(
-            (last + next_check_interval).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        );
+        if let Some(last) = d.last_check {
+            v["lastCheck"] = json!(last.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+        let next = d
+            .next_check
+            .unwrap_or_else(|| Utc::now() + next_check_interval);
+        v["nextCheck"] = json!(next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
     v
 }
@@ -1194,12 +1449,13 @@ fn domain_json(s: &State, d: &SimDomain) -> Value {
         v["description"] = json!(desc);
     }
     if s.dcv_enabled {
-        v["validationStatus"] = json!(d.dcv.status);
-        if let Some(m) = d.dcv.method {
+        let dcv = inherited_dcv(s, d.id);
+        v["validationStatus"] = json!(dcv.status);
+        if let Some(m) = dcv.method {
             v["validationMethod"] = json!(m);
         }
-        v["dcvValidation"] = json!(d.dcv.validation_date.map(|x| x.to_string()));
-        v["dcvExpiration"] = json!(d.dcv.expiration_date.map(|x| x.to_string()));
+        v["dcvValidation"] = json!(dcv.validation_date.map(|x| x.to_string()));
+        v["dcvExpiration"] = json!(dcv.expiration_date.map(|x| x.to_string()));
     }
     v
 }
@@ -1212,20 +1468,26 @@ async fn dcv_checker(state: Arc<Mutex<State>>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => run_dcv_checks(&mut state.lock().expect("simulator state poisoned")),
+            _ = tick.tick() => run_dcv_checks(&mut state.lock().expect("simulator state poisoned"), false),
         }
     }
 }
 
-fn run_dcv_checks(s: &mut State) {
+/// Checks submitted orders whose announced `nextCheck` has come (all of them with `force`).
+fn run_dcv_checks(s: &mut State, force: bool) {
     let now = Utc::now();
+    let interval = s.next_check_interval;
     let published = &s.published;
     let zone_dir = s.zone_dir.clone();
     for d in s.domains.values_mut() {
         if d.dcv.order_status != "SUBMITTED" {
             continue;
         }
+        if !force && d.dcv.next_check.is_some_and(|next| now < next) {
+            continue;
+        }
         d.dcv.last_check = Some(now);
+        d.dcv.next_check = Some(now + interval);
         let (Some(host), Some(point)) = (&d.dcv.host, &d.dcv.point) else {
             continue;
         };
@@ -1302,6 +1564,98 @@ fn empty(status: u16) -> Resp {
 
 fn error(status: u16, code: i64, description: &str) -> Resp {
     json_response(status, &json!({"code": code, "description": description}))
+}
+
+/// An error body as the OpenAPI `ErrorResponse` allows it, with `items: null` when the
+/// simulator is switched to that.
+fn api_error(s: &State, status: u16, code: i64, description: &str) -> Resp {
+    let mut v = json!({"code": code, "description": description});
+    if s.items_null {
+        v["items"] = Value::Null;
+    }
+    json_response(status, &v)
+}
+
+/// Can the admin see this domain? (§1a: results are filtered by the admin's role.)
+fn visible(s: &State, d: &SimDomain) -> bool {
+    s.admin_org
+        .is_none_or(|org| d.delegations.iter().any(|g| g.org_id == org))
+}
+
+/// The registrable domain of `name` (Public Suffix List).
+fn registrable(name: &str) -> String {
+    psl::domain_str(name).unwrap_or(name).to_owned()
+}
+
+/// -723 for DCV on a name that is not high-level (§2c, §6e).
+fn not_high_level(s: &State, id: u64) -> Option<Resp> {
+    let name = &s.domains[&id].name;
+    (registrable(name) != *name).then(|| {
+        api_error(
+            s,
+            400,
+            -723,
+            &format!(
+                "{name} is not a high-level domain. Only high-level domains can be validated."
+            ),
+        )
+    })
+}
+
+/// A domain's DCV as SCM reports it: a subdomain inherits its registrable domain's
+/// validation when that domain is in the inventory and validated (§6e).
+fn inherited_dcv(s: &State, id: u64) -> Dcv {
+    let d = &s.domains[&id];
+    let parent = registrable(&d.name);
+    if parent != d.name
+        && let Some(pid) = find_by_name(s, &parent)
+        && s.domains[&pid].dcv.status == "VALIDATED"
+    {
+        let p = &s.domains[&pid].dcv;
+        return Dcv {
+            status: p.status,
+            method: p.method,
+            validation_date: p.validation_date,
+            expiration_date: p.expiration_date,
+            ..Dcv::default()
+        };
+    }
+    d.dcv.clone()
+}
+
+/// `POST /api/domain/v1/{id}/delegation/approve` `{"orgId":…}` (§4 table, §4c).
+fn approve_delegation(s: &mut State, id: u64, body: &[u8]) -> Resp {
+    if !s.domains.get(&id).is_some_and(|d| visible(s, d)) {
+        return api_error(s, 404, -1, "Entity not found.");
+    }
+    let Some(org) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("orgId").and_then(Value::as_u64))
+    else {
+        return api_error(s, 400, -7, "orgId is required but missing.");
+    };
+    if !s.admin_is_mrao {
+        return api_error(
+            s,
+            400,
+            -3,
+            "You are not authorized to perform delegation approval.",
+        );
+    }
+    let d = s.domains.get_mut(&id).expect("checked");
+    match d.delegations.iter_mut().find(|g| g.org_id == org) {
+        Some(g) if g.status == "REQUESTED" => {
+            g.status = "ACTIVE";
+            empty(200)
+        }
+        Some(_) => api_error(
+            s,
+            400,
+            -705,
+            "This operation cannot be performed as the delegation status is other than ‘‘Requested’’.",
+        ),
+        None => api_error(s, 400, -1601, "Field ''orgId'' has invalid value."),
+    }
 }
 
 fn unknown_user() -> Resp {

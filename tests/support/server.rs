@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +80,143 @@ impl InProcess {
     }
 }
 
-/// The real `certline` binary in a child process.
+/// How long the binary may take to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to run the binary: every field has a default ([`Launch::new`]).
+pub struct Launch<'a> {
+    pub data_dir: &'a Path,
+    pub config: Option<&'a Path>,
+    /// `--listen`; port 0 by default.
+    pub listen: SocketAddr,
+    /// `RUST_LOG`.
+    pub rust_log: &'a str,
+    /// Where stderr goes (appended); inherited when `None`.
+    pub log_file: Option<&'a Path>,
+    /// More environment variables (the secrets a configuration names).
+    pub envs: Vec<(String, String)>,
+}
+
+impl<'a> Launch<'a> {
+    /// `certline serve --listen 127.0.0.1:0 --data DATA`, logging warnings to the test's stderr.
+    pub fn new(data_dir: &'a Path) -> Self {
+        Self {
+            data_dir,
+            config: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rust_log: "warn",
+            log_file: None,
+            envs: Vec::new(),
+        }
+    }
+
+    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
+        self.envs.extend_from_slice(envs);
+        self
+    }
+
+    pub fn config(mut self, config: &'a Path) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    pub fn listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    pub fn logged(mut self, rust_log: &'a str, log_file: Option<&'a Path>) -> Self {
+        self.rust_log = rust_log;
+        self.log_file = log_file;
+        self
+    }
+
+    /// Starts the binary and waits (up to [`START_TIMEOUT`]) for its `listening on` line.
+    /// `CERTLINE_TEST_BIN` may name another build of the server to test against.
+    pub fn start(self) -> Binary {
+        self.try_start()
+            .unwrap_or_else(|status| panic!("certline exited at start: {status}"))
+    }
+
+    /// Like [`Launch::start`], but a server that exits before listening (a refused
+    /// configuration) is its exit status rather than a failed test.
+    pub fn try_start(self) -> Result<Binary, std::process::ExitStatus> {
+        let bin = std::env::var_os("CERTLINE_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_certline")));
+        let stderr = match self.log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("log file"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--data")
+            .arg(self.data_dir)
+            .env("RUST_LOG", self.rust_log)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if let Some(config) = self.config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd.spawn().expect("spawn certline");
+        // A thread reads stdout so the wait can time out, and keeps draining it afterwards
+        // so the server never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut admin = None;
+        // `admin listening on` (with [admin]) comes before `listening on`, which is last.
+        let addr = loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = match lines.recv_timeout(wait) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(child.wait().expect("wait for certline"));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "certline did not say where it listens within {START_TIMEOUT:?} ({e}); exit status {status:?}"
+                    );
+                }
+            };
+            if let Some(a) = line.strip_prefix("admin listening on ") {
+                admin = Some(a.parse().expect("admin address"));
+            } else if let Some(a) = line.strip_prefix("listening on ") {
+                break a.parse().expect("address");
+            } else {
+                panic!("unexpected line from certline: {line:?}");
+            }
+        };
+        Ok(Binary {
+            child,
+            addr,
+            admin,
+            data_dir: self.data_dir.to_path_buf(),
+        })
+    }
+}
+
+/// The real `certline` binary in a child process, killed (by its own pid) when dropped.
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
@@ -101,57 +239,9 @@ impl Binary {
         rust_log: &str,
         log_file: Option<&Path>,
     ) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_certline"));
-        let stderr = match log_file {
-            Some(path) => Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .expect("log file"),
-            ),
-            None => Stdio::inherit(),
-        };
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data_dir)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
-        let mut child = cmd.spawn().expect("spawn certline");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        // With [admin], a second line names the admin listener; the configuration says.
-        let has_admin = config
-            .and_then(|c| std::fs::read_to_string(c).ok())
-            .is_some_and(|text| text.lines().any(|l| l.trim() == "[admin]"));
-        let admin = has_admin.then(|| {
-            let mut line = String::new();
-            stdout.read_line(&mut line).expect("read the admin line");
-            line.trim()
-                .strip_prefix("admin listening on ")
-                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
-                .parse()
-                .expect("admin address")
-        });
-        Self {
-            child,
-            addr,
-            admin,
-            data_dir: data_dir.to_path_buf(),
-        }
+        let mut launch = Launch::new(data_dir).logged(rust_log, log_file);
+        launch.config = config;
+        launch.start()
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -1,17 +1,16 @@
-//! Shared by `tests/hooks.rs` and `tests/certbot_e2e.rs`: the real certline server on an
-//! ephemeral loopback port, a line client, a temporary certbot tree built from the fixtures in
-//! `tests/fixtures/hooks/`, a PATH holding only the tools the scripts may use, and a runner that
-//! bounds how long a script may take.
-#![allow(dead_code)] // each test crate uses a different part of this module
+//! For the tests of the shell scripts in `hooks/` and `contrib/` (`tests/hooks.rs`,
+//! `tests/certbot_e2e.rs`, `tests/first_boot.rs`, `tests/ansible.rs`): the real certline
+//! server from blocking code, the scripts' paths, a PATH holding only the tools the scripts
+//! may use, and a runner that bounds how long a script may take.
 
-use std::collections::BTreeMap;
+use super::client::{list_all, request_blocking};
+use super::server::{Binary, Launch};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,10 +27,10 @@ pub fn register_script() -> PathBuf {
     repo().join("hooks/certline-register")
 }
 
-/// A certline server started as `certline serve --listen ADDR --data DIR`. It is killed (by
-/// its own pid) when dropped.
+/// The real certline binary for blocking test code, on a temporary data directory; its
+/// stderr goes to `server.stderr` in that directory.
 pub struct Server {
-    child: Child,
+    binary: Binary,
     pub port: u16,
     _data: tempfile::TempDir,
 }
@@ -41,117 +40,36 @@ impl Server {
         Server::start_on("127.0.0.1:0")
     }
 
-    /// Starts the server on a given address and waits for its `listening on 127.0.0.1:PORT`
-    /// line. `CERTLINE_TEST_BIN` may name another build of the server to test the scripts
-    /// against; by default it is this package's binary.
+    /// Starts the server on a given address (see [`Launch::start`]).
     pub fn start_on(listen: &str) -> Server {
         let data = tempfile::tempdir().expect("temp data dir");
-        let stderr = fs::File::create(data.path().join("server.stderr")).expect("stderr file");
-        let bin = std::env::var_os("CERTLINE_TEST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_certline")));
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data.path().join("db"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("start certline");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("certline did not say where it listens within 30 s");
-            }
-        };
-        let port = line
-            .trim()
-            .strip_prefix("listening on 127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from certline: {line:?}"));
+        let db = data.path().join("db");
+        let stderr = data.path().join("server.stderr");
+        let binary = Launch::new(&db)
+            .listen(listen.parse().expect("a socket address"))
+            .logged("info", Some(&stderr))
+            .start();
         Server {
-            child,
-            port,
+            port: binary.addr.port(),
+            binary,
             _data: data,
         }
     }
 
     /// One request on its own connection; returns the whole reply (data line, status line).
     pub fn request(&self, line: &str) -> String {
-        request(self.port, line)
+        request_blocking(self.binary.addr, line)
     }
 
     /// Every domain registered under `key`, following `next=` across pages.
     pub fn domains(&self, key: &str) -> Vec<String> {
-        let mut all = Vec::new();
-        let mut offset = 0u64;
-        loop {
-            let reply = self.request(&format!("command list apikey {key} offset {offset}"));
-            assert!(
-                reply.lines().last() == Some("status ok 200 ok"),
-                "list failed: {reply:?}"
-            );
-            let data = reply
-                .lines()
-                .find_map(|l| l.strip_prefix("data "))
-                .unwrap_or_else(|| panic!("list reply without data: {reply:?}"));
-            let fields: BTreeMap<&str, &str> =
-                data.split(' ').filter_map(|f| f.split_once('=')).collect();
-            if let Some(domains) = fields.get("domains") {
-                all.extend(
-                    domains
-                        .split(',')
-                        .filter(|d| !d.is_empty())
-                        .map(str::to_owned),
-                );
-            }
-            match fields.get("next") {
-                Some(next) => offset = next.parse().expect("next offset"),
-                None => return all,
-            }
-        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for listing")
+            .block_on(list_all(self.binary.addr, key))
+            .domains
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends `line` with a newline on a new connection and reads until the status line.
-pub fn request(port: u16, line: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to certline");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .expect("send request");
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).expect("read reply");
-        if n == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&reply);
-        if text.ends_with('\n') && text.lines().any(|l| l.starts_with("status ")) {
-            break;
-        }
-    }
-    String::from_utf8(reply).expect("reply is UTF-8")
 }
 
 /// A loopback port nobody listens on (bound, then released).
@@ -269,4 +187,13 @@ pub fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `key` is claimed by `email` (compared as the server does, case-insensitively).
+pub fn assert_claimed_by(server: &Server, key: &str, email: &str) {
+    assert_eq!(
+        server.request(&format!("command claim apikey {key} email {email}")),
+        "status ok 200 api key already claimed\n",
+        "the key should already be claimed by {email}"
+    );
 }
