@@ -7,7 +7,9 @@ use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, SectigoError, Worker};
 use crate::config::{Config, ConfigError};
 use crate::confirm::{Confirmations, Mailer};
+use crate::reload::{ConfigSource, Reloader};
 use crate::server::Server;
+use crate::server::activation::{Activated, ActivationError};
 use crate::service::Service;
 use crate::store::{Store, StoreError};
 use std::net::SocketAddr;
@@ -53,6 +55,15 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    /// The sockets systemd passed do not fit the configuration.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    /// systemd passed a socket that could not be used.
+    #[error("using the {what} socket systemd passed: {error}")]
+    ActivatedSocket {
+        what: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// A started, not yet running certline: every port bound, every secret loaded.
@@ -63,6 +74,8 @@ pub struct App {
     admin: Option<AdminServer>,
     confirmations: Option<Arc<Confirmations>>,
     shutdown: CancellationToken,
+    /// The configuration it started with, for [`App::reloader`].
+    config: Config,
 }
 
 impl App {
@@ -70,7 +83,14 @@ impl App {
     /// the secrets and binds the listeners. Must be called inside a tokio runtime. Fails
     /// before serving anything, so a bad secret never half-starts.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_activated(config, Activated::default()).await
+    }
+
+    /// Like [`App::start`], serving on the listeners systemd passed where it passed one
+    /// (socket activation) and binding the others.
+    pub async fn start_activated(config: Config, activated: Activated) -> Result<Self, StartError> {
         crate::config::requirements::check(&config)?;
+        let running = config.clone();
         let store = Arc::new(Store::open(
             &config.data_dir,
             config.durability.mode,
@@ -112,12 +132,22 @@ impl App {
                     dcv_window,
                     shutdown.clone(),
                 );
-                let admin = AdminServer::bind(admin_config.listen, state)
-                    .await
-                    .map_err(|error| StartError::AdminBind {
-                        addr: admin_config.listen,
-                        error,
-                    })?;
+                let admin = match activated.admin {
+                    Some(listener) => {
+                        AdminServer::from_listener(listener, state).map_err(|error| {
+                            StartError::ActivatedSocket {
+                                what: "admin",
+                                error,
+                            }
+                        })?
+                    }
+                    None => AdminServer::bind(admin_config.listen, state)
+                        .await
+                        .map_err(|error| StartError::AdminBind {
+                            addr: admin_config.listen,
+                            error,
+                        })?,
+                };
                 let base = admin_config.public_url(admin.local_addr());
                 store.enable_confirmation_mail();
                 let confirmations = Confirmations::new(
@@ -128,18 +158,35 @@ impl App {
                 );
                 (Some(admin), Some(Arc::new(confirmations)))
             }
-            None => (None, None),
+            None => {
+                if activated.admin.is_some() {
+                    tracing::warn!(
+                        "systemd passed an admin socket but the configuration has no [admin] section: not serving it"
+                    );
+                }
+                (None, None)
+            }
         };
         let mut service = Service::new(store.clone(), &config.rate_limit)
             .with_claims(config.claims.caps(), confirmations.clone());
         if let Some(worker) = &worker {
             service = service.with_bridge(worker.handle());
         }
-        let server = Server::bind(config.listen, config.limits, service, shutdown.clone())
-            .map_err(|error| StartError::Bind {
-                addr: config.listen,
-                error,
-            })?;
+        let server =
+            match activated.line {
+                Some(listener) => {
+                    Server::from_listener(listener, config.limits, service, shutdown.clone())
+                        .map_err(|error| StartError::ActivatedSocket {
+                            what: "line-protocol",
+                            error,
+                        })?
+                }
+                None => Server::bind(config.listen, config.limits, service, shutdown.clone())
+                    .map_err(|error| StartError::Bind {
+                        addr: config.listen,
+                        error,
+                    })?,
+            };
         Ok(Self {
             server,
             store,
@@ -147,6 +194,7 @@ impl App {
             admin,
             confirmations,
             shutdown,
+            config: running,
         })
     }
 
@@ -163,6 +211,18 @@ impl App {
     /// The store, shared with the running parts.
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// What applies a changed configuration to this app once it runs (SIGHUP); `source` says
+    /// where to read it again.
+    pub fn reloader(&self, source: ConfigSource) -> Arc<Reloader> {
+        Arc::new(Reloader::new(
+            source,
+            self.config.clone(),
+            self.server.limits(),
+            self.worker.clone(),
+            self.admin.as_ref().map(AdminServer::state),
+        ))
     }
 
     /// A token that stops everything when cancelled.

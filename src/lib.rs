@@ -13,8 +13,10 @@
 //! ```
 //!
 //! - [`app`]: the wiring; builds every part from the [`config`] and runs them.
+//! - [`reload`]: `SIGHUP` applies a re-read configuration and its secrets to the running app.
 //! - [`protocol`]: bytes ↔ requests and replies; no I/O. The contract is `protocol.md`.
-//! - [`server`]: sockets, limits, timeouts, shutdown.
+//! - [`server`]: sockets (its own, or systemd's: [`server::activation`]), limits, timeouts,
+//!   shutdown.
 //! - [`service`]: the rules of each command.
 //! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod confirm;
 pub mod domain;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod store;

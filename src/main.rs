@@ -2,9 +2,12 @@
 
 use anyhow::Context as _;
 use certline::App;
-use certline::cli::{self, AdminClient, Endpoint, Format};
+use certline::cli::{self, AdminClient, DomainFilter, Endpoint, Format};
 use certline::config::{Config, LogFormat};
+use certline::reload::ConfigSource;
+use certline::server::activation::Activated;
 use clap::{Args, Parser, Subcommand};
+use sd_notify::NotifyState;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,7 +116,7 @@ struct AdminArgs {
 /// Output format of lists.
 #[derive(Args)]
 struct OutputArgs {
-    /// The admin API's JSON.
+    /// JSON Lines: one JSON object per line, as the admin API shows each item.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     /// CSV with a header line.
@@ -150,16 +153,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             config,
         } => {
-            let mut config = match config {
-                Some(path) => Config::from_file(&path)?,
-                None => Config::default(),
+            let source = ConfigSource {
+                file: config,
+                listen,
+                data_dir: data,
             };
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
-            if let Some(data) = data {
-                config.data_dir = data;
-            }
+            let config = source.load()?;
             init_tracing(&config);
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             runtime.enable_all();
@@ -169,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(serve(config))
+                .block_on(serve(config, source))
         }
         Command::CheckConfig { file } => {
             let report = cli::check::check_config(&file)?;
@@ -185,12 +184,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             suffix,
             needs_action,
             output,
-        } => admin_call(admin, async |c| {
-            cli::domains(c, state, suffix, needs_action, output.format()).await
-        }),
-        Command::Keys { admin, output } => {
-            admin_call(admin, async |c| cli::keys(c, output.format()).await)
+        } => {
+            let filter = DomainFilter {
+                state,
+                suffix,
+                needs_action,
+            };
+            admin_listing(admin, async |c, out| {
+                cli::domains(c, filter, output.format(), out).await
+            })
         }
+        Command::Keys { admin, output } => admin_listing(admin, async |c, out| {
+            cli::keys(c, output.format(), out).await
+        }),
         Command::Revoke { admin, prefix } => {
             admin_call(admin, async |c| cli::revoke(c, &prefix).await)
         }
@@ -226,15 +232,34 @@ fn admin_call(
     args: AdminArgs,
     call: impl AsyncFnOnce(&AdminClient) -> Result<String, cli::CliError>,
 ) -> anyhow::Result<()> {
+    let (client, runtime) = admin_client(args)?;
+    let text = runtime.block_on(call(&client))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Runs a listing that writes to stdout page by page. A closed stdout (`| head`) ends it
+/// quietly.
+fn admin_listing(
+    args: AdminArgs,
+    call: impl AsyncFnOnce(&AdminClient, &mut dyn Write) -> Result<(), cli::CliError>,
+) -> anyhow::Result<()> {
+    let (client, runtime) = admin_client(args)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match runtime.block_on(call(&client, &mut out)) {
+        Err(cli::CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
+}
+
+fn admin_client(args: AdminArgs) -> anyhow::Result<(AdminClient, tokio::runtime::Runtime)> {
     let endpoint = Endpoint::resolve(args.admin_url, args.admin_token, args.config.as_deref())?;
     let client = AdminClient::new(endpoint)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let text = runtime.block_on(call(&client))?;
-    print!("{text}");
-    Ok(())
+    Ok((client, runtime))
 }
 
 fn init_tracing(config: &Config) {
@@ -251,33 +276,57 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Before anything slow: SIGHUP's default action would end the process.
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let data_dir = config.data_dir.clone();
-    let server = App::start(config)
+    let activated = Activated::from_env(
+        config.listen.port(),
+        config.admin.as_ref().map(|a| a.listen.port()),
+    )?;
+    let app = App::start_activated(config, activated)
         .await
         .with_context(|| format!("starting certline with data in {}", data_dir.display()))?;
     // Scripts and tests that start certline on port 0 read these lines to find the ports.
     // The line-protocol line comes last, so a reader knows it has seen every port.
-    if let Some(admin) = server.admin_addr() {
+    if let Some(admin) = app.admin_addr() {
         println!("admin listening on {admin}");
     }
-    println!("listening on {}", server.local_addr());
+    println!("listening on {}", app.local_addr());
     std::io::stdout().flush()?;
-    let shutdown = server.shutdown_token();
+    notify_systemd(&[NotifyState::Ready]);
+    let shutdown = app.shutdown_token();
+    let reloader = app.reloader(source);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let mut reloading = vec![NotifyState::Reloading];
+                    reloading.extend(NotifyState::monotonic_usec_now().ok());
+                    notify_systemd(&reloading);
+                    // Secrets are files: read them off the runtime's threads.
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    notify_systemd(&[NotifyState::Ready]);
+                }
+            }
+        }
         tracing::info!("signal received: shutting down");
+        notify_systemd(&[NotifyState::Stopping]);
         shutdown.cancel();
     });
-    server.run().await?;
+    app.run().await?;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Tells systemd (Type=notify) where certline is; nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
     }
 }

@@ -149,7 +149,15 @@ async fn inventory_shows_bridge_state_and_filters_by_state_suffix_and_needs_acti
 
     let list = admin.json("/api/domains").await;
     assert_eq!(list["bridge"], "on");
-    assert_eq!(list["count"], 5);
+    assert_eq!(list["domains"].as_array().unwrap().len(), 5);
+    assert!(list["next_cursor"].is_null(), "one page holds all: {list}");
+    let counted = admin.json("/api/domains/count").await;
+    assert_eq!(
+        (&counted["count"], &counted["bridge"]),
+        (&5.into(), &"on".into())
+    );
+    let counted = admin.json("/api/domains/count?needs_action=true").await;
+    assert_eq!(counted["count"], 3);
     assert_eq!(
         names(&admin.domains("state=not_in_sectigo").await),
         ["missing.example.edu"]
@@ -194,7 +202,8 @@ async fn a_key_revoked_by_prefix_is_refused_on_the_line_protocol_at_once() {
     add(server.addr, &key, "www.example.org").await;
 
     let keys = admin.json("/api/keys").await;
-    assert_eq!(keys["count"], 2);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(admin.json("/api/keys/count").await["count"], 2);
     let id = ApiKey::parse(&key).unwrap().hash().id();
     let entry = keys["keys"]
         .as_array()
@@ -394,6 +403,92 @@ async fn readyz_fails_while_the_store_cannot_commit() {
             "never ready again"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_page_with_an_opaque_cursor_and_filters_apply_before_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = start(dir.path(), "").await;
+    let keys = [new_key(server.addr).await, new_key(server.addr).await];
+    let mut expected = Vec::new();
+    for i in 0..23 {
+        let zone = if i % 3 == 0 {
+            "example.edu"
+        } else {
+            "example.org"
+        };
+        let domain = format!("host{i:02}.{zone}");
+        add(server.addr, &keys[i % 2], &domain).await;
+        expected.push(domain);
+    }
+    // A domain two keys hold lists both holders.
+    add(server.addr, &keys[1], "host00.example.edu").await;
+    expected.sort();
+
+    // limit=5: five pages, in order, nothing twice, the last without a cursor.
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .json(&format!("/api/domains?limit=5&cursor={cursor}"))
+            .await;
+        pages += 1;
+        listed.extend(names(page["domains"].as_array().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!((listed, pages), (expected.clone(), 5));
+    let both = admin.domains("suffix=host00.example.edu").await;
+    assert_eq!(both[0]["keys"].as_array().unwrap().len(), 2, "{both:?}");
+
+    // The filter picks before the limit counts: each page holds only matches.
+    let edu = admin.json("/api/domains?suffix=example.edu&limit=3").await;
+    assert_eq!(
+        names(edu["domains"].as_array().unwrap()),
+        [
+            "host00.example.edu",
+            "host03.example.edu",
+            "host06.example.edu"
+        ]
+    );
+    let edu_all = admin
+        .all_pages("/api/domains", "suffix=example.edu&limit=3", "domains")
+        .await;
+    assert_eq!(edu_all.len(), 8);
+    assert_eq!(
+        admin.json("/api/domains/count?suffix=example.edu").await["count"],
+        8
+    );
+
+    // Keys page the same way; a domain cursor is not a key cursor.
+    let first = admin.json("/api/keys?limit=1").await;
+    assert_eq!(first["keys"].as_array().unwrap().len(), 1);
+    let key_cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second = admin
+        .json(&format!("/api/keys?limit=1&cursor={key_cursor}"))
+        .await;
+    assert_eq!(second["keys"].as_array().unwrap().len(), 1);
+    assert!(second["next_cursor"].is_null(), "{second}");
+    assert_ne!(first["keys"][0]["id"], second["keys"][0]["id"]);
+    let domain_cursor = admin.json("/api/domains?limit=1").await["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for bad in [
+        format!("/api/keys?cursor={domain_cursor}"),
+        format!("/api/domains?cursor={key_cursor}"),
+        "/api/domains?cursor=not-hex".to_owned(),
+        "/api/domains?limit=0".to_owned(),
+        "/api/domains?limit=5001".to_owned(),
+    ] {
+        let (status, body) = admin.get(&bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"error\""), "{bad}: {body}");
     }
     server.stop().await;
 }

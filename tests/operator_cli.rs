@@ -113,9 +113,12 @@ async fn the_cli_lists_imports_revokes_and_requeues_through_the_admin_api() {
         &admin,
         &["domains", "--json", "--suffix", "shop.example.org"],
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["count"], 1);
-    assert_eq!(v["domains"][0]["domain"], "shop.example.org:8443");
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "JSON Lines, one domain: {}", stdout(&o));
+    assert_eq!(lines[0]["domain"], "shop.example.org:8443");
     let o = cli(&admin, &["domains", "--csv"]);
     let csv = stdout(&o);
     assert!(

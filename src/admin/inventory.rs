@@ -1,12 +1,17 @@
-//! `GET /api/domains`: every registered domain with its bridge state, the keys holding it,
-//! and why it needs an operator, if it does. Filters (query string, all optional):
+//! `GET /api/domains`: the registered domains with their bridge state, the keys holding
+//! them, and why each needs an operator, if it does, a page at a time ([`super::paging`]).
+//! `GET /api/domains/count` answers how many match the same filters. Filters (query string,
+//! all optional), applied before paging:
 //!
 //! * `state=S`: the bridge state as `command status` names it (`synced`, `failed`, …, `off`);
 //! * `suffix=X`: the domain is `X` or ends in `.X`;
 //! * `needs_action=true`: only domains with at least one reason (see [`reasons`]).
+//!
+//! Paging: `limit=N` and `cursor=C` (the previous page's `next_cursor`).
 
 use super::extract::ApiQuery;
-use super::views::{DomainList, DomainView, ErrorView, HolderView, Reason};
+use super::paging::{self, Listing};
+use super::views::{DomainCount, DomainList, DomainView, ErrorView, HolderView, Reason};
 use super::{AdminState, ApiError};
 use crate::store::rfc3339;
 use crate::store::{BridgePhase, BridgeRecord, DcvState, InventoryRow};
@@ -16,58 +21,141 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// The query string.
+/// The listing's query string.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Filter {
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub needs_action: bool,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// The count's query string: the listing's filters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountQuery {
     pub state: Option<String>,
     pub suffix: Option<String>,
     #[serde(default)]
     pub needs_action: bool,
 }
 
-/// The handler.
-pub async fn list(
-    State(state): State<Arc<AdminState>>,
-    ApiQuery(filter): ApiQuery<Filter>,
-) -> Result<Json<DomainList>, ApiError> {
-    let store = state.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.inventory())
-        .await
-        .map_err(|e| {
-            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        })??;
-    let bridge_on = state.bridge.is_some();
-    let paused = state.bridge_paused();
-    let today = chrono::Utc::now().date_naive();
-    let suffix = filter.suffix.as_deref().map(|s| {
-        s.trim()
-            .trim_start_matches("*.")
-            .trim_matches('.')
-            .to_ascii_lowercase()
-    });
-    let domains: Vec<DomainView> = rows
-        .into_iter()
-        .map(|row| view(row, bridge_on, paused, today, state.dcv_window_days))
-        .filter(|d| filter.state.as_deref().is_none_or(|s| d.sectigo == s))
-        .filter(|d| {
-            suffix.as_deref().is_none_or(|s| {
-                let host = d.domain.split(':').next().unwrap_or(&d.domain);
-                host == s || host.ends_with(&format!(".{s}"))
-            })
-        })
-        .filter(|d| !filter.needs_action || !d.needs_action.is_empty())
-        .collect();
-    Ok(Json(DomainList {
-        bridge: match (bridge_on, paused) {
+/// The filters, and what a row's view needs to know about the bridge.
+struct Filter {
+    state: Option<String>,
+    /// Lower-case, without a leading `*.` or surrounding dots.
+    suffix: Option<String>,
+    needs_action: bool,
+    bridge_on: bool,
+    paused: bool,
+    today: NaiveDate,
+    dcv_window_days: i64,
+}
+
+impl Filter {
+    fn new(
+        admin: &AdminState,
+        state: Option<String>,
+        suffix: Option<String>,
+        needs_action: bool,
+    ) -> Self {
+        Self {
+            state,
+            suffix: suffix.map(|s| {
+                s.trim()
+                    .trim_start_matches("*.")
+                    .trim_matches('.')
+                    .to_ascii_lowercase()
+            }),
+            needs_action,
+            bridge_on: admin.bridge.is_some(),
+            paused: admin.bridge_paused(),
+            today: chrono::Utc::now().date_naive(),
+            dcv_window_days: admin.dcv_window_days,
+        }
+    }
+
+    /// The row's view, if it passes the filters. The suffix is checked first: it needs no
+    /// view.
+    fn apply(&self, row: InventoryRow) -> Option<DomainView> {
+        if let Some(suffix) = &self.suffix {
+            let host = row.domain.split(':').next().unwrap_or(&row.domain);
+            let matches = host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'));
+            if !matches {
+                return None;
+            }
+        }
+        let d = view(
+            row,
+            self.bridge_on,
+            self.paused,
+            self.today,
+            self.dcv_window_days,
+        );
+        let state_ok = self.state.as_deref().is_none_or(|s| d.sectigo == s);
+        (state_ok && (!self.needs_action || !d.needs_action.is_empty())).then_some(d)
+    }
+
+    fn bridge(&self) -> String {
+        match (self.bridge_on, self.paused) {
             (false, _) => "off",
             (true, false) => "on",
             (true, true) => "paused",
         }
-        .into(),
-        count: domains.len(),
-        domains,
+        .into()
+    }
+}
+
+/// `GET /api/domains`.
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<DomainList>, ApiError> {
+    let limit = paging::limit(query.limit)?;
+    let after = paging::resume_after(Listing::Domains, query.cursor.as_deref())?;
+    let after = after.map(|a| String::from_utf8_lossy(&a).into_owned());
+    let filter = Filter::new(&state, query.state, query.suffix, query.needs_action);
+    let store = state.store.clone();
+    let page = super::blocking(move || {
+        let rows = store.inventory_after(after.as_deref());
+        let page = paging::collect(
+            rows,
+            limit,
+            |row| row.domain.as_bytes().to_vec(),
+            |row| filter.apply(row),
+        )?;
+        Ok((page, filter.bridge()))
+    })
+    .await?;
+    let (page, bridge) = page;
+    Ok(Json(DomainList {
+        bridge,
+        next_cursor: page.next_cursor(Listing::Domains),
+        domains: page.items,
     }))
+}
+
+/// `GET /api/domains/count`: how many domains the filters match (a full scan, one record in
+/// memory at a time).
+pub async fn count(
+    State(state): State<Arc<AdminState>>,
+    ApiQuery(query): ApiQuery<CountQuery>,
+) -> Result<Json<DomainCount>, ApiError> {
+    let filter = Filter::new(&state, query.state, query.suffix, query.needs_action);
+    let store = state.store.clone();
+    let (count, bridge) = super::blocking(move || {
+        let n = paging::count(store.inventory_after(None), |row| {
+            filter.apply(row).is_some()
+        })?;
+        Ok((n, filter.bridge()))
+    })
+    .await?;
+    Ok(Json(DomainCount { bridge, count }))
 }
 
 fn view(

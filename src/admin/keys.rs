@@ -1,48 +1,81 @@
-//! `GET /api/keys` (every key: id, e-mail, times, domain count),
-//! `POST /api/keys/{prefix}/revoke` (revoke the one key whose id starts with `prefix`) and
-//! `POST /api/keys/{prefix}/confirm` (confirm it by hand, as its claim e-mail's link would).
+//! `GET /api/keys` (the keys: id, e-mail, times, domain count; a page at a time, see
+//! [`super::paging`]), `GET /api/keys/count`, `POST /api/keys/{prefix}/revoke` (revoke the
+//! one key whose id starts with `prefix`) and `POST /api/keys/{prefix}/confirm` (confirm it
+//! by hand, as its claim e-mail's link would).
 //!
 //! A revocation is committed before the answer, and the line protocol reads the key on every
 //! request, so the key's next request gets `status error 403 api key revoked`. A confirmation
 //! is committed before the answer too, and the key's domains that waited for it are back in
 //! the bridge's queue by then.
 
-use super::views::{KeyConfirmed, KeyList, KeyView, Revoked};
+use super::extract::ApiQuery;
+use super::paging::{self, Listing};
+use super::views::{KeyConfirmed, KeyCount, KeyList, KeyView, Revoked};
 use super::{AdminState, ApiError};
 use crate::apikey::KeyHash;
 use crate::store::{KeyRecord, OperatorConfirmOutcome, rfc3339};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The shortest prefix accepted: a typo of one or two digits should not find a key.
 pub const MIN_PREFIX: usize = 4;
 
+/// The listing's query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
 /// `GET /api/keys`.
-pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<KeyList>, ApiError> {
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    let limit = paging::limit(query.limit)?;
+    let after = paging::resume_after(Listing::Keys, query.cursor.as_deref())?;
+    let after = match after.map(|a| <[u8; 32]>::try_from(a.as_slice())) {
+        None => None,
+        Some(Ok(hash)) => Some(KeyHash(hash)),
+        Some(Err(_)) => return Err(paging::bad_cursor()),
+    };
     let store = state.store.clone();
-    let keys = tokio::task::spawn_blocking(move || store.keys())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let keys: Vec<KeyView> = keys
-        .into_iter()
-        .map(|(hash, r)| KeyView {
-            id: hash.id(),
-            email: r.email,
-            created: rfc3339(r.created_at),
-            creator_ip: r.creator_ip.to_string(),
-            claimed: r.claimed_at.map(rfc3339),
-            confirmed: r.confirmed_at.map(rfc3339),
-            revoked: r.revoked_at.map(rfc3339),
-            domains: r.domain_count,
-        })
-        .collect();
+    let page = super::blocking(move || {
+        paging::collect(
+            store.keys_after(after.as_ref()),
+            limit,
+            |(hash, _)| hash.0.to_vec(),
+            |(hash, r)| {
+                Some(KeyView {
+                    id: hash.id(),
+                    email: r.email,
+                    created: rfc3339(r.created_at),
+                    creator_ip: r.creator_ip.to_string(),
+                    claimed: r.claimed_at.map(rfc3339),
+                    confirmed: r.confirmed_at.map(rfc3339),
+                    revoked: r.revoked_at.map(rfc3339),
+                    domains: r.domain_count,
+                })
+            },
+        )
+    })
+    .await?;
     Ok(Json(KeyList {
-        count: keys.len(),
-        keys,
+        next_cursor: page.next_cursor(Listing::Keys),
+        keys: page.items,
     }))
+}
+
+/// `GET /api/keys/count`.
+pub async fn count(State(state): State<Arc<AdminState>>) -> Result<Json<KeyCount>, ApiError> {
+    let store = state.store.clone();
+    let count = super::blocking(move || paging::count(store.keys_after(None), |_| true)).await?;
+    Ok(Json(KeyCount { count }))
 }
 
 /// `POST /api/keys/{prefix}/revoke`: 400 for a malformed prefix, 404 when no key matches,

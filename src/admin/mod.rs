@@ -6,10 +6,12 @@
 //! | `GET /healthz` | none | the process answers |
 //! | `GET /readyz` | none | the store takes a write + commit, the bridge is not paused |
 //! | `GET /metrics` | bearer | Prometheus text format ([`metrics`]) |
-//! | `GET /api/domains?state=&suffix=&needs_action=true` | bearer | the inventory ([`inventory`]) |
+//! | `GET /api/domains?state=&suffix=&needs_action=true&limit=&cursor=` | bearer | the inventory, paged ([`inventory`], [`paging`]) |
+//! | `GET /api/domains/count?state=&suffix=&needs_action=true` | bearer | how many domains match |
 //! | `POST /api/domains` | bearer | register domains under a key (bulk import, [`import`]) |
 //! | `POST /api/domains/{domain}/requeue` | bearer | bridge record back to `queued`, due now |
-//! | `GET /api/keys` | bearer | the keys ([`keys`]) |
+//! | `GET /api/keys?limit=&cursor=` | bearer | the keys, paged ([`keys`]) |
+//! | `GET /api/keys/count` | bearer | how many keys there are |
 //! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
 //! | `POST /api/keys/{prefix}/confirm` | bearer | confirm it by hand, as its claim link would |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
@@ -26,6 +28,7 @@ mod import;
 mod inventory;
 mod keys;
 pub mod metrics;
+pub mod paging;
 mod requeue;
 pub mod views;
 
@@ -34,6 +37,7 @@ pub use config::AdminConfig;
 use crate::bridge::BridgeHandle;
 use crate::config::secret::Secret;
 use crate::store::Store;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -53,7 +57,8 @@ pub struct AdminState {
     /// Present when the Sectigo bridge is configured.
     pub bridge: Option<Arc<BridgeHandle>>,
     /// SHA-256 of the bearer token: comparing digests takes the same time for every guess.
-    token_digest: [u8; 32],
+    /// Replaced by a reload (a rotated token works from the next request on).
+    token_digest: ArcSwap<[u8; 32]>,
     pub metrics: PrometheusHandle,
     /// DCV expiring within this many days needs action (the bridge's own window).
     pub dcv_window_days: i64,
@@ -73,11 +78,16 @@ impl AdminState {
         Self {
             store,
             bridge,
-            token_digest: Sha256::digest(token.expose().as_bytes()).into(),
+            token_digest: ArcSwap::from_pointee(digest(token)),
             metrics,
             dcv_window_days: i64::from(dcv_window_days),
             shutdown,
         }
+    }
+
+    /// Accepts `token` instead of the old one from the next request on (reload).
+    pub fn set_token(&self, token: &Secret) {
+        self.token_digest.store(Arc::new(digest(token)));
     }
 
     fn bridge_paused(&self) -> bool {
@@ -99,6 +109,23 @@ impl AdminServer {
             listener,
             state: Arc::new(state),
         })
+    }
+
+    /// Serves on a listener bound elsewhere (socket activation).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        state: AdminState,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener: TcpListener::from_std(listener)?,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The shared state (a reload swaps the token in it).
+    pub fn state(&self) -> Arc<AdminState> {
+        self.state.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -149,8 +176,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics::render))
         .route("/api/domains", get(inventory::list).post(import::import))
+        .route("/api/domains/count", get(inventory::count))
         .route("/api/domains/{domain}/requeue", post(requeue::requeue))
         .route("/api/keys", get(keys::list))
+        .route("/api/keys/count", get(keys::count))
         .route("/api/keys/{prefix}/revoke", post(keys::revoke))
         .route("/api/keys/{prefix}/confirm", post(keys::confirm))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -168,6 +197,21 @@ pub fn router(state: Arc<AdminState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Runs store reads on the blocking pool (sled may wait for its disk), so a long listing does
+/// not hold up the runtime's other tasks.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn digest(token: &Secret) -> [u8; 32] {
+    Sha256::digest(token.expose().as_bytes()).into()
 }
 
 /// Lets a request through only with the right bearer token.
@@ -189,7 +233,7 @@ async fn require_token(
         let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
         digest
             .iter()
-            .zip(state.token_digest.iter())
+            .zip(state.token_digest.load().iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     });

@@ -3,13 +3,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `GET /api/domains`.
+/// `GET /api/domains`: one page.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DomainList {
     /// `on`, `off` (no `[sectigo]` section) or `paused` (Sectigo rejects the credentials).
     pub bridge: String,
-    pub count: usize,
     pub domains: Vec<DomainView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/domains/count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainCount {
+    /// As in [`DomainList`].
+    pub bridge: String,
+    /// How many domains match the filters.
+    pub count: u64,
 }
 
 /// One registered domain.
@@ -78,11 +89,19 @@ pub struct Reason {
     pub detail: String,
 }
 
-/// `GET /api/keys`.
+/// `GET /api/keys`: one page.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyList {
-    pub count: usize,
     pub keys: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/keys/count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyCount {
+    pub count: u64,
 }
 
 /// One API key (never the key itself: the store does not have it).

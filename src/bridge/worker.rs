@@ -36,11 +36,12 @@ use crate::store::{
     AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType, DcvState, Store,
     StoreError, UnixTime,
 };
+use arc_swap::ArcSwap;
 use chrono::Utc;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -80,19 +81,50 @@ impl BridgeHandle {
 /// The worker. Build it with [`Worker::new`], run it with [`Worker::run`].
 pub struct Worker {
     store: Arc<Store>,
-    /// Replaced as a whole when new credentials arrive ([`Worker::replace_client`]).
-    client: RwLock<SectigoClient>,
+    /// Replaced whole by [`Worker::reconfigure`]; each step reads the current one.
+    settings: ArcSwap<Settings>,
+    /// Fixed at start: the worker's slots are sized once.
+    max_concurrency: usize,
+    handle: Arc<BridgeHandle>,
+    in_flight: Mutex<HashSet<String>>,
+    finished: Notify,
+}
+
+/// What a reload may change while the worker runs: the credentials (in the client), the
+/// policy, the timings and the DCV settings. A step in flight finishes with the settings
+/// it started with.
+struct Settings {
+    client: SectigoClient,
     policy: Policy,
     validation_domains: ValidationDomains,
     approve_delegations: bool,
     backoff: BackoffConfig,
     recheck_interval: Duration,
     unauthorized_retry: Duration,
-    max_concurrency: usize,
     dcv: DcvSettings,
-    handle: Arc<BridgeHandle>,
-    in_flight: Mutex<HashSet<String>>,
-    finished: Notify,
+}
+
+impl Settings {
+    fn new(client: SectigoClient, config: &SectigoConfig) -> Self {
+        Self {
+            client,
+            policy: Policy::from_config(config),
+            validation_domains: ValidationDomains::new(&config.dcv_domains),
+            approve_delegations: config.approve_delegations,
+            backoff: config.backoff.clone(),
+            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
+            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            dcv: DcvSettings {
+                method: config.dcv_method,
+                hook: config.dcv_hook.clone(),
+                hook_env: config.dcv_hook_env.clone(),
+                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
+                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
+                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
+                expiry_window_days: i64::from(config.dcv_expiry_window_days),
+            },
+        }
+    }
 }
 
 /// DCV automation settings, from `[sectigo]`.
@@ -119,23 +151,8 @@ impl Worker {
     pub fn new(store: Arc<Store>, client: SectigoClient, config: &SectigoConfig) -> Self {
         Self {
             store,
-            client: RwLock::new(client),
-            policy: Policy::from_config(config),
-            validation_domains: ValidationDomains::new(&config.dcv_domains),
-            approve_delegations: config.approve_delegations,
-            backoff: config.backoff.clone(),
-            recheck_interval: Duration::from_secs(config.recheck_interval_hours.max(1) * 3600),
-            unauthorized_retry: Duration::from_secs(config.unauthorized_retry_secs.max(1)),
+            settings: ArcSwap::from_pointee(Settings::new(client, config)),
             max_concurrency: config.max_concurrency.max(1),
-            dcv: DcvSettings {
-                method: config.dcv_method,
-                hook: config.dcv_hook.clone(),
-                hook_env: config.dcv_hook_env.clone(),
-                hook_timeout: Duration::from_secs(config.dcv_hook_timeout_secs.max(1)),
-                max_poll: Duration::from_secs(config.dcv_max_poll_secs.max(1)),
-                max_wait: Duration::from_secs(config.dcv_max_wait_hours.max(1) * 3600),
-                expiry_window_days: i64::from(config.dcv_expiry_window_days),
-            },
             handle: Arc::new(BridgeHandle::default()),
             in_flight: Mutex::new(HashSet::new()),
             finished: Notify::new(),
@@ -147,25 +164,48 @@ impl Worker {
         self.handle.clone()
     }
 
-    /// The current client (cheap clone; shares pool, token cache and limits).
-    fn client(&self) -> SectigoClient {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The settings in force: a step holds one snapshot from start to end.
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
     }
 
-    /// New credentials (a config reload): use `client` from now on, and resume like a
-    /// restart does ([`Self::credentials_changed`]).
-    pub fn replace_client(&self, client: SectigoClient) {
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+    /// New credentials (in `client`) and settings from a reloaded `[sectigo]` section
+    /// (`max_concurrency` keeps its start-up value): the next step of every domain uses
+    /// them.
+    ///
+    /// The credentials may have changed in their file with the TOML as it was, and a client
+    /// cannot tell, so every reload takes [`Self::credentials_changed`]'s path: ALL domains
+    /// parked by a 401 become due at once behind one probe, not just the probe's domain.
+    ///
+    /// Domains the old policy set aside (not forwarded, awaiting confirmation) wait for no
+    /// timer; when the policy changed, they are queued again, as at start-up.
+    pub fn reconfigure(&self, client: SectigoClient, config: &SectigoConfig) {
+        let settings = Settings::new(client, config);
+        // Policy has no PartialEq (it is the bridge's pure decision type); its Debug form
+        // shows every field.
+        let policy_changed =
+            format!("{:?}", self.settings().policy) != format!("{:?}", settings.policy);
+        self.settings.store(Arc::new(settings));
+        if policy_changed {
+            match self.store.backfill_bridge(now()) {
+                Ok(n) => tracing::info!(
+                    domains = n,
+                    "policy changed: domains set aside are queued again"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy changed, but queueing the domains it set aside failed")
+                }
+            }
+        }
         self.credentials_changed();
+        // The idle loop sleeps until the next due domain under the old timings: look again.
+        self.finished.notify_one();
     }
 
-    /// The entry point for "new configuration or credentials arrived" (start-up and reload
-    /// call it): every domain parked by a 401 is due at once, but while any waits on
-    /// credentials the bridge stays `paused` and sends one probe first; when the probe
-    /// succeeds, all of them go, not a request per `unauthorized_retry_secs`.
+    /// The entry point for "new configuration or credentials arrived" (start-up and
+    /// [`Self::reconfigure`] call it): every domain parked by a 401 is due at once, but while
+    /// any waits on credentials the bridge stays `paused` and sends one probe first; when the
+    /// probe succeeds, all of them go, not a request per `unauthorized_retry_secs`.
     pub fn credentials_changed(&self) {
         match self.store.release_credential_waiters(now()) {
             Ok(0) => {}
@@ -209,8 +249,9 @@ impl Worker {
                 // Paused: one domain probes whether the credentials work (again); at once
                 // after new credentials, else every `unauthorized_retry_secs`.
                 if !self.handle.probe_now.swap(false, Ordering::SeqCst) {
+                    let retry = self.settings().unauthorized_retry;
                     tokio::select! {
-                        _ = tokio::time::sleep(self.unauthorized_retry) => {}
+                        _ = tokio::time::sleep(retry) => {}
                         _ = self.handle.wake.notified() => {}
                         _ = shutdown.cancelled() => break,
                     }
@@ -402,7 +443,8 @@ impl Worker {
 
     /// Queued (or resting for a reason the configuration decides): may it be forwarded?
     fn apply_policy(&self, domain: &str, r: &mut BridgeRecord) -> Step {
-        match self.policy.decide(domain, r.key_confirmed) {
+        let s = self.settings();
+        match s.policy.decide(domain, r.key_confirmed) {
             Ok(()) => {
                 // A recheck or requeue after a bounded -700 cycle gets one more bounded cycle.
                 r.exists_rounds = 0;
@@ -433,8 +475,9 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         match self
-            .call(BridgePhase::Lookup, self.client().find_domain(domain))
+            .call(BridgePhase::Lookup, s.client.find_domain(domain))
             .await?
         {
             Some(found) => {
@@ -443,10 +486,10 @@ impl Worker {
                 r.phase = BridgePhase::Details;
                 Ok(Step::Continue)
             }
-            None if !self.policy.may_create(domain) => {
+            None if !s.policy.may_create(domain) => {
                 r.phase = BridgePhase::NotInSectigo;
                 r.checked_at = Some(now);
-                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.recheck_interval.as_secs() as i64);
                 Ok(Step::Rest)
             }
             // SCM said -700 "exists", yet this admin's lookup finds nothing: the domain
@@ -466,7 +509,7 @@ impl Worker {
             }),
             None if r.exists_rounds > 0 => {
                 let jitter = rand::random_range(0.5..=1.0);
-                let rest = self.backoff.delay(r.exists_rounds - 1, jitter, None);
+                let rest = s.backoff.delay(r.exists_rounds - 1, jitter, None);
                 r.phase = BridgePhase::Create;
                 r.next_attempt_at = Some(now + rest.as_secs().max(1) as i64);
                 Ok(Step::Rest)
@@ -480,12 +523,13 @@ impl Worker {
 
     /// Create the domain in SCM (the policy allows it; lookup found nothing).
     async fn create(&self, domain: &str, r: &mut BridgeRecord) -> Result<Step, Failure> {
-        let Some(request) = self.policy.create_request(domain) else {
+        let s = self.settings();
+        let Some(request) = s.policy.create_request(domain) else {
             r.phase = BridgePhase::Lookup;
             return Ok(Step::Continue);
         };
         match self
-            .call(BridgePhase::Create, self.client().create_domain(&request))
+            .call(BridgePhase::Create, s.client.create_domain(&request))
             .await?
         {
             CreateOutcome::Created { id } => {
@@ -508,11 +552,12 @@ impl Worker {
     /// Read the domain's details: its state and delegation (suspended and awaiting-approval
     /// domains rest, visibly), then CT-log monitoring.
     async fn details(&self, r: &mut BridgeRecord, now: UnixTime) -> Result<Step, Failure> {
+        let s = self.settings();
         let Some(id) = r.sectigo_id else {
             r.phase = BridgePhase::Lookup;
             return Ok(Step::Continue);
         };
-        let info = match self.client().domain_info(id).await {
+        let info = match s.client.domain_info(id).await {
             Ok(info) => info,
             // Deleted in Sectigo since we saw it: look it up (or create it) again.
             Err(SectigoError::Api { status: 404, .. }) => {
@@ -535,11 +580,11 @@ impl Worker {
             .collect();
         let overall_requested = awaits_approval(info.delegation_status.as_ref());
         if !requested.is_empty() || overall_requested {
-            if !self.approve_delegations || requested.is_empty() {
+            if !s.approve_delegations || requested.is_empty() {
                 return Ok(self.rest_visibly(r, BridgePhase::AwaitingDelegationApproval, now));
             }
             for org_id in requested {
-                if let Err(e) = self.client().approve_delegation(id, org_id).await {
+                if let Err(e) = s.client.approve_delegation(id, org_id).await {
                     if !matches!(e, SectigoError::Api { .. }) {
                         return Err(Failure::sectigo(BridgePhase::AwaitingDelegationApproval, e));
                     }
@@ -558,10 +603,10 @@ impl Worker {
             r.phase = BridgePhase::Details;
             return Ok(Step::Continue);
         }
-        if let Some(update) = self.policy.monitoring_update(&info) {
+        if let Some(update) = s.policy.monitoring_update(&info) {
             self.call(
                 BridgePhase::Monitoring,
-                self.client().set_ct_monitoring(id, &update),
+                s.client.set_ct_monitoring(id, &update),
             )
             .await?;
             r.ct_monitoring = Some(update.enabled);
@@ -573,10 +618,11 @@ impl Worker {
     /// A state only a person in SCM can change: shown by `status` and `--needs-action`,
     /// looked at again within the hour.
     fn rest_visibly(&self, r: &mut BridgeRecord, phase: BridgePhase, now: UnixTime) -> Step {
+        let s = self.settings();
         r.phase = phase;
         r.attempts = 0;
         r.checked_at = Some(now);
-        r.next_attempt_at = Some(now + self.recheck_interval.min(PERSON_RECHECK).as_secs() as i64);
+        r.next_attempt_at = Some(now + s.recheck_interval.min(PERSON_RECHECK).as_secs() as i64);
         Step::Rest
     }
 
@@ -589,12 +635,13 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
-        let validation_domain = self.validation_domains.for_domain(domain);
+        let s = self.settings();
+        let validation_domain = s.validation_domains.for_domain(domain);
         r.dcv_domain = Some(validation_domain.clone());
-        if validation_domain != domain && self.dcv.method != DcvMethod::None {
+        if validation_domain != domain && s.dcv.method != DcvMethod::None {
             return self.follow_validation_domain(&validation_domain, r, now);
         }
-        match self.client().dcv_status(domain).await {
+        match s.client.dcv_status(domain).await {
             Ok(dcv) => {
                 self.resumed();
                 note_dcv(r, &dcv);
@@ -631,6 +678,7 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         let store_failed = |e: StoreError| Failure {
             step: BridgePhase::DcvStatus,
             cause: Cause::Store(e.to_string()),
@@ -648,7 +696,7 @@ impl Worker {
         r.last_error = None;
         self.synced(r, now);
         if self.dcv_due(r).is_some() {
-            r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+            r.next_attempt_at = Some(now + s.dcv.max_poll.as_secs() as i64);
         }
         Ok(Step::Rest)
     }
@@ -660,8 +708,9 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         let challenge = self
-            .call(BridgePhase::DcvStart, self.client().start_cname(domain))
+            .call(BridgePhase::DcvStart, s.client.start_cname(domain))
             .await?;
         let progress = r
             .dcv
@@ -679,20 +728,21 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         let Some(progress) = r.dcv.as_mut() else {
             r.phase = BridgePhase::DcvStatus;
             return Ok(Step::Continue);
         };
         match progress.record_type {
             DcvRecordType::Cname => {
-                self.call(BridgePhase::DcvSubmit, self.client().submit_cname(domain))
+                self.call(BridgePhase::DcvSubmit, s.client.submit_cname(domain))
                     .await?;
                 progress.submitted_at = Some(now);
                 r.phase = BridgePhase::DcvWait;
             }
             DcvRecordType::Txt => {
                 let answer = self
-                    .call(BridgePhase::DcvSubmit, self.client().submit_txt(domain))
+                    .call(BridgePhase::DcvSubmit, s.client.submit_txt(domain))
                     .await?;
                 progress.host = Some(answer.host);
                 progress.point = Some(answer.point);
@@ -711,12 +761,13 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         let Some(progress) = r.dcv.as_mut() else {
             r.phase = BridgePhase::DcvStatus;
             return Ok(Step::Continue);
         };
         let due_again = r.phase == BridgePhase::DcvActionRequired;
-        match &self.dcv.hook {
+        match &s.dcv.hook {
             Some(hook) if !progress.published => {
                 let (Some(host), Some(value)) = (&progress.host, &progress.point) else {
                     r.phase = BridgePhase::DcvStatus;
@@ -732,8 +783,8 @@ impl Worker {
                     hook,
                     HookAction::Publish,
                     &record,
-                    &self.dcv.hook_env,
-                    self.dcv.hook_timeout,
+                    &s.dcv.hook_env,
+                    s.dcv.hook_timeout,
                 )
                 .await
                 .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
@@ -745,7 +796,7 @@ impl Worker {
             // due again, assume it may be there and let Sectigo check.
             None if !due_again => {
                 r.phase = BridgePhase::DcvActionRequired;
-                r.next_attempt_at = Some(now + self.dcv.max_poll.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.dcv.max_poll.as_secs() as i64);
                 return Ok(Step::Rest);
             }
             None => progress.published = true,
@@ -764,8 +815,9 @@ impl Worker {
         r: &mut BridgeRecord,
         now: UnixTime,
     ) -> Result<Step, Failure> {
+        let s = self.settings();
         let dcv = self
-            .call(BridgePhase::DcvWait, self.client().dcv_status(domain))
+            .call(BridgePhase::DcvWait, s.client.dcv_status(domain))
             .await?;
         note_dcv(r, &dcv);
         if matches!(dcv.status, Some(ValidationStatus::Validated)) && !self.expires_soon(r) {
@@ -779,20 +831,20 @@ impl Worker {
             return Err(Failure::final_dcv("Sectigo rejected the DCV order"));
         }
         let submitted = progress.submitted_at.unwrap_or(progress.started_at);
-        if now - submitted > self.dcv.max_wait.as_secs() as i64 {
+        if now - submitted > s.dcv.max_wait.as_secs() as i64 {
             return Err(Failure::final_dcv(&format!(
                 "DCV not validated within {} hours of submission",
-                self.dcv.max_wait.as_secs() / 3600
+                s.dcv.max_wait.as_secs() / 3600
             )));
         }
         // Sectigo says when it checks next; poll then (within our bounds).
         let wait = dcv
             .next_check
             .map(|t| (t.timestamp() - now).max(1) as u64)
-            .unwrap_or(self.dcv.max_poll.as_secs())
-            .min(self.dcv.max_poll.as_secs());
+            .unwrap_or(s.dcv.max_poll.as_secs())
+            .min(s.dcv.max_poll.as_secs());
         r.next_attempt_at = Some(now + wait as i64);
-        if self.dcv.hook.is_none() {
+        if s.dcv.hook.is_none() {
             r.phase = BridgePhase::DcvActionRequired;
         }
         Ok(Step::Rest)
@@ -800,7 +852,8 @@ impl Worker {
 
     /// DCV: validated. Remove the published record and let the subdomains know.
     async fn dcv_cleanup(&self, domain: &str, r: &mut BridgeRecord, now: UnixTime) -> Step {
-        if let (Some(hook), Some(progress)) = (&self.dcv.hook, &r.dcv)
+        let s = self.settings();
+        if let (Some(hook), Some(progress)) = (&s.dcv.hook, &r.dcv)
             && let (Some(host), Some(value), true) =
                 (&progress.host, &progress.point, progress.published)
         {
@@ -816,8 +869,8 @@ impl Worker {
                 hook,
                 HookAction::Cleanup,
                 &record,
-                &self.dcv.hook_env,
-                self.dcv.hook_timeout,
+                &s.dcv.hook_env,
+                s.dcv.hook_timeout,
             )
             .await
             {
@@ -847,8 +900,9 @@ impl Worker {
 
     /// Marks a record synced and schedules its recheck: sooner when DCV expires soon.
     fn synced(&self, r: &mut BridgeRecord, now: UnixTime) {
+        let s = self.settings();
         let today = Utc::now().date_naive();
-        let after = self.policy.recheck_after(r.dcv_expires, today);
+        let after = s.policy.recheck_after(r.dcv_expires, today);
         r.phase = BridgePhase::Synced;
         r.attempts = 0;
         r.checked_at = Some(now);
@@ -858,7 +912,8 @@ impl Worker {
     /// Which DCV run a domain needs now, if any: the operator's method, when DCV is missing,
     /// expired, or expires within the window.
     fn dcv_due(&self, r: &BridgeRecord) -> Option<DcvRecordType> {
-        let record_type = match self.dcv.method {
+        let s = self.settings();
+        let record_type = match s.dcv.method {
             DcvMethod::None => return None,
             DcvMethod::Cname => DcvRecordType::Cname,
             DcvMethod::Txt => DcvRecordType::Txt,
@@ -868,9 +923,10 @@ impl Worker {
     }
 
     fn expires_soon(&self, r: &BridgeRecord) -> bool {
+        let s = self.settings();
         let today = Utc::now().date_naive();
         match r.dcv_expires {
-            Some(expires) => (expires - today).num_days() <= self.dcv.expiry_window_days,
+            Some(expires) => (expires - today).num_days() <= s.dcv.expiry_window_days,
             None => false,
         }
     }
@@ -907,26 +963,27 @@ impl Worker {
 
     /// Applies a failed step to the record: when to try again, and what to show.
     fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
+        let s = self.settings();
         let now = now();
         match &failure.cause {
             Cause::Sectigo(error @ SectigoError::Unauthorized { .. }) => {
                 if !self.handle.paused.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         error = %error,
-                        retry_secs = self.unauthorized_retry.as_secs(),
+                        retry_secs = s.unauthorized_retry.as_secs(),
                         "BRIDGE PAUSED: Sectigo rejected certline's credentials; no domain is \
                          forwarded until [sectigo.auth] is fixed (certline retries by itself)"
                     );
                 }
                 r.waiting_on_credentials = true;
-                r.next_attempt_at = Some(now + self.unauthorized_retry.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.unauthorized_retry.as_secs() as i64);
             }
             cause
                 if cause.is_retryable()
                     && !(cause.is_decode() && r.attempts + 1 >= MAX_DECODE_ATTEMPTS) =>
             {
                 let jitter = rand::random_range(0.5..=1.0);
-                let delay = self.backoff.delay(r.attempts, jitter, cause.retry_after());
+                let delay = s.backoff.delay(r.attempts, jitter, cause.retry_after());
                 r.attempts = r.attempts.saturating_add(1);
                 r.next_attempt_at = Some(now + delay.as_secs().max(1) as i64);
                 tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
@@ -944,7 +1001,7 @@ impl Worker {
                 r.phase = BridgePhase::Failed;
                 r.attempts = 0;
                 r.dcv = None;
-                r.next_attempt_at = Some(now + self.recheck_interval.as_secs() as i64);
+                r.next_attempt_at = Some(now + s.recheck_interval.as_secs() as i64);
             }
         }
         let mut error = failure.into_error(now);

@@ -26,6 +26,8 @@ pub enum CliError {
     Unauthorized,
     #[error("the admin API answered {status}: {message}")]
     Api { status: u16, message: String },
+    #[error("writing the output: {0}")]
+    Output(std::io::Error),
     #[error("reading {path}: {source}")]
     Read {
         path: String,

@@ -1,50 +1,46 @@
-//! One function per subcommand. Each returns the text for stdout, so `main` only prints.
+//! One function per subcommand. Listings write to the given output page by page; the
+//! others return the text for stdout, so `main` only prints.
 
 use super::client::{AdminClient, CliError};
-use super::table;
+use super::table::{Format, ListWriter};
 use crate::admin::views::{
-    DomainList, DomainView, ImportRequest, ImportResponse, KeyConfirmed, KeyList, Requeued, Revoked,
+    DomainList, DomainView, ImportRequest, ImportResponse, KeyConfirmed, KeyList, KeyView,
+    Requeued, Revoked,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::Path;
-
-/// How lists are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Aligned columns for people (the default).
-    Table,
-    /// The admin API's JSON, pretty-printed.
-    Json,
-    /// RFC 4180 CSV with a header line.
-    Csv,
-}
 
 /// Domains per import request: small enough for a lively progress bar.
 const IMPORT_BATCH: usize = 100;
 
-/// `certline domains`.
+/// What `certline domains` lists.
+#[derive(Debug, Clone, Default)]
+pub struct DomainFilter {
+    pub state: Option<String>,
+    pub suffix: Option<String>,
+    pub needs_action: bool,
+}
+
+/// `certline domains`: pages through `GET /api/domains`, writing each page to `out` as it
+/// arrives, so memory stays flat however many domains there are.
 pub async fn domains(
     client: &AdminClient,
-    state: Option<String>,
-    suffix: Option<String>,
-    needs_action: bool,
+    filter: DomainFilter,
     format: Format,
-) -> Result<String, CliError> {
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let mut query = Vec::new();
-    if let Some(s) = state {
+    if let Some(s) = filter.state {
         query.push(("state", s));
     }
-    if let Some(s) = suffix {
+    if let Some(s) = filter.suffix {
         query.push(("suffix", s));
     }
-    if needs_action {
+    if filter.needs_action {
         query.push(("needs_action", "true".to_owned()));
     }
-    let list: DomainList = client.get(&["api", "domains"], &query).await?;
-    if format == Format::Json {
-        return Ok(json(&list));
-    }
-    let header = [
+    const HEADER: &[&str] = &[
         "DOMAIN",
         "SECTIGO",
         "KEY",
@@ -55,21 +51,42 @@ pub async fn domains(
         "NEXT_ATTEMPT",
         "NEEDS_ACTION",
     ];
-    let rows: Vec<Vec<String>> = list.domains.iter().map(domain_row).collect();
-    if format == Format::Csv {
-        return Ok(table::csv(&header, &rows));
-    }
-    let mut out = table::render(&header, &rows);
-    let what = if needs_action {
+    let mut writer = ListWriter::new(out, format, HEADER);
+    let mut cursor = None;
+    let bridge = loop {
+        let page: DomainList = client
+            .get(&["api", "domains"], &with_cursor(&query, cursor))
+            .await?;
+        writer
+            .page(&page.domains, domain_row)
+            .map_err(CliError::Output)?;
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break page.bridge;
+        }
+    };
+    let what = if filter.needs_action {
         "need action"
     } else {
         "listed"
     };
-    out.push_str(&format!(
-        "{} domain(s) {what}; Sectigo bridge {}\n",
-        list.count, list.bridge
-    ));
-    Ok(out)
+    let footer = format!(
+        "{} domain(s) {what}; Sectigo bridge {bridge}\n",
+        writer.written
+    );
+    writer.finish(&footer).map_err(CliError::Output)
+}
+
+/// The query with the page's cursor.
+fn with_cursor(
+    query: &[(&'static str, String)],
+    cursor: Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut query = query.to_vec();
+    if let Some(cursor) = cursor {
+        query.push(("cursor", cursor));
+    }
+    query
 }
 
 fn domain_row(d: &DomainView) -> Vec<String> {
@@ -93,13 +110,13 @@ fn domain_row(d: &DomainView) -> Vec<String> {
     ]
 }
 
-/// `certline keys`.
-pub async fn keys(client: &AdminClient, format: Format) -> Result<String, CliError> {
-    let list: KeyList = client.get(&["api", "keys"], &[]).await?;
-    if format == Format::Json {
-        return Ok(json(&list));
-    }
-    let header = [
+/// `certline keys`: pages through `GET /api/keys` like [`domains`].
+pub async fn keys(
+    client: &AdminClient,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    const HEADER: &[&str] = &[
         "ID",
         "EMAIL",
         "CREATED",
@@ -108,28 +125,33 @@ pub async fn keys(client: &AdminClient, format: Format) -> Result<String, CliErr
         "REVOKED",
         "DOMAINS",
     ];
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = list
-        .keys
-        .iter()
-        .map(|k| {
-            vec![
-                k.id.clone(),
-                opt(&k.email),
-                k.created.clone(),
-                opt(&k.claimed),
-                opt(&k.confirmed),
-                opt(&k.revoked),
-                k.domains.to_string(),
-            ]
-        })
-        .collect();
-    if format == Format::Csv {
-        return Ok(table::csv(&header, &rows));
+    let mut writer = ListWriter::new(out, format, HEADER);
+    let mut cursor = None;
+    loop {
+        let page: KeyList = client
+            .get(&["api", "keys"], &with_cursor(&[], cursor))
+            .await?;
+        writer.page(&page.keys, key_row).map_err(CliError::Output)?;
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
     }
-    let mut out = table::render(&header, &rows);
-    out.push_str(&format!("{} key(s)\n", list.count));
-    Ok(out)
+    let footer = format!("{} key(s)\n", writer.written);
+    writer.finish(&footer).map_err(CliError::Output)
+}
+
+fn key_row(k: &KeyView) -> Vec<String> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    vec![
+        k.id.clone(),
+        opt(&k.email),
+        k.created.clone(),
+        opt(&k.claimed),
+        opt(&k.confirmed),
+        opt(&k.revoked),
+        k.domains.to_string(),
+    ]
 }
 
 /// `certline revoke PREFIX`.
@@ -247,10 +269,4 @@ pub async fn import(
         text,
         invalid: invalid.len(),
     })
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    let mut s = serde_json::to_string_pretty(value).expect("serialising to memory cannot fail");
-    s.push('\n');
-    s
 }

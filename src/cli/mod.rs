@@ -13,4 +13,5 @@ mod table;
 
 pub use client::{AdminClient, CliError, Endpoint};
 pub use commands::ImportReport;
-pub use commands::{Format, confirm, domains, import, keys, requeue, revoke};
+pub use commands::{DomainFilter, confirm, domains, import, keys, requeue, revoke};
+pub use table::Format;

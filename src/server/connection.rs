@@ -14,7 +14,7 @@
 //! Memory per idle connection stays small because the read buffer is released whenever it is
 //! empty, and the task waits for readability before allocating one again.
 
-use super::Shared;
+use super::{Limits, Shared};
 use crate::protocol::parse::is_blank;
 use crate::protocol::{ErrorCode, Frame, LineFramer, Reply, parse_request};
 use crate::service::Context;
@@ -41,14 +41,17 @@ const PIPELINE_BYTES: usize = 64 * 1024;
 /// The most requests answered as one batch (their handlers are in memory at the same time).
 const MAX_BATCH: usize = 1024;
 
-/// Serves one connection until it closes.
+/// Serves one connection until it closes, under the limits in force when it was accepted
+/// (a reload changes the limits of later connections, not of this one).
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let framer = LineFramer::new(shared.limits.max_line_bytes);
+    let limits = shared.limits.load_full();
+    let framer = LineFramer::new(limits.max_line_bytes);
     let mut conn = Connection {
         stream,
         peer,
         buf: BytesMut::new(),
         framer,
+        limits,
         shared,
         draining: false,
     };
@@ -62,6 +65,8 @@ struct Connection {
     peer: SocketAddr,
     buf: BytesMut,
     framer: LineFramer,
+    /// The limits when the connection was accepted.
+    limits: Arc<Limits>,
     shared: Arc<Shared>,
     /// Shutdown has begun: the next request gets 503 and the connection closes.
     draining: bool,
@@ -88,9 +93,9 @@ impl Connection {
             }
             let waiting_for_line_end = !self.buf.is_empty();
             let wait = if waiting_for_line_end {
-                self.shared.limits.quiet_period()
+                self.limits.quiet_period()
             } else {
-                self.shared.limits.idle_timeout()
+                self.limits.idle_timeout()
             };
             match self.read_more(wait).await? {
                 Input::Bytes => {}
@@ -129,7 +134,7 @@ impl Connection {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Input::Timeout),
                 _ = self.shared.shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
-                    deadline = deadline.min(Instant::now() + self.shared.limits.quiet_period());
+                    deadline = deadline.min(Instant::now() + self.limits.quiet_period());
                     continue;
                 }
             }
@@ -289,7 +294,7 @@ impl Connection {
     }
 
     async fn close_gracefully(&mut self) {
-        let linger = self.shared.limits.linger();
+        let linger = self.limits.linger();
         let _ = self.stream.shutdown().await;
         discard_until_eof(&mut self.stream, linger).await;
     }

@@ -1,12 +1,14 @@
 //! The accept loop: enforces the total and per-address connection caps, answering the
 //! connection that is one too many with `status error 503 too many connections` rather than
-//! leaving it hanging.
+//! leaving it hanging. The caps are read at each accept, so a reload applies them from the
+//! next connection on (open connections over a lowered cap are not closed).
 
 use super::Shared;
 use super::connection;
 use crate::protocol::{ErrorCode, Reply};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -53,10 +55,35 @@ impl Drop for PerIpSlot {
     }
 }
 
+/// Open connections in total; a slot gives its place back on drop.
+#[derive(Default)]
+struct Total {
+    open: AtomicUsize,
+}
+
+struct TotalSlot(Arc<Total>);
+
+impl Total {
+    /// Only the accept loop acquires, so the check and the increment cannot race another
+    /// acquire; releases only lower the count.
+    fn try_acquire(self: &Arc<Self>, max: usize) -> Option<TotalSlot> {
+        if self.open.load(Ordering::Acquire) >= max {
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Some(TotalSlot(self.clone()))
+    }
+}
+
+impl Drop for TotalSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts until shutdown.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &TaskTracker) {
-    let limits = &shared.limits;
-    let total = Arc::new(Semaphore::new(limits.max_connections));
+    let total = Arc::new(Total::default());
     // Refusals (the 503 path) are bounded too, so a flood cannot pile up lingering sockets.
     let refusals = Arc::new(Semaphore::new(256));
     let per_ip = Arc::new(PerIp::default());
@@ -79,10 +106,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &T
             }
         };
         let _ = stream.set_nodelay(true);
+        let limits = shared.limits.load_full();
         let slot = total
-            .clone()
-            .try_acquire_owned()
-            .ok()
+            .try_acquire(limits.max_connections)
             .zip(per_ip.try_acquire(peer.ip(), limits.max_connections_per_ip));
         match slot {
             Some((permit, ip_slot)) => {
@@ -97,7 +123,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: &T
             None => {
                 tracing::debug!(%peer, "connection refused: over the connection cap");
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    let linger = shared.limits.linger().min(Duration::from_millis(250));
+                    let linger = limits.linger().min(Duration::from_millis(250));
                     tracker.spawn(async move {
                         refuse(stream, peer, linger).await;
                         drop(permit);

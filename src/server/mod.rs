@@ -1,6 +1,7 @@
 //! The TCP face: accept connections within limits ([`listener`]), serve each one
 //! ([`connection`]), and shut down gracefully.
 
+pub mod activation;
 pub mod connection;
 pub mod limits;
 pub mod listener;
@@ -8,6 +9,7 @@ pub mod listener;
 pub use limits::Limits;
 
 use crate::service::Service;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use tokio_util::task::TaskTracker;
 
 /// What every connection task shares.
 pub struct Shared {
-    pub limits: Limits,
+    /// Replaced whole by a reload; each connection keeps the limits it was accepted under.
+    pub limits: Arc<ArcSwap<Limits>>,
     pub service: Service,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
@@ -39,14 +42,41 @@ impl Server {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let listener = bind(addr, limits.listen_backlog)?;
-        Ok(Self {
+        Ok(Self::on(listener, limits, service, shutdown))
+    }
+
+    /// Serves on a listener bound elsewhere (socket activation: systemd bound it, with its
+    /// own backlog). Must be called inside a tokio runtime.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        limits: Limits,
+        service: Service,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        Ok(Self::on(listener, limits, service, shutdown))
+    }
+
+    fn on(
+        listener: TcpListener,
+        limits: Limits,
+        service: Service,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
             listener,
             shared: Arc::new(Shared {
-                limits,
+                limits: Arc::new(ArcSwap::from_pointee(limits)),
                 service,
                 shutdown,
             }),
-        })
+        }
+    }
+
+    /// Where a reload puts new limits (applied to connections accepted after it).
+    pub fn limits(&self) -> Arc<ArcSwap<Limits>> {
+        self.shared.limits.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -64,10 +94,8 @@ impl Server {
         tracker.spawn(prune_rate_limiters(shared.clone()));
         listener::accept_loop(self.listener, shared.clone(), tracker).await;
         tracker.close();
-        if tokio::time::timeout(shared.limits.shutdown_grace(), tracker.wait())
-            .await
-            .is_err()
-        {
+        let grace = shared.limits.load().shutdown_grace();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the shutdown grace period; closing them");
         }
     }

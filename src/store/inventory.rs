@@ -1,15 +1,16 @@
 //! What the operator's face (the admin API) reads and does: the domain inventory with its
 //! bridge state and holders, the key list, key lookup by id prefix, requeueing a domain, and
-//! the readiness probe. Whole-database scans live here, away from the line protocol's paths;
-//! they are fine for an operator's occasional request, not for a hot path.
+//! the readiness probe. Listings are lazy iterators that start after a cursor, so the admin
+//! API pages through any number of domains holding one page in memory.
 
 use super::bridge_state::{bridge_key, outbox_key};
 use super::claims::meta_key;
 use super::records::{AuditKind, BridgePhase, BridgeRecord, DomainRecord, KeyRecord, Record};
-use super::{BRIDGE, DOMAIN, KEY, KEY_DOMAIN, Store, StoreError, UnixTime, WriteBatch};
+use super::{BRIDGE, DOMAIN, KEY, Store, StoreError, UnixTime, WriteBatch};
 use crate::apikey::KeyHash;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::Bound;
 
 /// One registered domain as the inventory shows it.
 #[derive(Debug, Clone)]
@@ -45,57 +46,78 @@ pub enum RequeueOutcome {
 }
 
 impl Store {
-    /// Every registered domain with its bridge record and holders, in lexicographic order.
-    /// Three scans (keys, key-domain pairs, domains); an operator's request, not a hot path.
-    pub fn inventory(&self) -> Result<Vec<InventoryRow>, StoreError> {
-        let mut keys: HashMap<[u8; 32], Holder> = HashMap::new();
-        for entry in self.db.scan_prefix([KEY]) {
-            let (k, v) = entry?;
-            let Ok(hash) = <[u8; 32]>::try_from(&k[1..]) else {
-                continue;
-            };
-            let r = KeyRecord::decode(&v)?;
-            let holder = Holder {
-                key_id: KeyHash(hash).id(),
-                confirmed: r.confirmed_at.is_some(),
-                revoked: r.revoked_at.is_some(),
-            };
-            keys.insert(hash, holder);
-        }
-        let mut holders: HashMap<String, Vec<Holder>> = HashMap::new();
-        for entry in self.db.scan_prefix([KEY_DOMAIN]) {
-            let (k, _) = entry?;
-            if k.len() < 33 {
-                continue;
-            }
-            let hash: [u8; 32] = k[1..33].try_into().expect("checked length");
-            let domain = String::from_utf8_lossy(&k[33..]).into_owned();
-            if let Some(h) = keys.get(&hash) {
-                holders.entry(domain).or_default().push(h.clone());
-            }
-        }
-        let mut rows = Vec::new();
-        for entry in self.db.scan_prefix([DOMAIN]) {
-            let (k, v) = entry?;
-            let domain = String::from_utf8_lossy(&k[1..]).into_owned();
-            let record = DomainRecord::decode(&v)?;
-            let host = match crate::domain::normalize(&domain) {
-                Ok(d) => d.host().to_owned(),
-                Err(_) => domain.clone(),
-            };
-            rows.push(InventoryRow {
-                bridge: self.bridge(&host)?,
-                holders: holders.remove(&domain).unwrap_or_default(),
-                registered_at: record.first_added_at,
-                domain,
-            });
-        }
-        Ok(rows)
+    /// The registered domains after `after` (exclusive; `None`: from the first), in
+    /// lexicographic order, each with its bridge record and holders. Lazy: each row is read
+    /// when the iterator is advanced, so a caller that takes a page holds only that page,
+    /// whatever the size of the store.
+    pub fn inventory_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<InventoryRow, StoreError>> + '_ {
+        let start = match after {
+            Some(domain) => Bound::Excluded(super::domain_key(domain)),
+            None => Bound::Included(vec![DOMAIN]),
+        };
+        self.db
+            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![DOMAIN + 1])))
+            .map(move |entry| {
+                let (k, v) = entry?;
+                let domain = String::from_utf8_lossy(&k[1..]).into_owned();
+                self.inventory_row(domain, DomainRecord::decode(&v)?)
+            })
     }
 
-    /// Every key, in the order of their hashes.
-    pub fn keys(&self) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
-        self.keys_with_id_prefix("")
+    fn inventory_row(
+        &self,
+        domain: String,
+        record: DomainRecord,
+    ) -> Result<InventoryRow, StoreError> {
+        let host = match crate::domain::normalize(&domain) {
+            Ok(d) => d.host().to_owned(),
+            Err(_) => domain.clone(),
+        };
+        let mut holders = Vec::new();
+        for hash in self.holders_of(&domain)? {
+            if let Some(key) = self.key(&hash)? {
+                holders.push(Holder {
+                    key_id: hash.id(),
+                    confirmed: key.confirmed_at.is_some(),
+                    revoked: key.revoked_at.is_some(),
+                });
+            }
+        }
+        Ok(InventoryRow {
+            bridge: self.bridge(&host)?,
+            holders,
+            registered_at: record.first_added_at,
+            domain,
+        })
+    }
+
+    /// The keys after `after` (exclusive; `None`: from the first), in the order of their
+    /// hashes. Lazy, like [`Store::inventory_after`].
+    pub fn keys_after(
+        &self,
+        after: Option<&KeyHash>,
+    ) -> impl Iterator<Item = Result<(KeyHash, KeyRecord), StoreError>> + '_ {
+        let start = match after {
+            Some(hash) => Bound::Excluded(super::key_key(hash)),
+            None => Bound::Included(vec![KEY]),
+        };
+        self.db
+            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![KEY + 1])))
+            .filter_map(|entry| {
+                let (k, v) = match entry {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let hash = <[u8; 32]>::try_from(&k[1..]).ok()?;
+                Some(
+                    KeyRecord::decode(&v)
+                        .map(|r| (KeyHash(hash), r))
+                        .map_err(Into::into),
+                )
+            })
     }
 
     /// The keys whose id (the lower-case hex of their hash) starts with `prefix`.

@@ -17,6 +17,7 @@
 //! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
 //! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
 //! | `M` | a name | store metadata (migrations done, the readiness probe) |
+//! | `H` | normalised domain + `0x00` + key hash | nothing: the keys holding a domain ([`holders`]) |
 //! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
@@ -35,6 +36,7 @@
 mod bridge_state;
 mod claims;
 pub mod durable;
+mod holders;
 mod inventory;
 mod key_index;
 mod mail_outbox;
@@ -69,6 +71,7 @@ const EMAIL: u8 = b'E';
 const NEW_EMAILS: u8 = b'I';
 const LINK_TOKEN: u8 = b'T';
 const META: u8 = b'M';
+const HOLDER: u8 = b'H';
 const MAIL_OUTBOX: u8 = b'Q';
 
 /// Store failures. All of them become `500 storage failure` on the wire.
@@ -218,6 +221,7 @@ impl Store {
             key_index: KeyIndex::default(),
         };
         store.migrate_email_index()?;
+        store.ensure_holder_index(clean)?;
         Ok(store)
     }
 
@@ -434,6 +438,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.insert(key_key(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
+        batch.insert(holders::holder_key(&name, hash), Vec::new());
         let d_key = domain_key(&name);
         let new_domain = !self.db.contains_key(&d_key)?;
         // A domain is queued for the bridge in the same batch that registers it, so an
@@ -496,6 +501,7 @@ impl Store {
             batch.insert(key_key(hash), key.encode());
         }
         batch.remove(kd_key);
+        batch.remove(holders::holder_key(&name, hash));
         let kind = AuditKind::DomainRemoved {
             domain: name.clone(),
         };

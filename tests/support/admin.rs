@@ -63,10 +63,27 @@ impl Admin {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    /// The domains of `GET /api/domains?query`, by name → entry.
+    /// Every domain `GET /api/domains?query` lists, following `next_cursor` page by page.
     pub async fn domains(&self, query: &str) -> Vec<serde_json::Value> {
-        let v = self.json(&format!("/api/domains?{query}")).await;
-        v["domains"].as_array().unwrap().clone()
+        self.all_pages("/api/domains", query, "domains").await
+    }
+
+    /// Every item of a paged listing (`items` names the array in each page).
+    pub async fn all_pages(&self, path: &str, query: &str, items: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{path}?{query}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.json(&url).await;
+            out.extend(page[items].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
     }
 }
 
