@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo bench --bench loadgen -- --target certline|redis --addr 127.0.0.1:P \
-//!     --connections N --requests M [--mode persistent|connect-per-request] [--warmup K] [--json]
+//!     --connections N --requests M [--mode persistent|connect-per-request|pipelined]
+//!     [--pipeline D] [--warmup K] [--server-pid PID] [--json]
 //! cargo bench --bench loadgen -- --target certline|redis --addr 127.0.0.1:P --idle N
+//! cargo bench --bench loadgen -- --target certline --addr 127.0.0.1:P --list-depth 40000 \
+//!     [--list-offsets 0,20000,40000] [--list-reps 50] [--server-pid PID]
 //! cargo bench --bench loadgen -- --report results.jsonl [--report-json summary.json]
 //! ```
 //!
@@ -17,6 +20,16 @@
 //! - redis: `SADD domains:<key> d<unique>.bench.example`, expecting an integer reply.
 //! - `--mode connect-per-request` opens a new TCP connection for every request and closes it
 //!   after the reply, like the bash `/dev/tcp` clients do. The latency includes the connect.
+//! - `--mode pipelined --pipeline D`: each connection writes D requests back to back (a
+//!   burst), while reading the D replies in order; then the next burst. A request's latency
+//!   runs from the start of its burst to its reply. For Redis: pipelined `SADD`s.
+//! - `--server-pid PID`: the server's CPU time (`utime + stime` of all its threads, from
+//!   `/proc/PID/stat`) over the measured part, divided by the successful requests: CPU per
+//!   request. It is steadier than requests per second on a shared machine. The clock tick
+//!   is 10 ms, so a run should last a good fraction of a second for the figure to mean much.
+//! - `--list-depth N` (certline): registers N domains under one key (pipelined), then times
+//!   `command list` at each of `--list-offsets`, `--list-reps` times each: what a page costs
+//!   deep into a key.
 //! - `--idle N` opens N connections, sends one `ping` on each (so the server has really taken
 //!   them on), prints `ready N idle connections` and holds them until killed (or `--hold-secs`).
 //! - `--report FILE` reads the JSON lines written by `benches/side-by-side.sh` and prints the
@@ -63,6 +76,8 @@ enum Mode {
     Persistent,
     /// A new TCP connection for every request (the bash `/dev/tcp` pattern).
     ConnectPerRequest,
+    /// Each connection writes `--pipeline` requests back to back, then reads their replies.
+    Pipelined,
 }
 
 impl Mode {
@@ -70,6 +85,7 @@ impl Mode {
         match self {
             Mode::Persistent => "persistent",
             Mode::ConnectPerRequest => "connect-per-request",
+            Mode::Pipelined => "pipelined",
         }
     }
 }
@@ -94,6 +110,21 @@ struct Args {
     warmup: u64,
     #[arg(long, value_enum, default_value = "persistent")]
     mode: Mode,
+    /// With `--mode pipelined`: requests written back to back per burst.
+    #[arg(long, default_value_t = 100)]
+    pipeline: u64,
+    /// The server's pid: report its CPU time per request (from `/proc/PID/stat`).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// certline: register this many domains under one key, then time `list` at each offset.
+    #[arg(long)]
+    list_depth: Option<u64>,
+    /// With --list-depth: the offsets to time (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 20_000, 40_000])]
+    list_offsets: Vec<u64>,
+    /// With --list-depth: how many `list` requests per offset.
+    #[arg(long, default_value_t = 50)]
+    list_reps: u64,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -139,6 +170,8 @@ fn main() -> Result<(), BoxError> {
     rt.block_on(async move {
         if let Some(n) = args.idle {
             idle(&args, n).await
+        } else if let Some(n) = args.list_depth {
+            list_depth(&args, n).await
         } else {
             load(&args).await
         }
@@ -153,6 +186,8 @@ struct Ctx {
     run_id: String,
     apikey: Option<String>,
     timeout: Duration,
+    /// Requests per burst in pipelined mode.
+    pipeline: u64,
 }
 
 /// One open connection with its read buffer.
@@ -241,9 +276,9 @@ impl Conn {
 }
 
 impl Ctx {
-    /// The request bytes for the `seq`-th domain of worker `worker`, whose key is `key`.
+    /// Appends the request bytes for the `seq`-th domain of worker `worker`, whose key is
+    /// `key`, to `out`.
     fn request(&self, worker: usize, seq: u64, key: &str, out: &mut Vec<u8>) {
-        out.clear();
         let domain = format!("d{}-{worker}-{seq}.bench.example", self.run_id);
         match self.target {
             Target::Certline => {
@@ -272,6 +307,47 @@ impl Ctx {
         }
     }
 
+    /// Is this reply a success? A well-formed refusal becomes [`Outcome::Refused`].
+    fn judge_certline(reply: CertlineReply) -> Outcome {
+        if reply.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Refused(format!("certline {} {}", reply.code, reply.text))
+        }
+    }
+
+    fn judge_redis(reply: Resp) -> Outcome {
+        match reply {
+            Resp::Integer(0 | 1) => Outcome::Ok,
+            Resp::Error(e) => Outcome::Refused(format!("redis {e}")),
+            other => Outcome::Refused(format!("redis unexpected {other:?}")),
+        }
+    }
+
+    /// Reads the next reply from `conn`'s buffer (filling it from `read` as needed).
+    async fn next_outcome<R: AsyncReadExt + Unpin>(
+        &self,
+        read: &mut R,
+        rbuf: &mut BytesMut,
+    ) -> Result<Outcome, BoxError> {
+        loop {
+            let parsed = match self.target {
+                Target::Certline => proto::parse_certline_reply(rbuf)?
+                    .map(|(reply, used)| (Self::judge_certline(reply), used)),
+                Target::Redis => {
+                    proto::parse_resp(rbuf)?.map(|(reply, used)| (Self::judge_redis(reply), used))
+                }
+            };
+            if let Some((outcome, used)) = parsed {
+                let _ = rbuf.split_to(used);
+                return Ok(outcome);
+            }
+            if read.read_buf(rbuf).await? == 0 {
+                return Err("server closed the connection".into());
+            }
+        }
+    }
+
     /// Sends one request and reads its reply, on `conn` or on a connection of its own.
     async fn one(&self, conn: &mut Option<Conn>, request: &[u8]) -> Result<Outcome, BoxError> {
         let work = async {
@@ -279,22 +355,8 @@ impl Ctx {
                 *conn = Some(Conn::connect(&self.addr).await?);
             }
             let c = conn.as_mut().expect("connected above");
-            let outcome = match self.target {
-                Target::Certline => {
-                    let reply = c.certline(request).await?;
-                    if reply.is_ok() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Refused(format!("certline {} {}", reply.code, reply.text))
-                    }
-                }
-                Target::Redis => match c.redis(request).await? {
-                    Resp::Integer(0 | 1) => Outcome::Ok,
-                    Resp::Error(e) => Outcome::Refused(format!("redis {e}")),
-                    other => Outcome::Refused(format!("redis unexpected {other:?}")),
-                },
-            };
-            Ok::<_, BoxError>(outcome)
+            c.stream.write_all(request).await?;
+            self.next_outcome(&mut c.stream, &mut c.rbuf).await
         };
         let result = match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
@@ -307,13 +369,121 @@ impl Ctx {
         }
         result
     }
+
+    /// Writes `requests` (`n` of them, back to back) while reading their `n` replies in
+    /// order; `tally` gets each reply's latency from the start of the burst. The writing and
+    /// the reading run together, so a server that answers before it has read the whole
+    /// burst never blocks on a full socket buffer.
+    async fn burst(&self, conn: &mut Option<Conn>, requests: &[u8], n: u64, tally: &mut Tally) {
+        let start = Instant::now();
+        let mut answered = 0u64;
+        let work = async {
+            if conn.is_none() {
+                *conn = Some(Conn::connect(&self.addr).await?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            let (mut read, mut write) = c.stream.split();
+            let rbuf = &mut c.rbuf;
+            let send = async {
+                write.write_all(requests).await?;
+                Ok::<_, BoxError>(())
+            };
+            let receive = async {
+                while answered < n {
+                    let outcome = self.next_outcome(&mut read, rbuf).await?;
+                    tally.record(Ok(outcome), start);
+                    answered += 1;
+                }
+                Ok::<_, BoxError>(())
+            };
+            let (sent, received) = tokio::join!(send, receive);
+            sent.and(received)
+        };
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".into()),
+        };
+        if let Err(e) = result {
+            let label = format!("io: {e}");
+            for _ in answered..n {
+                tally.record(Err(label.clone().into()), start);
+            }
+            *conn = None;
+        }
+    }
+
+    /// Runs `count` requests of worker `index` (numbered from `*seq` on) in this run's mode.
+    async fn drive(
+        &self,
+        index: usize,
+        seq: &mut u64,
+        key: &str,
+        conn: &mut Option<Conn>,
+        count: u64,
+        tally: &mut Tally,
+    ) {
+        let mut buf = Vec::with_capacity(256);
+        if self.mode == Mode::Pipelined {
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(self.pipeline.max(1));
+                buf.clear();
+                for _ in 0..n {
+                    self.request(index, *seq, key, &mut buf);
+                    *seq += 1;
+                }
+                self.burst(conn, &buf, n, tally).await;
+                left -= n;
+            }
+            return;
+        }
+        for _ in 0..count {
+            buf.clear();
+            self.request(index, *seq, key, &mut buf);
+            *seq += 1;
+            let start = Instant::now();
+            let outcome = self.one(conn, &buf).await;
+            tally.record(outcome, start);
+        }
+    }
+}
+
+/// What a run of requests produced.
+struct Tally {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            hist: new_histogram(),
+            ok: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, outcome: Result<Outcome, BoxError>, start: Instant) {
+        match outcome {
+            Ok(Outcome::Ok) => {
+                let us = start.elapsed().as_micros().max(1) as u64;
+                self.hist.saturating_record(us);
+                self.ok += 1;
+            }
+            Ok(Outcome::Refused(label)) => *self.errors.entry(label).or_default() += 1,
+            Err(e) => *self.errors.entry(format!("io: {e}")).or_default() += 1,
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
 }
 
 /// What one worker measured.
 struct WorkerStats {
-    hist: Histogram<u64>,
-    ok: u64,
-    errors: BTreeMap<String, u64>,
+    tally: Tally,
     warmup_errors: u64,
     finished: Instant,
 }
@@ -337,51 +507,79 @@ async fn worker(
     barrier: Arc<Barrier>,
 ) -> Result<WorkerStats, BoxError> {
     let mut seq = 0u64;
-    let mut buf = Vec::with_capacity(256);
     let setup = async {
         let mut conn = None;
-        if ctx.mode == Mode::Persistent {
+        if ctx.mode != Mode::ConnectPerRequest {
             conn = Some(Conn::connect(&ctx.addr).await?);
         }
         let key = ctx.worker_key(index, conn.as_mut()).await?;
-        let mut warmup_errors = 0;
-        for _ in 0..warmup {
-            ctx.request(index, seq, &key, &mut buf);
-            seq += 1;
-            if !matches!(ctx.one(&mut conn, &buf).await, Ok(Outcome::Ok)) {
-                warmup_errors += 1;
-            }
-        }
-        Ok::<_, BoxError>((conn, key, warmup_errors))
+        let mut warm = Tally::new();
+        ctx.drive(index, &mut seq, &key, &mut conn, warmup, &mut warm)
+            .await;
+        Ok::<_, BoxError>((conn, key, warm.error_count()))
     }
     .await;
     // Wait even after a failed set-up, so that the other workers are not left hanging.
     barrier.wait().await;
     let (mut conn, key, warmup_errors) = setup?;
-
-    let mut stats = WorkerStats {
-        hist: new_histogram(),
-        ok: 0,
-        errors: BTreeMap::new(),
+    let mut tally = Tally::new();
+    ctx.drive(index, &mut seq, &key, &mut conn, measured, &mut tally)
+        .await;
+    Ok(WorkerStats {
+        tally,
         warmup_errors,
         finished: Instant::now(),
+    })
+}
+
+/// The CPU time a process has used so far (`utime + stime` of all its threads, live and
+/// exited, from `/proc/PID/stat`), in microseconds.
+fn process_cpu_us(pid: u32) -> Result<u64, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e} (is --server-pid right?)"))?;
+    // The command name (field 2) may contain spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')').ok_or("malformed /proc/PID/stat")? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Result<u64, BoxError> {
+        Ok(fields
+            .get(i)
+            .ok_or("short /proc/PID/stat")?
+            .parse::<u64>()?)
     };
-    for _ in 0..measured {
-        ctx.request(index, seq, &key, &mut buf);
-        seq += 1;
-        let start = Instant::now();
-        match ctx.one(&mut conn, &buf).await {
-            Ok(Outcome::Ok) => {
-                let us = start.elapsed().as_micros().max(1) as u64;
-                stats.hist.saturating_record(us);
-                stats.ok += 1;
-            }
-            Ok(Outcome::Refused(label)) => *stats.errors.entry(label).or_default() += 1,
-            Err(e) => *stats.errors.entry(format!("io: {e}")).or_default() += 1,
-        }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok((ticks(11)? + ticks(12)?) * 1_000_000 / hz)
+}
+
+/// CPU time of `pid` between two readings, as JSON fields (or none without a pid).
+struct CpuMeter {
+    pid: Option<u32>,
+    start_us: u64,
+}
+
+impl CpuMeter {
+    fn start(pid: Option<u32>) -> Result<Self, BoxError> {
+        let start_us = match pid {
+            Some(pid) => process_cpu_us(pid)?,
+            None => 0,
+        };
+        Ok(Self { pid, start_us })
     }
-    stats.finished = Instant::now();
-    Ok(stats)
+
+    /// `server_cpu_us` and `server_cpu_us_per_request` for `requests` successful requests.
+    fn finish(&self, requests: u64) -> Result<Value, BoxError> {
+        let Some(pid) = self.pid else {
+            return Ok(Value::Null);
+        };
+        let used = process_cpu_us(pid)?.saturating_sub(self.start_us);
+        let per = if requests > 0 {
+            Some(used as f64 / requests as f64)
+        } else {
+            None
+        };
+        Ok(json!({"pid": pid, "cpu_us": used, "cpu_us_per_request": per}))
+    }
 }
 
 fn random_run_id() -> String {
@@ -418,6 +616,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         run_id: args.run_id.clone().unwrap_or_else(random_run_id),
         apikey: args.apikey.clone(),
         timeout: Duration::from_secs(args.timeout_secs),
+        pipeline: args.pipeline,
     });
     let barrier = Arc::new(Barrier::new(args.connections + 1));
     let mut tasks = Vec::with_capacity(args.connections);
@@ -431,28 +630,29 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         )));
     }
     barrier.wait().await;
+    let cpu = CpuMeter::start(args.server_pid)?;
     let start = Instant::now();
 
-    let mut hist = new_histogram();
-    let mut ok = 0;
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = Tally::new();
     let mut warmup_errors = 0;
     let mut end = start;
     let mut failed = Vec::new();
     for task in tasks {
         match task.await? {
             Ok(s) => {
-                hist.add(&s.hist)?;
-                ok += s.ok;
+                total.hist.add(&s.tally.hist)?;
+                total.ok += s.tally.ok;
                 warmup_errors += s.warmup_errors;
-                for (k, v) in s.errors {
-                    *errors.entry(k).or_default() += v;
+                for (k, v) in s.tally.errors {
+                    *total.errors.entry(k).or_default() += v;
                 }
                 end = end.max(s.finished);
             }
             Err(e) => failed.push(e.to_string()),
         }
     }
+    let server = cpu.finish(total.ok)?;
+    let Tally { hist, ok, errors } = total;
     if let Some(first) = failed.first() {
         return Err(format!(
             "{} of {} connections failed: {first}",
@@ -473,6 +673,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         "kind": "throughput",
         "target": target.name(),
         "mode": args.mode.name(),
+        "pipeline": (args.mode == Mode::Pipelined).then_some(args.pipeline),
         "addr": args.addr,
         "connections": args.connections,
         "requests": args.requests,
@@ -491,6 +692,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
             "p999": q(0.999),
             "max": hist.max(),
         },
+        "server": server,
         "tags": tags_json(&args.tags)?,
     });
     if args.json {
@@ -508,6 +710,12 @@ async fn load(args: &Args) -> Result<(), BoxError> {
             elapsed
         );
         println!("throughput: {rps:.0} req/s");
+        if let Some(per) = server["cpu_us_per_request"].as_f64() {
+            println!(
+                "server CPU: {} µs in all, {per:.1} µs per request",
+                server["cpu_us"]
+            );
+        }
         println!(
             "latency µs: p50 {} | p90 {} | p99 {} | p99.9 {} | max {} | mean {:.1}",
             q(0.50),
@@ -522,6 +730,91 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         }
         if warmup_errors > 0 {
             println!("warm-up errors (not counted above): {warmup_errors}");
+        }
+    }
+    Ok(())
+}
+
+/// Registers `depth` domains under one new key (pipelined, 1,000 per burst), then times
+/// `command list` at each of `--list-offsets`: how a page's cost grows with its offset.
+async fn list_depth(args: &Args, depth: u64) -> Result<(), BoxError> {
+    if args.target != Some(Target::Certline) {
+        return Err("--list-depth is for --target certline".into());
+    }
+    let ctx = Ctx {
+        target: Target::Certline,
+        mode: Mode::Pipelined,
+        addr: args.addr.clone(),
+        run_id: args.run_id.clone().unwrap_or_else(random_run_id),
+        apikey: None,
+        timeout: Duration::from_secs(args.timeout_secs),
+        pipeline: 1000,
+    };
+    let mut conn = Conn::connect(&args.addr).await?;
+    let key = conn.new_apikey().await?;
+    let mut conn = Some(conn);
+    let mut loaded = Tally::new();
+    let started = Instant::now();
+    ctx.drive(0, &mut 0, &key, &mut conn, depth, &mut loaded)
+        .await;
+    if let Some((label, n)) = loaded.errors.iter().next() {
+        return Err(format!("loading {depth} domains: {n} × {label}").into());
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    let conn = conn.as_mut().ok_or("the connection broke while loading")?;
+    let mut pages = Vec::new();
+    for &offset in &args.list_offsets {
+        let request = format!("command list apikey {key} offset {offset}\n");
+        let expect = format!("offset={offset} ");
+        for _ in 0..3 {
+            conn.certline(request.as_bytes()).await?; // warm-up
+        }
+        let cpu = CpuMeter::start(args.server_pid)?;
+        let mut hist = new_histogram();
+        for _ in 0..args.list_reps {
+            let start = Instant::now();
+            let reply = conn.certline(request.as_bytes()).await?;
+            let us = start.elapsed().as_micros().max(1) as u64;
+            match &reply.data {
+                Some(data) if reply.is_ok() && data.contains(&expect) => {}
+                _ => return Err(format!("list at offset {offset}: {reply:?}").into()),
+            }
+            hist.saturating_record(us);
+        }
+        let server = cpu.finish(args.list_reps)?;
+        pages.push(json!({
+            "offset": offset,
+            "requests": args.list_reps,
+            "latency_us": {"mean": hist.mean(), "p50": hist.value_at_quantile(0.5),
+                           "p99": hist.value_at_quantile(0.99), "max": hist.max()},
+            "server": server,
+        }));
+    }
+    let result = json!({
+        "kind": "list",
+        "target": "certline",
+        "depth": depth,
+        "load_s": load_s,
+        "load_rps": depth as f64 / load_s,
+        "pages": pages,
+        "tags": tags_json(&args.tags)?,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{depth} domains under one key, loaded pipelined in {load_s:.2} s ({:.0}/s)",
+            depth as f64 / load_s
+        );
+        for page in &pages {
+            println!(
+                "list offset {}: mean {:.0} µs, p50 {} µs, p99 {} µs, server CPU {} µs/request",
+                page["offset"],
+                page["latency_us"]["mean"].as_f64().unwrap_or_default(),
+                page["latency_us"]["p50"],
+                page["latency_us"]["p99"],
+                fmt_num(page["server"]["cpu_us_per_request"].as_f64()),
+            );
         }
     }
     Ok(())
@@ -605,6 +898,74 @@ fn tag<'a>(v: &'a Value, key: &str) -> &'a str {
     v["tags"][key].as_str().unwrap_or("")
 }
 
+/// Server CPU per successful request over several runs: their CPU time summed, divided by
+/// their requests summed (steadier than a median of per-run ratios, each of which carries the
+/// 10 ms clock tick as error).
+fn cpu_per_request<'a>(runs: impl Iterator<Item = &'a Value>) -> Option<f64> {
+    let (mut cpu, mut ok) = (0.0, 0.0);
+    for r in runs {
+        if let (Some(c), Some(n)) = (r["server"]["cpu_us"].as_f64(), r["ok"].as_f64()) {
+            cpu += c;
+            ok += n;
+        }
+    }
+    (ok > 0.0).then(|| cpu / ok)
+}
+
+/// `list` page cost by offset (from `--list-depth` runs): medians over runs, and each
+/// offset's cost as a multiple of offset 0's.
+fn list_report(rows: &[Value]) -> Vec<Value> {
+    let runs: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "list").collect();
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    let mut by_offset: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    for run in &runs {
+        for page in run["pages"].as_array().into_iter().flatten() {
+            by_offset
+                .entry(page["offset"].as_u64().unwrap_or(0))
+                .or_default()
+                .push(page);
+        }
+    }
+    let depth = runs[0]["depth"].as_u64().unwrap_or(0);
+    println!();
+    println!(
+        "| `list` with {depth} domains under one key: offset | p50 µs | mean µs | \
+         server CPU µs/request | **mean vs offset 0** | **CPU vs offset 0** | runs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let figure = |pages: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
+        median(pages.iter().filter_map(|p| f(p)).collect())
+    };
+    let mean = |p: &Value| p["latency_us"]["mean"].as_f64();
+    let p50 = |p: &Value| p["latency_us"]["p50"].as_f64();
+    let cpu = |p: &Value| p["server"]["cpu_us_per_request"].as_f64();
+    let base = by_offset.get(&0);
+    let (base_mean, base_cpu) = (
+        base.and_then(|b| figure(b, &mean)),
+        base.and_then(|b| figure(b, &cpu)),
+    );
+    let mut out = Vec::new();
+    for (offset, pages) in &by_offset {
+        let (m, c) = (figure(pages, &mean), figure(pages, &cpu));
+        println!(
+            "| {offset} | {} | {} | {} | **{}×** | **{}×** | {} |",
+            fmt_num(figure(pages, &p50)),
+            fmt_num(m),
+            fmt_num(c),
+            fmt_num(ratio(m, base_mean)),
+            fmt_num(ratio(c, base_cpu)),
+            pages.len()
+        );
+        out.push(json!({
+            "offset": offset, "mean_us": m, "cpu_us_per_request": c,
+            "mean_vs_offset_0": ratio(m, base_mean), "cpu_vs_offset_0": ratio(c, base_cpu),
+        }));
+    }
+    out
+}
+
 fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<(), BoxError> {
     let text = std::fs::read_to_string(path)?;
     let mut rows = Vec::new();
@@ -619,25 +980,29 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
     let mut summary = serde_json::Map::new();
 
     // Throughput and latency: one line per (pairing, connection mode, connections).
-    // Sorted strict before relaxed, persistent before connect-per-request, then by connections.
+    // Sorted strict before relaxed, persistent before the other modes, then by connections.
     let mut groups: BTreeMap<(u8, String, bool, String, u64), Vec<&Value>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r["kind"] == "throughput") {
         let pair = tag(r, "pair");
-        let mode = r["mode"].as_str().unwrap_or("");
+        let mode = match (r["mode"].as_str().unwrap_or(""), r["pipeline"].as_u64()) {
+            ("pipelined", Some(depth)) => format!("pipelined ×{depth}"),
+            (mode, _) => mode.to_string(),
+        };
         let key = (
             u8::from(pair != "strict"),
             pair.to_string(),
             mode != "persistent",
-            mode.to_string(),
+            mode,
             r["connections"].as_u64().unwrap_or(0),
         );
         groups.entry(key).or_default().push(r);
     }
     println!(
         "| pairing | connections | certline req/s | Redis req/s | **certline/Redis** | \
+         certline CPU µs/req | Redis CPU µs/req | **CPU ratio** | \
          certline p50 / p99 µs | Redis p50 / p99 µs | p99 ratio | runs | errors |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut tp = Vec::new();
     for ((_, pair, _, mode, conns), runs) in &groups {
         let pick = |target: &str, f: &dyn Fn(&Value) -> Option<f64>| {
@@ -654,6 +1019,8 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
         let (c_rps, r_rps) = (pick("certline", &rps), pick("redis", &rps));
         let (c50, r50) = (pick("certline", &p50), pick("redis", &p50));
         let (c99, r99) = (pick("certline", &p99), pick("redis", &p99));
+        let c_cpu = cpu_per_request(runs.iter().copied().filter(|r| r["target"] == "certline"));
+        let r_cpu = cpu_per_request(runs.iter().copied().filter(|r| r["target"] == "redis"));
         let errors: u64 = runs.iter().filter_map(|r| r["errors"].as_u64()).sum();
         let n_c = runs.iter().filter(|r| r["target"] == "certline").count();
         let n_r = runs.len() - n_c;
@@ -663,10 +1030,13 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
             format!("{pair}, {mode}")
         };
         println!(
-            "| {label} | {conns} | {} | {} | **{}×** | {} / {} | {} / {} | {}× | {n_c}+{n_r} | {errors} |",
+            "| {label} | {conns} | {} | {} | **{}×** | {} | {} | **{}×** | {} / {} | {} / {} | {}× | {n_c}+{n_r} | {errors} |",
             fmt_num(c_rps),
             fmt_num(r_rps),
             fmt_num(ratio(c_rps, r_rps)),
+            fmt_num(c_cpu),
+            fmt_num(r_cpu),
+            fmt_num(ratio(c_cpu, r_cpu)),
             fmt_num(c50),
             fmt_num(c99),
             fmt_num(r50),
@@ -676,8 +1046,10 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
         tp.push(json!({
             "pair": pair, "mode": mode, "connections": conns,
             "certline_rps": c_rps, "redis_rps": r_rps, "rps_ratio": ratio(c_rps, r_rps),
+            "certline_cpu_us_per_request": c_cpu, "redis_cpu_us_per_request": r_cpu,
+            "cpu_ratio": ratio(c_cpu, r_cpu),
             "certline_p50_us": c50, "certline_p99_us": c99,
-            "redis_p50_us": r50, "redis_p99_us": r99,
+            "redis_p50_us": r50, "redis_p99_us": r99, "p99_ratio": ratio(c99, r99),
             "certline_runs": n_c, "redis_runs": n_r, "errors": errors,
         }));
     }
@@ -686,7 +1058,7 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
     // Everything else: one figure per server, compared as certline/Redis.
     // (kind, label, unit, how to get the figure from a row)
     type Figure = fn(&Value) -> Option<f64>;
-    let others: [(&str, &str, &str, Figure); 5] = [
+    let others: [(&str, &str, &str, Figure); 6] = [
         ("rss", "RSS per idle connection", "bytes", |r| {
             let (base, loaded, n) = (
                 r["baseline_kb"].as_f64()?,
@@ -707,6 +1079,9 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
         }),
         ("load", "bulk load (relaxed / everysec)", "req/s", |r| {
             r["throughput_rps"].as_f64()
+        }),
+        ("load", "bulk load: server CPU per request", "µs", |r| {
+            r["server"]["cpu_us_per_request"].as_f64()
         }),
     ];
     println!();
@@ -745,6 +1120,7 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
         }
     }
     summary.insert("other".into(), Value::Array(other_rows));
+    summary.insert("list".into(), Value::Array(list_report(&rows)));
     summary.insert("raw".into(), Value::Array(rows.clone()));
     if let Some(out) = json_out {
         std::fs::write(out, serde_json::to_string_pretty(&Value::Object(summary))?)?;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# certline vs Redis, side by side on this machine: durable writes, connections, memory, disk,
-# start-up, and sync calls per acknowledged write. See BENCHMARKS.md for the method.
+# certline vs Redis, side by side on this machine: durable writes (throughput, latency and
+# server CPU per request), pipelined writes, connections, memory, disk, start-up, sync calls per
+# acknowledged write, and what a `list` page costs deep into a key. See BENCHMARKS.md.
 #
-#   benches/side-by-side.sh [--quick] [--reps N] [--domains N] [--out DIR] [--keep]
+#   benches/side-by-side.sh [--quick] [--reps N] [--domains N] [--out DIR] [--keep] [--certline BIN]
 #
 #   --quick       3 repetitions, smaller runs, 100,000 stored domains (a few minutes)
 #   --reps N      repetitions of every throughput run (default 5; medians are reported)
@@ -10,6 +11,10 @@
 #   --scale F     multiply every throughput run's request count by F (default 1)
 #   --out DIR     where results go (default target/side-by-side/<time>)
 #   --keep        keep the servers' data directories
+#   --only PARTS  run only these parts, comma-separated: sweep (throughput, latency, CPU per
+#                 request, pipelined), list, rss, disk (disk and start-up), syncs
+#   --certline BIN  measure this certline binary instead of building the worktree's (e.g. a
+#                 copy built from an earlier commit, for before/after figures)
 #
 # Pairs compared: certline durable vs Redis `appendfsync always` ("strict"), certline relaxed
 # vs Redis `appendfsync everysec` ("relaxed"). Every server listens on 127.0.0.1 only, and
@@ -18,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-QUICK=0 REPS="" DOMAINS="" SCALE=1 OUT="" KEEP=0
+QUICK=0 REPS="" DOMAINS="" SCALE=1 OUT="" KEEP=0 CERTLINE="" ONLY=sweep,list,rss,disk,syncs
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -27,24 +32,33 @@ while [ $# -gt 0 ]; do
     --scale) SCALE=$2; shift ;;
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --certline) CERTLINE=$(realpath "$2"); shift ;;
+    --only) ONLY=$2; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+# Server CPU is read from /proc/PID/stat in 10 ms clock ticks, so even the quick runs last a
+# good part of a second each (the 1-connection runs are cheap, so they get more requests).
 if [ "$QUICK" = 1 ]; then
   REPS=${REPS:-3} DOMAINS=${DOMAINS:-100000}
-  SWEEP_REQS=(1:500 8:2000 64:8000 256:16000)  # connections:requests per run
-  CPR_REQS=(1:500 32:2000)
+  SWEEP_REQS=(1:2000 8:4000 64:8000 256:16000)  # connections:requests per run
+  CPR_REQS=(1:1000 32:2000)
+  PIPE_REQS=(1:10000)  # one connection, PIPE_DEPTH requests per burst
   SYNC_ACKS=2000
   RESTARTS=1
+  LIST_DEPTH=40000 LIST_REPS=50
 else
   REPS=${REPS:-5} DOMAINS=${DOMAINS:-1000000}
-  SWEEP_REQS=(1:1500 8:6000 64:25000 256:50000)
+  SWEEP_REQS=(1:3000 8:6000 64:25000 256:50000)
   CPR_REQS=(1:1500 32:6000)
+  PIPE_REQS=(1:40000)
   SYNC_ACKS=10000
   RESTARTS=3
+  LIST_DEPTH=40000 LIST_REPS=100
 fi
+PIPE_DEPTH=${PIPE_DEPTH:-1000}
 SYNC_CONNS=(1 64)
 IDLE_CONNS=${IDLE_CONNS:-10000}
 LOAD_CONNS=64
@@ -53,6 +67,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RAW=$OUT/raw.jsonl
 : >"$RAW"
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # --- tools ------------------------------------------------------------------------------------
@@ -68,9 +83,11 @@ fi
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-log "building (release)"
-cargo build --release --bin certline
-CERTLINE=$ROOT/target/release/certline
+if [ -z "$CERTLINE" ]; then
+  log "building (release)"
+  cargo build --release --bin certline
+  CERTLINE=$ROOT/target/release/certline
+fi
 LG=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$LG" ] || { echo "could not find the loadgen binary" >&2; exit 1; }
@@ -208,6 +225,7 @@ start_redis() {
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # lg TAGS... -- LOADGEN ARGS...: runs the load generator, appends its JSON line to raw.jsonl.
+# Pass --server-pid so that it reports the server's CPU per request.
 lg() {
   local tags=()
   while [ "$1" != -- ]; do tags+=(--tag "$1"); shift; done
@@ -216,6 +234,7 @@ lg() {
   line=$("$LG" --json "$@" "${tags[@]}")
   printf '%s\n' "$line" >>"$RAW"
   log "  $* -> $(grep -o '"throughput_rps":[0-9.]*' <<<"$line" | cut -d: -f2 | cut -d. -f1) req/s, \
+$(grep -o '"cpu_us_per_request":[0-9.]*' <<<"$line" | cut -d: -f2 | cut -c1-5) µs CPU/req, \
 errors $(grep -o '"errors":[0-9]*' <<<"$line" | cut -d: -f2)"
 }
 
@@ -225,28 +244,47 @@ sweep() {
   log "pair $pair: certline $cmode vs Redis appendfsync $rmode"
   start_certline "sweep-$pair-certline" "$cmode"
   start_redis "sweep-$pair-redis" "$rmode"
-  local ca=$CL_ADDR ra=$RD_ADDR
+  local ca=$CL_ADDR ra=$RD_ADDR cpid=$CL_PID rpid=$RD_PID
   for ((rep = 1; rep <= REPS; rep++)); do
     # Alternate which server goes first, so drift on this shared machine hits both alike.
     if ((rep % 2)); then order="certline redis"; else order="redis certline"; fi
-    for spec in "${SWEEP_REQS[@]}" "${CPR_REQS[@]/#/cpr:}"; do
+    for spec in "${SWEEP_REQS[@]}" "${CPR_REQS[@]/#/cpr:}" "${PIPE_REQS[@]/#/pipe:}"; do
       local mode=persistent
       if [[ $spec == cpr:* ]]; then mode=connect-per-request; spec=${spec#cpr:}; fi
+      if [[ $spec == pipe:* ]]; then mode=pipelined; spec=${spec#pipe:}; fi
       conns=${spec%%:*}
       reqs=$(awk -v r="${spec#*:}" -v s="$SCALE" 'BEGIN { printf "%d", r * s }')
       warm=$((reqs / 10 > conns ? reqs / 10 : conns))
       for t in $order; do
-        local addr=$ca; [ "$t" = redis ] && addr=$ra
+        local addr=$ca pid=$cpid
+        [ "$t" = redis ] && addr=$ra pid=$rpid
         lg "pair=$pair" "rep=$rep" -- --target "$t" --addr "$addr" --mode "$mode" \
-          --connections "$conns" --requests "$reqs" --warmup "$warm"
+          --pipeline "$PIPE_DEPTH" --connections "$conns" --requests "$reqs" --warmup "$warm" \
+          --server-pid "$pid"
       done
     done
   done
   stop_server "$CL_PID" "$CL_WRAPPER"
   stop_server "$RD_PID" "$RD_WRAPPER"
 }
-sweep strict durable always
-sweep relaxed relaxed everysec
+if want sweep; then
+  sweep strict durable always
+  sweep relaxed relaxed everysec
+fi
+
+# --- 1b. what a `list` page costs deep into one key (certline only; the target is relative to
+# offset 0 of the same run, so there is nothing to pair it with) --------------------------------
+if want list; then
+log "list paging with $LIST_DEPTH domains under one key"
+start_certline list-certline relaxed
+for ((rep = 1; rep <= REPS; rep++)); do
+  "$LG" --json --target certline --addr "$CL_ADDR" --server-pid "$CL_PID" \
+    --list-depth "$LIST_DEPTH" --list-offsets "0,$((LIST_DEPTH / 2)),$LIST_DEPTH" \
+    --list-reps "$LIST_REPS" --tag "rep=$rep" >>"$RAW"
+  log "  rep $rep done"
+done
+stop_server "$CL_PID" "$CL_WRAPPER"
+fi
 
 # --- 2. memory per idle connection ------------------------------------------------------------
 idle_rss() {
@@ -268,6 +306,7 @@ idle_rss() {
     "$server" "$IDLE_CONNS" "$IDLE_CONNS" "$base" "$loaded" >>"$RAW"
   log "  $server RSS: $base kB -> $loaded kB with $IDLE_CONNS idle connections"
 }
+if want rss; then
 log "RSS at $IDLE_CONNS idle connections"
 start_certline rss-certline durable
 idle_rss certline "$CL_PID" "$CL_ADDR"
@@ -275,6 +314,7 @@ stop_server "$CL_PID" "$CL_WRAPPER"
 start_redis rss-redis everysec
 idle_rss redis "$RD_PID" "$RD_ADDR"
 stop_server "$RD_PID" "$RD_WRAPPER"
+fi
 
 # --- 3. disk per stored domain and start-up time ----------------------------------------------
 to_kind() {  # rewrites the loadgen's "throughput" line as a "load" line for one server
@@ -289,7 +329,7 @@ load_and_restart() {
   fi
   log "  loading $DOMAINS domains into $server"
   "$LG" --json --target "$server" --addr "$addr" --connections "$LOAD_CONNS" \
-    --requests "$DOMAINS" | to_kind "$server" >>"$RAW"
+    --requests "$DOMAINS" --server-pid "$pid" | to_kind "$server" >>"$RAW"
   stop_server "$pid" "$wrapper"
   bytes=$(du -sb "$WORK/$name/data" | cut -f1)
   ls -lR "$WORK/$name/data" >"$OUT/files-$server.txt"
@@ -311,9 +351,11 @@ load_and_restart() {
     stop_server "$pid" "$wrapper"
   done
 }
-log "disk and start-up with $DOMAINS domains"
-load_and_restart certline load-certline
-load_and_restart redis load-redis
+if want disk; then
+  log "disk and start-up with $DOMAINS domains"
+  load_and_restart certline load-certline
+  load_and_restart redis load-redis
+fi
 
 # --- 4. sync calls per acknowledged write (durable / always) ---------------------------------
 STRACE=(strace -f -c --seccomp-bpf -e 'trace=fsync,fdatasync,sync_file_range,msync')
@@ -341,6 +383,7 @@ traced_run() {  # traced_run SERVER NAME CONNS ACKS -> sets TR_FILE
   fi
   stop_server "$pid" "$wrapper"
 }
+if want syncs; then
 log "sync calls per acknowledged write"
 for server in certline redis; do
   traced_run "$server" "sync-$server-baseline" 1 0
@@ -356,16 +399,22 @@ for server in certline redis; do
     log "  $server, $conns connections: $calls sync calls (start/stop alone: $base) for $acks acks"
   done
 done
+fi
 
 # --- report -----------------------------------------------------------------------------------
 {
   echo "# certline vs Redis, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "- certline: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (modified)'), server code as of main $(git -C "$ROOT" merge-base HEAD main 2>/dev/null | cut -c1-7)"
+  if [ "$CERTLINE" = "$ROOT/target/release/certline" ]; then
+    echo "- certline: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (modified)'), server code as of main $(git -C "$ROOT" merge-base HEAD main 2>/dev/null | cut -c1-7)"
+  else
+    echo "- certline: the binary $CERTLINE (--certline)"
+  fi
   echo "- Redis: $(redis-server --version | grep -o 'v=[^ ]*')"
   echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), kernel $(uname -r)"
   echo "- disk: $(df -hT "$ROOT/target" | awk 'NR==2 {print $1, $2, $3}'); data under target/"
-  echo "- mode: $([ "$QUICK" = 1 ] && echo quick || echo full), $REPS repetitions, $DOMAINS domains, scale $SCALE"
+  echo "- mode: $([ "$QUICK" = 1 ] && echo quick || echo full), $REPS repetitions, $DOMAINS domains, scale $SCALE, parts $ONLY"
+  echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores, shared)"
   echo
   "$LG" --report "$RAW" --report-json "$OUT/summary.json"
 } >"$OUT/results.md"

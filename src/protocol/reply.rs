@@ -37,6 +37,24 @@ impl ErrorCode {
         self as u16
     }
 
+    /// The numeric code as text (for metric labels, without formatting).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "400",
+            UnknownKey => "401",
+            Forbidden => "403",
+            NotFound => "404",
+            InvalidDomain => "406",
+            Conflict => "409",
+            TooLong => "413",
+            InvalidField => "422",
+            TooManyRequests => "429",
+            Internal => "500",
+            Unavailable => "503",
+        }
+    }
+
     /// The code for a number, if it is one certline sends.
     pub fn from_u16(code: u16) -> Option<Self> {
         use ErrorCode::*;
@@ -113,9 +131,18 @@ impl Reply {
     /// data line is cut rather than exceeding [`MAX_REPLY_BYTES`], because a reply that a
     /// one-read client cannot take in whole is worse than a shortened one.
     pub fn encode(&self, buf: &mut BytesMut) {
-        let status = match self.error {
-            None => format!("status ok 200 {}", self.text),
-            Some(code) => format!("status error {} {}", code.as_u16(), self.text),
+        // `status ok 200 ` or `status error NNN ` (every code is three digits), written into
+        // a stack buffer: the reply is encoded once per request, without a formatted String.
+        let mut prefix = *b"status error 000 ";
+        let prefix: &[u8] = match self.error {
+            None => b"status ok 200 ",
+            Some(code) => {
+                let code = code.as_u16();
+                prefix[13] = b'0' + (code / 100 % 10) as u8;
+                prefix[14] = b'0' + (code / 10 % 10) as u8;
+                prefix[15] = b'0' + (code % 10) as u8;
+                &prefix
+            }
         };
         // Cut as bytes, not as a `str`: a cut may fall inside a character, whose bytes all
         // become `?` anyway. The status line keeps room for its LF and, when there is one, for
@@ -125,16 +152,22 @@ impl Reply {
         } else {
             0
         };
-        let status = status.as_bytes();
-        let status = &status[..status.len().min(MAX_REPLY_BYTES - 1 - data_line_min)];
-        buf.reserve(MAX_REPLY_BYTES);
-        if let Some(data) = &self.data {
-            let budget = MAX_REPLY_BYTES - 1 - status.len() - data_line_min;
+        let status_max = MAX_REPLY_BYTES - 1 - data_line_min;
+        let text = self.text.as_bytes();
+        let text = &text[..text.len().min(status_max - prefix.len())];
+        let status_len = prefix.len() + text.len();
+        let data = self.data.as_deref().map(|data| {
+            let budget = MAX_REPLY_BYTES - 1 - status_len - data_line_min;
+            &data.as_bytes()[..data.len().min(budget)]
+        });
+        buf.reserve(status_len + 1 + data.map_or(0, |d| d.len() + data_line_min));
+        if let Some(data) = data {
             buf.put_slice(b"data ");
-            put_printable(buf, &data.as_bytes()[..data.len().min(budget)]);
+            put_printable(buf, data);
             buf.put_u8(b'\n');
         }
-        put_printable(buf, status);
+        buf.put_slice(prefix);
+        put_printable(buf, text);
         buf.put_u8(b'\n');
     }
 
@@ -189,11 +222,13 @@ impl Reply {
 }
 
 fn put_printable(buf: &mut BytesMut, bytes: &[u8]) {
-    buf.extend(
-        bytes
-            .iter()
-            .map(|&b| if (0x20..0x7f).contains(&b) { b } else { b'?' }),
-    );
+    let start = buf.len();
+    buf.put_slice(bytes);
+    for b in &mut buf[start..] {
+        if !(0x20..0x7f).contains(b) {
+            *b = b'?';
+        }
+    }
 }
 
 /// Why bytes are not a reply.
@@ -214,6 +249,15 @@ pub enum ReplyParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_text_matches_the_number() {
+        for n in 100..1000 {
+            if let Some(code) = ErrorCode::from_u16(n) {
+                assert_eq!(code.as_str(), n.to_string());
+            }
+        }
+    }
 
     #[test]
     fn encodes_byte_exact() {

@@ -733,6 +733,12 @@ impl GroupCommit {
         Ok(())
     }
 
+    /// How many times changes not yet on disk were undone (see `undo`): whatever was derived
+    /// from the database in memory before a change of this count may be stale.
+    pub(super) fn losses(&self) -> u64 {
+        self.log.progress.losses.load(Ordering::Acquire)
+    }
+
     /// The point in history a request starts from (see [`Self::commit_since`]).
     pub fn mark(&self) -> Mark {
         let progress = &self.log.progress;

@@ -41,6 +41,7 @@ mod claims;
 pub mod durable;
 mod holders;
 mod inventory;
+mod key_index;
 mod mail_outbox;
 pub mod records;
 pub mod wal;
@@ -51,6 +52,7 @@ pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
 pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
+use key_index::KeyIndex;
 pub use mail_outbox::DueMail;
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
@@ -137,6 +139,8 @@ pub struct Store {
     /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
     acme_enabled: AtomicBool,
     acme_wakeup: tokio::sync::Notify,
+    /// Where `list` pages start deep into a key (see [`key_index`]).
+    key_index: KeyIndex,
 }
 
 impl Store {
@@ -225,6 +229,7 @@ impl Store {
             bridge_wakeup: tokio::sync::Notify::new(),
             acme_enabled: AtomicBool::new(false),
             acme_wakeup: tokio::sync::Notify::new(),
+            key_index: KeyIndex::default(),
         };
         store.migrate_email_index()?;
         store.ensure_holder_index(clean)?;
@@ -475,11 +480,14 @@ impl Store {
         if queued {
             bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
         }
-        let kind = AuditKind::DomainAdded { domain: name };
+        let kind = AuditKind::DomainAdded {
+            domain: name.clone(),
+        };
         self.audit(&mut batch, now, ip, hash, kind)?;
         acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
         self.acme_wakeup.notify_one();
+        self.key_index.inserted(hash, name.as_bytes());
         if queued || released {
             self.bridge_wakeup.notify_one();
         }
@@ -509,11 +517,14 @@ impl Store {
         }
         batch.remove(kd_key);
         batch.remove(holders::holder_key(&name, hash));
-        let kind = AuditKind::DomainRemoved { domain: name };
+        let kind = AuditKind::DomainRemoved {
+            domain: name.clone(),
+        };
         self.audit(&mut batch, now, ip, hash, kind)?;
         acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
         self.acme_wakeup.notify_one();
+        self.key_index.removed(hash, name.as_bytes());
         Ok(true)
     }
 
@@ -526,7 +537,9 @@ impl Store {
         self.get(&key_domain_key(hash, &domain.to_string()))
     }
 
-    /// The domains registered under a key, in lexicographic order, skipping `offset`.
+    /// The domains registered under a key, in lexicographic order, skipping `offset`. Deep
+    /// offsets start from the key's rank index ([`key_index`]) instead of reading every
+    /// entry before them.
     pub fn key_domains(
         &self,
         hash: &KeyHash,
@@ -534,10 +547,53 @@ impl Store {
     ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
         let prefix = key_domain_key(hash, "");
         let skip = prefix.len();
-        self.db.scan_prefix(prefix).skip(offset).map(move |entry| {
-            let (k, _) = entry?;
-            Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
-        })
+        let start = self.page_start(hash, &prefix, offset as u64);
+        let mut from = prefix.clone();
+        from.extend_from_slice(start.from.as_deref().unwrap_or_default());
+        self.db
+            .range(from..)
+            .take_while(move |entry| match entry {
+                Ok((k, _)) => k.starts_with(&prefix),
+                Err(_) => true,
+            })
+            .skip(start.skip as usize)
+            .map(move |entry| {
+                let (k, _) = entry?;
+                Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
+            })
+    }
+
+    /// Where the page at `offset` of a key starts; builds the key's rank index (one scan of
+    /// its domains) when a deep page finds none.
+    fn page_start(&self, hash: &KeyHash, prefix: &[u8], offset: u64) -> key_index::Start {
+        if let Some(start) = self.key_index.start(hash, offset, self.commits.losses()) {
+            return start;
+        }
+        let from_first = key_index::Start {
+            from: None,
+            skip: offset,
+        };
+        let ticket = self.key_index.begin_build(hash, self.commits.losses());
+        let mut posts = Vec::new();
+        for (rank, entry) in self.db.scan_prefix(prefix).keys().enumerate() {
+            let Ok(k) = entry else {
+                return from_first; // the scan that follows reports the error
+            };
+            if (rank as u64).is_multiple_of(key_index::SPACING) {
+                posts.push(Box::<[u8]>::from(&k[prefix.len()..]));
+            }
+        }
+        let post = ((offset / key_index::SPACING) as usize).min(posts.len().saturating_sub(1));
+        let start = match posts.get(post) {
+            Some(name) => key_index::Start {
+                from: Some(name.clone()),
+                skip: offset - post as u64 * key_index::SPACING,
+            },
+            None => from_first,
+        };
+        self.key_index
+            .finish_build(hash, ticket, posts, self.commits.losses());
+        start
     }
 
     /// The shared record of a domain, if any key registered it.

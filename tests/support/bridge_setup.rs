@@ -1,11 +1,9 @@
 //! Pointing a test server's Sectigo bridge at the simulator, and registering many domains.
 
-use super::client::new_key;
+use super::client::{new_key, pipelined};
 use super::scm_sim::{self, ScmSim};
 use std::net::SocketAddr;
 use std::path::Path;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How the bridge authenticates to the simulator. The acceptance tests run with both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +82,11 @@ max_secs = 2
 /// must be acknowledged. Returns the key.
 pub async fn register(addr: SocketAddr, domains: &[String]) -> String {
     let key = new_key(addr).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut lines = String::new();
-    for d in domains {
-        lines.push_str(&format!("command add apikey {key} domain {d}\n"));
-    }
-    stream.write_all(lines.as_bytes()).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut all = String::new();
-    stream.read_to_string(&mut all).await.unwrap();
+    let lines: String = domains
+        .iter()
+        .map(|d| format!("command add apikey {key} domain {d}\n"))
+        .collect();
+    let all = pipelined(addr, &lines).await;
     assert_eq!(all.matches("status ok 200").count(), domains.len(), "{all}");
     key
 }

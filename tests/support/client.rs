@@ -59,6 +59,20 @@ pub async fn new_key(addr: SocketAddr) -> String {
     reply.data.expect("apikey returns data")
 }
 
+/// Sends `lines` (requests, each ending in LF) back to back on one connection, half-closes
+/// it and returns every reply the server sent before closing: a pipelining client.
+pub async fn pipelined(addr: SocketAddr, lines: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(lines.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut all))
+        .await
+        .expect("replies in time")
+        .unwrap();
+    all
+}
+
 /// [`request`] for code outside a runtime (the hook-script tests): sends `line` with a newline
 /// on a new connection and returns the whole reply.
 pub fn request_blocking(addr: SocketAddr, line: &str) -> String {
@@ -81,11 +95,17 @@ pub struct Listing {
 /// the way: each page is `ok`, echoes its `offset`, keeps `total` unchanged, `next` advances,
 /// and `total` equals the number of domains listed.
 pub async fn list_all(addr: SocketAddr, key: &str) -> Listing {
+    list_from(addr, key, 0).await
+}
+
+/// [`list_all`] from `offset` on: the domains from there to the end, with the same checks
+/// (`total` then equals `offset` plus the number listed, for an offset within the total).
+pub async fn list_from(addr: SocketAddr, key: &str, first: u64) -> Listing {
     let mut listing = Listing {
         domains: Vec::new(),
         pages: Vec::new(),
     };
-    let mut offset = 0u64;
+    let mut offset = first;
     let mut total = None;
     loop {
         let raw = request(
@@ -122,9 +142,10 @@ pub async fn list_all(addr: SocketAddr, key: &str) -> Listing {
             None => break,
         }
     }
+    let total = total.expect("every page has a total");
     assert_eq!(
-        total,
-        Some(listing.domains.len() as u64),
+        total.max(first),
+        first + listing.domains.len() as u64,
         "the key's total disagrees with its listed domains"
     );
     listing
