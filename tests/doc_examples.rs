@@ -95,6 +95,9 @@ fn examples() -> Vec<Example> {
             .collect::<Vec<_>>()
             .join("\n"),
     };
+    // A block that only adds a sub-table to a section shown earlier (`[sectigo.acme]` after
+    // the `[sectigo]` block) is a part of that section: check it together with it.
+    let readme = with_their_sections(readme);
     let install = toml_blocks("hooks/INSTALL.md");
     assert!(
         !install.is_empty(),
@@ -105,6 +108,52 @@ fn examples() -> Vec<Example> {
         .chain([together])
         .chain(install)
         .collect()
+}
+
+/// Is every top-level entry of `text` a section made only of sub-tables (`[a.b]` without
+/// `[a]`'s own keys)? Then `text` is a fragment of section `a`, not a file of its own.
+fn fragment_of(text: &str) -> Option<String> {
+    let table: Table = text.parse().ok()?;
+    let mut sections = table.iter().map(|(name, value)| match value {
+        Value::Table(t) if !t.is_empty() && t.values().all(Value::is_table) => Some(name.clone()),
+        _ => None,
+    });
+    let first = sections.next()??;
+    (table.len() == 1).then_some(first)
+}
+
+/// Each fragment block joined to the first earlier block that holds its section's own keys.
+fn with_their_sections(blocks: Vec<Example>) -> Vec<Example> {
+    let mut out: Vec<Example> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let Some(section) = fragment_of(&block.text) else {
+            out.push(block);
+            continue;
+        };
+        let host = out
+            .iter()
+            .find(|e| {
+                e.text
+                    .parse::<Table>()
+                    .ok()
+                    .and_then(|t| t.get(&section).cloned())
+                    .is_some_and(|v| {
+                        v.as_table()
+                            .is_some_and(|t| !t.values().all(Value::is_table))
+                    })
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: [{section}.*] with no [{section}] block before it",
+                    block.name
+                )
+            });
+        out.push(Example {
+            name: format!("{} (with its [{section}] from {})", block.name, host.name),
+            text: format!("{}\n{}", host.text, block.text),
+        });
+    }
+    out
 }
 
 /// The refusal messages README.md quotes.
@@ -268,9 +317,10 @@ async fn every_toml_example_passes_check_config_or_fails_only_as_documented() {
             }
         }
     }
-    // README.md's [smtp] and [sectigo] blocks each need [admin]; all else passes.
+    // README.md's [smtp] and [sectigo] blocks (the latter also with its [sectigo.acme]
+    // fragment) each need [admin]; all else passes.
     assert_eq!(
-        refused, 2,
+        refused, 3,
         "the refused examples changed: update this count"
     );
 }
@@ -416,11 +466,12 @@ async fn every_configuration_example_brings_a_domain_to_sectigo_or_is_refused_at
         );
         synced += 1;
     }
-    // README.md: defaults and [admin] store only; [smtp] and [sectigo] alone are refused;
-    // all of README.md together and INSTALL.md's file reach Sectigo.
+    // README.md: defaults and [admin] store only; [smtp] and [sectigo] alone (with or without
+    // its [sectigo.acme] part) are refused; all of README.md together and INSTALL.md's file
+    // reach Sectigo.
     assert_eq!(
         (off, refused, synced),
-        (2, 2, 2),
+        (2, 3, 2),
         "the examples' outcomes changed: update these counts"
     );
 }
