@@ -1,4 +1,4 @@
-//! Which of a key's domains may go into its ACME account (design.md §9, issue 12): synced
+//! Which of a key's domains may go into its ACME account (ARCHITECTURE.md §5a): synced
 //! into SCM, inside the operator's policy, registered by a confirmed key where
 //! `require_confirmed_key` says so, and DCV validated. Pure functions over the bridge's
 //! record, so they are tested without a network.

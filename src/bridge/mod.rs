@@ -7,7 +7,7 @@
 //!   monitored) as pure functions, so they are tested without a network.
 //!
 //! * [`worker`] drives each registered domain through lookup → create → monitoring → DCV
-//!   status, fed by the store's durable outbox (design.md §6).
+//!   status, fed by the store's durable outbox (ARCHITECTURE.md §5).
 //!
 //! Facts about the API are in `shared/reference/sectigo-scm-api.md`.
 

@@ -1,5 +1,5 @@
 //! The bridge worker: consumes the store's outbox and drives each domain through the state
-//! machine of design.md §6, one step at a time, saving the state after every step so a
+//! machine of ARCHITECTURE.md §5, one step at a time, saving the state after every step so a
 //! restart (even after kill -9) resumes where it stopped.
 //!
 //! ```text
