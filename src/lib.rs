@@ -12,8 +12,10 @@
 //!  operator ── HTTP ── admin (health, metrics, inventory, revoke, links) ── store
 //! ```
 //!
-//! - [`app`]: the wiring; builds every part from the [`config`] and runs them.
-//! - [`reload`]: `SIGHUP` applies a re-read configuration and its secrets to the running app.
+//! - [`app`]: the wiring; reads the whole configuration ([`app::config`]), refuses settings
+//!   that cannot work together ([`app::requirements`], also used by `check-config`), builds
+//!   every part from it and runs them; [`app::reload`]: `SIGHUP` applies a re-read
+//!   configuration and its secrets to the running app.
 //! - [`protocol`]: bytes ↔ requests and replies; no I/O. The contract is `protocol.md`.
 //! - [`server`]: sockets (its own, or systemd's: [`server::activation`]), limits, timeouts,
 //!   shutdown.
@@ -21,8 +23,8 @@
 //! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
 //! - [`bridge`]: the Sectigo Certificate Manager client, policy and worker.
-//! - [`config`]: the TOML configuration with its defaults, and the settings that cannot work
-//!   together ([`config::requirements`], refused by `check-config` and `serve`).
+//! - [`config`]: what every section shares: [`config::ConfigError`] and secret loading
+//!   ([`config::Secret`]); a leaf that imports nothing else from the crate.
 //! - [`admin`]: the operator's HTTP face (health, Prometheus metrics, inventory, revoke,
 //!   requeue, import, claim links); [`cli`] is its command-line client.
 //! - [`confirm`]: claim confirmation e-mails with single-use confirm/revoke links.
@@ -37,10 +39,9 @@ pub mod config;
 pub mod confirm;
 pub mod domain;
 pub mod protocol;
-pub mod reload;
 pub mod server;
 pub mod service;
 pub mod store;
 
 pub use app::App;
-pub use config::Config;
+pub use app::Config;

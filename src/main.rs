@@ -2,9 +2,9 @@
 
 use anyhow::Context as _;
 use certline::App;
+use certline::app::config::{Config, LogFormat};
+use certline::app::reload::ConfigSource;
 use certline::cli::{self, AdminClient, DomainFilter, Endpoint, Format};
-use certline::config::{Config, LogFormat};
-use certline::reload::ConfigSource;
 use certline::server::activation::Activated;
 use clap::{Args, Parser, Subcommand};
 use sd_notify::NotifyState;

@@ -21,7 +21,7 @@
 
 mod support;
 use certline::apikey::ApiKey;
-use certline::config::requirements::Rule;
+use certline::app::requirements::Rule;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -13,7 +13,7 @@
 mod support;
 use certline::Config;
 use certline::apikey::ApiKey;
-use certline::config::requirements::Rule;
+use certline::app::requirements::Rule;
 use certline::store::AuditKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,9 +1,9 @@
 //! `certline check-config FILE`: parse and validate a configuration file, load every secret
 //! it names (without printing one), say what was found, and name every combination of
-//! settings that could never work ([`crate::config::requirements`]), as `serve` would refuse.
+//! settings that could never work ([`crate::app::requirements`]), as `serve` would refuse.
 
-use crate::config::requirements::unmet_requirements;
-use crate::config::{Config, LogFormat};
+use crate::app::config::{Config, LogFormat};
+use crate::app::requirements::unmet_requirements;
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Finding the admin API and talking to it.
 
 use crate::admin::views::ApiErrorBody;
-use crate::config::Config;
+use crate::app::Config;
 use crate::config::secret::Secret;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

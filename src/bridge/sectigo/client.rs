@@ -15,7 +15,8 @@ use tokio::sync::{Mutex, Semaphore};
 use url::Url;
 
 use super::auth::{AuthState, Credentials, TokenCache, header_value};
-use super::error::{SectigoError, classify_failure, error_chain, transport_error, truncate};
+use super::error::{SectigoError, classify_failure, error_chain, truncate};
+use super::response::{ScmResponse, read_response};
 use super::types::*;
 
 /// SCM's largest page size for list endpoints.
@@ -96,14 +97,6 @@ impl fmt::Debug for SectigoClient {
             .field("auth", &mode)
             .finish_non_exhaustive()
     }
-}
-
-/// What a successful exchange returned, before any parsing.
-pub struct Reply {
-    /// Response headers (`Location`, `X-Total-Count`, ...).
-    pub headers: HeaderMap,
-    /// The raw body; parse it with [`decode`] only where SCM documents one.
-    pub body: bytes::Bytes,
 }
 
 impl SectigoClient {
@@ -368,7 +361,7 @@ impl SectigoClient {
         decode(&reply, "DCV submit (TXT)")
     }
 
-    async fn dcv_action(&self, action: &str, domain: &str) -> Result<Reply, SectigoError> {
+    async fn dcv_action(&self, action: &str, domain: &str) -> Result<ScmResponse, SectigoError> {
         let path = format!(
             "dcv/{}/validation/{action}",
             self.inner.dcv_action_api.segment()
@@ -423,7 +416,7 @@ impl SectigoClient {
         path: &str,
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
-    ) -> Result<Reply, SectigoError> {
+    ) -> Result<ScmResponse, SectigoError> {
         let _permit = self
             .inner
             .permits
@@ -445,7 +438,8 @@ impl SectigoClient {
         loop {
             self.wait_out_slow_down().await;
             self.inner.limiter.until_ready().await;
-            let (auth_headers, token_generation) = self.auth_headers().await?;
+            let (auth_headers, token_generation) =
+                self.inner.auth.headers(&self.inner.http).await?;
             let mut request = self
                 .inner
                 .http
@@ -474,12 +468,12 @@ impl SectigoClient {
                 tracing::warn!(
                     "Sectigo refused the OAuth2 access token; fetching a new one and retrying once"
                 );
-                self.forget_token(generation).await;
+                self.inner.auth.forget_token(generation).await;
                 retried_auth = true;
                 continue;
             }
             if status.is_success() {
-                return Ok(Reply {
+                return Ok(ScmResponse {
                     headers,
                     body: bytes,
                 });
@@ -494,16 +488,6 @@ impl SectigoClient {
             return Err(err);
         }
     }
-}
-
-pub(super) async fn read_response(
-    sent: Result<reqwest::Response, reqwest::Error>,
-) -> Result<(StatusCode, HeaderMap, bytes::Bytes), SectigoError> {
-    let response = sent.map_err(|e| transport_error(&e))?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-    Ok((status, headers, body))
 }
 
 pub(crate) fn total_count(headers: &HeaderMap) -> Option<u64> {
@@ -563,7 +547,10 @@ pub(crate) fn id_from_location(headers: &HeaderMap) -> Result<u64, SectigoError>
 
 /// Parses a JSON success body; an empty or malformed one is a [`SectigoError::Decode`] naming
 /// `what` (the call), never quoting the body.
-pub fn decode<T: DeserializeOwned>(reply: &Reply, what: &'static str) -> Result<T, SectigoError> {
+pub fn decode<T: DeserializeOwned>(
+    reply: &ScmResponse,
+    what: &'static str,
+) -> Result<T, SectigoError> {
     if reply.body.iter().all(u8::is_ascii_whitespace) {
         return Err(SectigoError::Decode {
             what,

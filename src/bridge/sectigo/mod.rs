@@ -16,12 +16,14 @@
 //!   forwarded to wherever the redirect points.
 //!
 //! The module is split by concern: [`error`] (how failures are sorted), [`types`] (the wire
-//! shapes and vocabularies), [`auth`] (header login and the OAuth2 token cache) and
-//! [`client`] (the request plumbing and one method per endpoint).
+//! shapes and vocabularies), [`response`] (what an exchange returned, read once for both
+//! callers), [`auth`] (header login and the OAuth2 token cache) and [`client`] (the request
+//! plumbing and one method per endpoint).
 
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod response;
 pub mod types;
 
 pub use crate::config::secret::Secret;

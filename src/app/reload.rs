@@ -1,6 +1,6 @@
 //! Reload (`SIGHUP`, `systemctl reload`): read the configuration file and the secrets it
 //! names again, validate them as `serve` and `check-config` do (the values, the
-//! combinations of [`crate::config::requirements`], the secrets), and apply what can change
+//! combinations of [`super::requirements`], the secrets), and apply what can change
 //! while certline runs. Nothing is applied unless everything validates and every secret
 //! loads: a failed reload keeps the running configuration and says why.
 //!
@@ -15,10 +15,11 @@
 //! `[sectigo]` or `[admin]`, `sectigo.max_concurrency`, `[sectigo.acme]`, `limits.listen_backlog`) needs a
 //! restart: when it changed, the reload says so and keeps the running value.
 
+use super::config::Config;
 use crate::acme::AcmeWorker;
 use crate::admin::AdminState;
 use crate::bridge::{SectigoClient, SectigoError, Worker};
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::server::Limits;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -62,7 +63,7 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     /// The sections each validate but cannot work together (as at start-up).
     #[error(transparent)]
-    Refused(#[from] crate::config::requirements::Refused),
+    Refused(#[from] super::requirements::Refused),
     #[error("the Sectigo client: {0}")]
     SectigoClient(#[from] SectigoError),
 }
@@ -130,7 +131,7 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let new = self.source.load()?;
-        crate::config::requirements::check(&new)?;
+        super::requirements::check(&new)?;
         // Everything that can fail happens before anything is applied.
         let client = match (&new.sectigo, &self.worker) {
             (Some(sectigo), Some(_)) => Some(SectigoClient::new(sectigo.client_options()?)?),

@@ -1,18 +1,30 @@
 //! The wiring: one place that turns a [`Config`] into running parts (the store, the Sectigo
 //! bridge worker, the admin HTTP face with its mailer, the line-protocol server) and runs them
 //! until shutdown. Every other module receives its own section or value from here and never
-//! reads the whole configuration; nothing imports this module but `main` and the tests.
+//! reads the whole configuration; nothing imports this module but `main`, the operator's
+//! command-line client ([`crate::cli`], which reads the same file) and the tests.
+//!
+//! The whole file is assembled and validated in [`config`], the combinations that can never
+//! work are refused by [`requirements`], and [`reload`] applies a re-read file to the running
+//! parts. Only these wiring modules see every section, so they sit at the top of the module
+//! graph while [`crate::config`] (the error and secret types every layer shares) is a leaf.
+
+pub mod config;
+pub mod reload;
+pub mod requirements;
+
+pub use config::Config;
 
 use crate::acme::{AcmeApi, AcmeWorker};
 use crate::admin::{AdminServer, AdminState};
 use crate::bridge::{SectigoClient, SectigoError, Worker};
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::confirm::{Confirmations, Mailer};
-use crate::reload::{ConfigSource, Reloader};
 use crate::server::Server;
 use crate::server::activation::{Activated, ActivationError};
 use crate::service::{AcmeHandOut, Service};
 use crate::store::{Store, StoreError};
+use reload::{ConfigSource, Reloader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,9 +41,9 @@ const DEFAULT_DCV_EXPIRY_WINDOW_DAYS: u32 = 30;
 #[derive(Debug, Error)]
 pub enum StartError {
     /// The sections each validate, but together could never do what they ask
-    /// ([`crate::config::requirements`]); every such problem, with its ways out.
+    /// ([`requirements`]); every such problem, with its ways out.
     #[error(transparent)]
-    Refused(#[from] crate::config::requirements::Refused),
+    Refused(#[from] requirements::Refused),
     /// A section's values cannot be used (a secret that cannot be read, an unusable TLS
     /// setting); the message names the key.
     #[error(transparent)]
@@ -91,7 +103,7 @@ impl App {
     /// Like [`App::start`], serving on the listeners systemd passed where it passed one
     /// (socket activation) and binding the others.
     pub async fn start_activated(config: Config, activated: Activated) -> Result<Self, StartError> {
-        crate::config::requirements::check(&config)?;
+        requirements::check(&config)?;
         let running = config.clone();
         let store = Arc::new(Store::open(
             &config.data_dir,

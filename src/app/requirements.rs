@@ -12,7 +12,7 @@
 //! It is a pure function of the parsed [`Config`] (no files, no environment, no network), so
 //! a configuration reload can run it before swapping anything in.
 
-use super::Config;
+use super::config::Config;
 use crate::bridge::config::DcvMethod;
 use std::fmt;
 use std::net::IpAddr;
