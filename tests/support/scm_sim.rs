@@ -1157,19 +1157,30 @@ fn token(s: &mut State, body: &[u8]) -> Resp {
     )
 }
 
-fn list_domains(s: &mut State, query: &str) -> Resp {
-    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+/// `position` (default 0) and `size` (default 10, at most 200: the OAS `maximum`; what SCM
+/// does above it is unconfirmed, so refusing is the fail-safe model) of a list request.
+/// The error is SCM's -1601 description for the field at fault.
+fn page_bounds(q: &HashMap<String, String>) -> Result<(usize, usize), &'static str> {
     let size: usize = match q.get("size").map(|v| v.parse()) {
         None => 10,
         Some(Ok(n)) if n <= 200 => n,
-        _ => return error(400, -1601, "Field ''size'' has invalid value."),
+        _ => return Err("Field ''size'' has invalid value."),
     };
     let position: usize = match q.get("position").map(|v| v.parse()) {
         None => 0,
         Some(Ok(n)) => n,
-        _ => return error(400, -1601, "Field ''position'' has invalid value."),
+        _ => return Err("Field ''position'' has invalid value."),
+    };
+    Ok((position, size))
+}
+
+fn list_domains(s: &mut State, query: &str) -> Resp {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let (position, size) = match page_bounds(&q) {
+        Ok(bounds) => bounds,
+        Err(message) => return error(400, -1601, message),
     };
     if let Some(n) = q.get("name") {
         note_name(s, n);

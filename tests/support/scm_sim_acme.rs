@@ -23,7 +23,7 @@
 //! - `GET /api/acme/v2/account/{id}/domain` pages like the account list; items have `name`,
 //!   `validUntil`, `stickyUntil` (add time + 1 year), `validationId`.
 
-use super::{Resp, State, empty, error, json_response};
+use super::{Resp, State, empty, error, json_response, page_bounds};
 use hyper::Method;
 use hyper::header::HeaderValue;
 use serde_json::{Value, json};
@@ -271,15 +271,9 @@ fn query_map(query: &str) -> HashMap<String, String> {
 /// One page of `items` by `position` and `size` (≤ 200, default 10), with `X-Total-Count`.
 fn page(query: &str, items: Vec<Value>) -> Resp {
     let q = query_map(query);
-    let size: usize = match q.get("size").map(|v| v.parse()) {
-        None => 10,
-        Some(Ok(n)) if n <= 200 => n,
-        _ => return error(400, -1601, "Field ''size'' has invalid value."),
-    };
-    let position: usize = match q.get("position").map(|v| v.parse()) {
-        None => 0,
-        Some(Ok(n)) => n,
-        _ => return error(400, -1601, "Field ''position'' has invalid value."),
+    let (position, size) = match page_bounds(&q) {
+        Ok(bounds) => bounds,
+        Err(message) => return error(400, -1601, message),
     };
     let total = items.len() as u64;
     let page: Vec<Value> = items.into_iter().skip(position).take(size).collect();
