@@ -16,12 +16,15 @@
 //! | `POST /api/keys/{prefix}/confirm` | bearer | confirm it by hand, as its claim link would |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
 //!
+//! Every answer but health's waits for the commit round covering what it read
+//! ([`durable_reply`]).
 //! Health is open so probes need no secret; the claim links carry their own credential.
 //! Everything else needs `Authorization: Bearer <token>` with the token from
 //! `admin.token_env`/`admin.token_file`, compared in constant time.
 
 pub mod config;
 mod confirm;
+mod durable_reply;
 mod extract;
 mod health;
 mod import;
@@ -162,9 +165,12 @@ impl AdminServer {
 
 /// The routes (see the module docs).
 pub fn router(state: Arc<AdminState>) -> Router {
-    let open = Router::new()
+    // Health answers for itself (readyz runs its own write and commit, and must say why the
+    // store is failing, not hide it behind a generic 500).
+    let health = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    let links = Router::new()
         .route(
             "/link/confirm/{token}",
             get(confirm::confirm_page).post(confirm::confirm),
@@ -183,7 +189,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/keys/{prefix}/revoke", post(keys::revoke))
         .route("/api/keys/{prefix}/confirm", post(keys::confirm))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    open.merge(protected)
+    let durable = links
+        .merge(protected)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            durable_reply::only_durable_state,
+        ));
+    health
+        .merge(durable)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -708,6 +708,12 @@ impl GroupCommit {
         let start = pending.records.len();
         batch.encode_into(&mut pending.records);
         let (ops, audit) = batch.into_parts();
+        // The sequence number is published before sled shows any of the change: a reader
+        // that sees one of its keys then waits for (and hears of the loss of) this batch in
+        // `commit_since`. Published after, a reader could see the key, find nothing newer
+        // than `settled` applied, and answer with a change whose log write then failed.
+        pending.last += 1;
+        log.progress.applied.store(pending.last, Ordering::SeqCst);
         let keep_undo = self.mode == DurabilityMode::Durable;
         for (key, value) in ops {
             let previous = match value {
@@ -728,8 +734,6 @@ impl GroupCommit {
             }
         }
         pending.audit.extend(audit);
-        pending.last += 1;
-        log.progress.applied.store(pending.last, Ordering::Release);
         Ok(())
     }
 
@@ -760,7 +764,7 @@ impl GroupCommit {
             return Ok(());
         }
         let progress = &log.progress;
-        let target = progress.applied.load(Ordering::Acquire);
+        let target = progress.applied.load(Ordering::SeqCst);
         if progress.settled.load(Ordering::Acquire) < target {
             log.kick.notify_one();
             let mut settled = progress.settled_tx.subscribe();
