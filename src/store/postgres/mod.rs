@@ -1,0 +1,471 @@
+//! The PostgreSQL store: the same records and promises as the sled store, in a database that
+//! several certline instances share (issue 16; the interface is the one the sled store
+//! keeps, method for method).
+//!
+//! # Schema
+//!
+//! `migrations/0001_initial.sql`, applied at start-up by [`migrations`]: typed tables for
+//! keys, their domains, domains, the audit trail, claim caps, link tokens and the mail outbox;
+//! the bridge's and the ACME worker's records as versioned JSONB (the same `Stored*` enums the
+//! sled store writes with postcard) beside the columns their queries need (`due`, `phase`,
+//! the lease).
+//!
+//! # Every write commits before it returns
+//!
+//! Each write method is one transaction: its reads, checks and writes, the audit events it
+//! causes, the work it queues (bridge, ACME, mail) and a `pg_notify` for the other instances'
+//! workers. A method returns only after `COMMIT` returned, so [`PgStore::mark`],
+//! [`PgStore::commit_since`] and [`PgStore::commit`] have nothing left to wait for, and no read
+//! ever sees an uncommitted change. Audit log lines are written after the commit.
+//!
+//! # Locking (several callers, several instances)
+//!
+//! Read-check-write sequences lock what they decide on, in one order (key row, then e-mail
+//! row, then bridge rows by name, then the ACME row), so that no two transactions wait for
+//! each other in a circle; a deadlock or serialisation failure the server reports anyway is
+//! retried ([`RETRIES`]).
+//!
+//! * A key's row (`SELECT … FOR UPDATE`) serialises claims, adds and removes of one key, so
+//!   `domain_count` always equals its domains.
+//! * An address's `claim_emails` row serialises its claims, so the unconfirmed-keys cap is
+//!   counted with every other claim of that address finished; the per-day counter of new
+//!   addresses is one conditional upsert (`… ON CONFLICT DO UPDATE … WHERE count < cap`).
+//! * The bridge's and the ACME worker's outboxes are taken with `FOR UPDATE SKIP LOCKED` and a
+//!   lease (owner, until): see [`bridge`].
+
+pub mod config;
+mod health;
+mod migrations;
+mod sql;
+mod wakeups;
+
+mod acme;
+mod bridge;
+mod claims;
+mod keys;
+mod mail;
+mod operator;
+mod rows;
+
+pub use config::PostgresConfig;
+
+use super::records::AuditEvent;
+use super::{AuditKind, GroupCommit, StoreError, UnixTime};
+use health::Health;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wakeups::{Channels, Wakeups};
+
+/// How often a transaction the server aborted for a deadlock or a serialisation failure is
+/// tried again before the error is returned.
+const RETRIES: usize = 5;
+
+/// How often the running instance checks that no newer certline migrated the schema.
+const SCHEMA_CHECK: Duration = Duration::from_secs(10);
+
+/// The point in history a request starts from. Nothing to record on PostgreSQL: every write
+/// committed before it returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PgMark;
+
+/// The PostgreSQL store. Share it behind an `Arc`.
+pub struct PgStore {
+    pool: deadpool_postgres::Pool,
+    /// This instance's name on the leases it takes.
+    instance: String,
+    lease_secs: i64,
+    channels: Channels,
+    bridge_enabled: AtomicBool,
+    mail_enabled: AtomicBool,
+    acme_enabled: AtomicBool,
+    wakeups: Arc<Wakeups>,
+    health: Arc<Health>,
+    closed: AtomicBool,
+    /// Stops the listener and the probe.
+    stop: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One write transaction and what it does once committed.
+pub(super) struct Work<'c> {
+    pub(super) tx: deadpool_postgres::Transaction<'c>,
+    audit: Vec<AuditEvent>,
+    wake_bridge: bool,
+    wake_acme: bool,
+    discard: bool,
+}
+
+impl Work<'_> {
+    /// Rolls the transaction back instead of committing it (a refused claim writes
+    /// nothing, though its checks may have written before deciding).
+    pub(super) fn discard(&mut self) {
+        self.discard = true;
+    }
+
+    /// Appends an audit event in this transaction; its log line follows the commit.
+    pub(super) async fn audit(
+        &mut self,
+        at: UnixTime,
+        ip: IpAddr,
+        key_id: String,
+        kind: AuditKind,
+    ) -> Result<(), StoreError> {
+        let detail = serde_json::to_value(&kind).expect("an audit kind serialises to JSON");
+        sql::execute(
+            &self.tx,
+            "INSERT INTO audit (at, ip, key_id, event, kind) VALUES ($1, $2, $3, $4, $5)",
+            &[&at, &ip, &key_id, &kind.name(), &detail],
+        )
+        .await?;
+        self.audit.push(AuditEvent {
+            at,
+            ip,
+            key_id,
+            kind,
+        });
+        Ok(())
+    }
+
+    /// The bridge workers (of every instance) should look at the outbox after the commit.
+    pub(super) fn wake_bridge(&mut self) {
+        self.wake_bridge = true;
+    }
+
+    /// The ACME workers should look at their outbox after the commit.
+    pub(super) fn wake_acme(&mut self) {
+        self.wake_acme = true;
+    }
+}
+
+impl PgStore {
+    /// Connects, applies the schema migrations this database lacks (under an advisory lock:
+    /// instances starting together apply them once), and starts the notification listener
+    /// and the health probe. Refuses a database whose schema is newer than this binary.
+    pub async fn connect(config: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let pg = config.connection()?;
+        let server = config::describe(&pg);
+        let manager = deadpool_postgres::Manager::from_config(
+            pg.clone(),
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let wait = config.statement_timeout().max(Duration::from_secs(1));
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Pool(format!("building the connection pool: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| {
+            StoreError::Pool(format!(
+                "cannot connect to PostgreSQL at {server}: {e}; check that it runs, that \
+                 [store.postgres] url names it, and that this host may connect"
+            ))
+        })?;
+        migrations::apply(&mut client, &config.schema)
+            .await
+            .map_err(|e| match e {
+                StoreError::Postgres(e) => {
+                    StoreError::Pool(format!("applying the schema migrations at {server}: {e}"))
+                }
+                other => other,
+            })?;
+        drop(client);
+        let health = Arc::new(Health::new(server));
+        let wakeups = Arc::new(Wakeups::default());
+        let channels = Channels::new(&config.schema);
+        let stop = CancellationToken::new();
+        let listener = tokio::spawn(wakeups::listen(
+            pg,
+            channels.clone(),
+            wakeups.clone(),
+            stop.clone(),
+        ));
+        let probe = tokio::spawn(probe(
+            pool.clone(),
+            health.clone(),
+            config.schema.clone(),
+            stop.clone(),
+        ));
+        Ok(PgStore {
+            pool,
+            instance: config.instance.clone(),
+            lease_secs: config.lease_secs.min(i64::MAX as u64) as i64,
+            channels,
+            bridge_enabled: AtomicBool::new(false),
+            mail_enabled: AtomicBool::new(false),
+            acme_enabled: AtomicBool::new(false),
+            wakeups,
+            health,
+            closed: AtomicBool::new(false),
+            stop,
+            tasks: Mutex::new(vec![listener, probe]),
+        })
+    }
+
+    /// This instance's name, as written on the leases it holds.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Nothing to record: every write committed before it returned.
+    pub fn mark(&self) -> PgMark {
+        PgMark
+    }
+
+    /// Every write committed before it returned; `Ok` unless the store is closed.
+    pub async fn commit_since(&self, _since: PgMark) -> Result<(), StoreError> {
+        self.open()
+    }
+
+    /// Every write committed before it returned; `Ok` unless the store is closed.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.open()
+    }
+
+    /// `Ok` while the database took the last write (or the probe's); otherwise why not and
+    /// what to do (for `/readyz`).
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.open()?;
+        self.health.check()
+    }
+
+    /// Cancelled only when the database's schema turned out newer than this binary.
+    pub fn fatal(&self) -> &CancellationToken {
+        &self.health.fatal
+    }
+
+    /// Nothing is buffered: `Ok` unless the store is closed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.open()
+    }
+
+    /// Stops the listener and the probe and closes the pool; later calls fail.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.pool.close();
+        Ok(())
+    }
+
+    /// There is no group commit on PostgreSQL (the server's own commit does it).
+    pub fn group_commit(&self) -> Option<&GroupCommit> {
+        None
+    }
+
+    /// Resolves when a domain was queued for the bridge (here or by another instance) since
+    /// the last call.
+    pub async fn bridge_queued(&self) {
+        self.wakeups.bridge.notified().await
+    }
+
+    /// Resolves when a key was touched for the ACME worker since the last call.
+    pub async fn acme_queued(&self) {
+        self.wakeups.acme.notified().await
+    }
+
+    fn open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(StoreError::Flush(super::FlushError(
+                "the store is closed".into(),
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.open()?;
+        self.pool.get().await.map_err(|e| {
+            let error = match e {
+                deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+                other => StoreError::Pool(other.to_string()),
+            };
+            self.health.observe(&error);
+            error
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it; then writes the audit log lines and
+    /// wakes the workers. A deadlock or serialisation failure runs it again from the start.
+    pub(super) async fn write<T>(
+        &self,
+        body: impl AsyncFn(&mut Work<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.write_once(&body).await {
+                Ok((value, audit, bridge, acme)) => {
+                    self.health.up();
+                    for event in &audit {
+                        tracing::info!(event = event.kind.name(), key = %event.key_id, ip = %event.ip, kind = ?event.kind, "audit");
+                    }
+                    if bridge {
+                        self.wakeups.bridge.notify_one();
+                    }
+                    if acme {
+                        self.wakeups.acme.notify_one();
+                    }
+                    return Ok(value);
+                }
+                Err(e) if attempt < RETRIES && retryable(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "transaction retried");
+                }
+                Err(e) => {
+                    self.health.observe(&e);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn write_once<T>(
+        &self,
+        body: &impl AsyncFn(&mut Work<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<AuditEvent>, bool, bool), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut work = Work {
+            tx,
+            audit: Vec::new(),
+            wake_bridge: false,
+            wake_acme: false,
+            discard: false,
+        };
+        // On an error the transaction is dropped, which rolls it back.
+        let value = body(&mut work).await?;
+        if work.discard {
+            work.tx.rollback().await?;
+            return Ok((value, Vec::new(), false, false));
+        }
+        for (wake, channel) in [
+            (work.wake_bridge, &self.channels.bridge),
+            (work.wake_acme, &self.channels.acme),
+        ] {
+            if wake {
+                sql::execute(&work.tx, "SELECT pg_notify($1, '')", &[channel]).await?;
+            }
+        }
+        let Work {
+            tx,
+            audit,
+            wake_bridge,
+            wake_acme,
+            discard: _,
+        } = work;
+        tx.commit().await?;
+        Ok((value, audit, wake_bridge, wake_acme))
+    }
+
+    /// Runs `body` on a pooled connection (reads; each statement sees what was committed
+    /// when it started).
+    pub(super) async fn read<T>(
+        &self,
+        body: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let client = self.client().await?;
+        let result = body(&client).await;
+        if let Err(e) = &result {
+            self.health.observe(e);
+        }
+        result
+    }
+
+    /// The lease a transaction takes now: this instance, for `lease_secs`.
+    pub(super) fn lease_secs(&self) -> f64 {
+        self.lease_secs as f64
+    }
+}
+
+/// A deadlock, a serialisation failure, or a unique violation (two transactions inserted
+/// the same new row; the loser finds it on the next run): the transaction can run again.
+fn retryable(error: &StoreError) -> bool {
+    use tokio_postgres::error::SqlState;
+    match error {
+        StoreError::Postgres(e) => e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::UNIQUE_VIOLATION
+        }),
+        _ => false,
+    }
+}
+
+/// Once a second while the store is unwritable (or at once after a failure): does the
+/// server take writes again? Every [`SCHEMA_CHECK`]: has a newer certline migrated the schema?
+async fn probe(
+    pool: deadpool_postgres::Pool,
+    health: Arc<Health>,
+    schema: String,
+    stop: CancellationToken,
+) {
+    let mut last_schema_check = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = health.kick.notified() => {
+                // Let the failure settle a moment; a probe right away finds the same.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = stop.cancelled() => return,
+        }
+        let check_schema = last_schema_check.elapsed() >= SCHEMA_CHECK;
+        if health.is_writable() && !check_schema {
+            continue;
+        }
+        let client = match pool.get().await {
+            Ok(client) => client,
+            Err(e) => {
+                let error = match e {
+                    deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+                    other => StoreError::Pool(other.to_string()),
+                };
+                health.observe(&error);
+                continue;
+            }
+        };
+        if check_schema {
+            last_schema_check = tokio::time::Instant::now();
+            match migrations::recorded(&client).await {
+                Ok(found) if found > migrations::latest() => {
+                    let e = migrations::newer_schema(&schema, found);
+                    tracing::error!(error = %e, "stopping: the database schema is newer than this binary");
+                    health.down(e.to_string());
+                    health.fatal.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => health.observe(&e),
+            }
+        }
+        if !health.is_writable() {
+            let takes_writes = sql::row(
+                &client,
+                "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
+                &[],
+            )
+            .await;
+            match takes_writes {
+                Ok(Some(row)) if row.get::<_, bool>(0) => health.up(),
+                Ok(_) => health.down(format!(
+                    "PostgreSQL at {} is read-only (a standby, or default_transaction_read_only); \
+                     point [store.postgres] url at the primary",
+                    health.server()
+                )),
+                Err(e) => health.observe(&e),
+            }
+        }
+    }
+}
