@@ -66,7 +66,7 @@ impl PgStore {
 
     /// A key's ACME record.
     pub async fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(
                 c,
                 "SELECT record FROM acme_keys WHERE key_hash = $1",
@@ -75,7 +75,6 @@ impl PgStore {
             .await?;
             row.map(|r| acme_record(&r, 0)).transpose()
         })
-        .await
     }
 
     /// Up to `limit` keys due at or before `now`, earliest first, each now leased to this
@@ -86,11 +85,10 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<KeyHash>, StoreError> {
         let lease = self.lease_secs();
-        let mut keys = self
-            .write(async |w| {
-                let rows = sql::rows(
-                    &w.tx,
-                    "WITH picked AS (
+        let mut keys = in_tx!(self, w, {
+            let rows = sql::rows(
+                &w.tx,
+                "WITH picked AS (
                          SELECT key_hash FROM acme_keys
                          WHERE due IS NOT NULL AND due <= $1
                            AND (lease_until IS NULL OR lease_until <= clock_timestamp()
@@ -103,21 +101,20 @@ impl PgStore {
                          lease_until = clock_timestamp() + make_interval(secs => $4)
                      FROM picked WHERE a.key_hash = picked.key_hash
                      RETURNING a.due, a.key_hash",
-                    &[&now, &count(limit), &self.instance, &lease],
-                )
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<_, i64>(0)?, key_hash(r, 1)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
+                &[&now, &count(limit), &self.instance, &lease],
+            )
             .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<_, i64>(0)?, key_hash(r, 1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
         keys.sort_by_key(|a| (a.0, a.1.0));
         Ok(keys.into_iter().map(|(_, k)| k).collect())
     }
 
     /// The earliest time a key in the ACME outbox may be taken by this instance.
     pub async fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT CASE WHEN lease_owner IS NOT NULL AND lease_owner <> $1
@@ -130,7 +127,6 @@ impl PgStore {
             .await?;
             Ok(rows.iter().map(|r| r.get::<_, i64>(0)).min())
         })
-        .await
     }
 
     /// Saves the worker's view of a key. If the key was touched since the worker read it
@@ -144,7 +140,7 @@ impl PgStore {
         now: UnixTime,
     ) -> Result<(), StoreError> {
         let lease = self.lease_secs();
-        self.write(async |w| {
+        in_tx!(self, w, {
             let mut record = record.clone();
             let old = sql::row(
                 &w.tx,
@@ -191,45 +187,41 @@ impl PgStore {
             .await?;
             Ok(())
         })
-        .await
     }
 
     /// Queues `hash` for the ACME worker now (a transaction of its own; for the admin API and
     /// tests). Nothing happens while ACME is off.
     pub async fn touch_acme_key(&self, hash: &KeyHash, now: UnixTime) -> Result<(), StoreError> {
-        self.write(async |w| touch_key(self, w, hash, now).await)
-            .await
+        in_tx!(self, w, { touch_key(self, w, hash, now).await })
     }
 
     /// Run when the ACME worker starts: queues every key that holds domains or has an ACME
     /// record (unless its account was retired). Returns how many keys were queued.
     pub async fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
-        let candidates: Vec<KeyHash> = self
-            .read(async |c| {
-                let rows = sql::rows(
-                    c,
-                    "SELECT k.hash, k.domain_count, k.revoked_at IS NOT NULL, a.record
+        let candidates: Vec<KeyHash> = on_conn!(self, c, {
+            let rows = sql::rows(
+                c,
+                "SELECT k.hash, k.domain_count, k.revoked_at IS NOT NULL, a.record
                      FROM keys k LEFT JOIN acme_keys a ON a.key_hash = k.hash
                      ORDER BY k.hash",
-                    &[],
-                )
-                .await?;
-                let mut out = Vec::new();
-                for r in &rows {
-                    let acme = match r.try_get::<_, Option<serde_json::Value>>(3)? {
-                        Some(_) => Some(acme_record(r, 3)?),
-                        None => None,
-                    };
-                    let done = acme.as_ref().is_some_and(|a| a.account_deleted);
-                    let idle = r.get::<_, i64>(1) == 0 || r.get::<_, bool>(2);
-                    if done || (idle && acme.is_none()) {
-                        continue;
-                    }
-                    out.push(key_hash(r, 0)?);
-                }
-                Ok(out)
-            })
+                &[],
+            )
             .await?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let acme = match r.try_get::<_, Option<serde_json::Value>>(3)? {
+                    Some(_) => Some(acme_record(r, 3)?),
+                    None => None,
+                };
+                let done = acme.as_ref().is_some_and(|a| a.account_deleted);
+                let idle = r.get::<_, i64>(1) == 0 || r.get::<_, bool>(2);
+                if done || (idle && acme.is_none()) {
+                    continue;
+                }
+                out.push(key_hash(r, 0)?);
+            }
+            Ok(out)
+        })?;
         for hash in &candidates {
             self.touch_acme_key(hash, now).await?;
         }

@@ -232,12 +232,11 @@ impl PgStore {
 
     /// The bridge record of a domain.
     pub async fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row =
                 sql::row(c, "SELECT record FROM bridge WHERE domain = $1", &[&domain]).await?;
             row.map(|r| bridge_record(&r, 0)).transpose()
         })
-        .await
     }
 
     /// Up to `limit` domains due at or before `now`, earliest first, each now leased to this
@@ -248,11 +247,10 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
         let lease = self.lease_secs();
-        let mut jobs = self
-            .write(async |w| {
-                let rows = sql::rows(
-                    &w.tx,
-                    "WITH picked AS (
+        let mut jobs = in_tx!(self, w, {
+            let rows = sql::rows(
+                &w.tx,
+                "WITH picked AS (
                          SELECT domain FROM bridge
                          WHERE due IS NOT NULL AND due <= $1
                            AND (lease_until IS NULL OR lease_until <= clock_timestamp()
@@ -265,20 +263,19 @@ impl PgStore {
                          lease_until = clock_timestamp() + make_interval(secs => $4)
                      FROM picked WHERE b.domain = picked.domain
                      RETURNING b.due, b.domain, b.record",
-                    &[&now, &count(limit), &self.instance, &lease],
-                )
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            r.try_get::<_, i64>(0)?,
-                            r.try_get::<_, String>(1)?,
-                            bridge_record(r, 2)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
+                &[&now, &count(limit), &self.instance, &lease],
+            )
             .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, i64>(0)?,
+                        r.try_get::<_, String>(1)?,
+                        bridge_record(r, 2)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
         jobs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(jobs.into_iter().map(|(_, d, r)| (d, r)).collect())
     }
@@ -286,7 +283,7 @@ impl PgStore {
     /// The earliest time a domain in the outbox may be taken by this instance: its due time,
     /// or for a due domain another instance holds, when that lease ends.
     pub async fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT CASE WHEN lease_owner IS NOT NULL AND lease_owner <> $1
@@ -299,16 +296,14 @@ impl PgStore {
             .await?;
             Ok(rows.iter().map(|r| r.get::<_, i64>(0)).min())
         })
-        .await
     }
 
     /// How many domains are waiting in the outbox (for metrics).
     pub async fn outbox_len(&self) -> Result<usize, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(c, "SELECT count(*) FROM bridge WHERE due IS NOT NULL", &[]).await?;
             Ok(row.map_or(0, |r| r.get::<_, i64>(0)) as usize)
         })
-        .await
     }
 
     /// Replaces a domain's bridge record (the worker's step result). Refused while another
@@ -320,7 +315,7 @@ impl PgStore {
     /// record the worker parks in `awaiting_confirmation` meanwhile is requeued at once.
     pub async fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
         let lease = self.lease_secs();
-        self.write(async |w| {
+        in_tx!(self, w, {
             let mut record = record.clone();
             let now = chrono::Utc::now().timestamp();
             let old = sql::row(
@@ -377,13 +372,12 @@ impl PgStore {
             .await?;
             Ok(())
         })
-        .await
     }
 
     /// Makes every record parked by a 401 due at `now` (new credentials arrived). The records
     /// keep `waiting_on_credentials` until a step succeeds. Returns how many there are.
     pub async fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let mut waiting = lock_bridges_where(w, "waiting_on_credentials", &[]).await?;
             for (_, record) in &mut waiting {
                 record.next_attempt_at = Some(now);
@@ -394,12 +388,11 @@ impl PgStore {
             }
             Ok(waiting.len())
         })
-        .await
     }
 
     /// Does any record wait on credentials (parked by a 401)?
     pub async fn has_credential_waiters(&self) -> Result<bool, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(
                 c,
                 "SELECT EXISTS (SELECT 1 FROM bridge WHERE waiting_on_credentials)",
@@ -408,7 +401,6 @@ impl PgStore {
             .await?;
             Ok(row.is_some_and(|r| r.get(0)))
         })
-        .await
     }
 
     /// Makes every synced domain that validates at `dcv_domain` (but is not it) due at `now`,
@@ -419,7 +411,7 @@ impl PgStore {
         now: UnixTime,
     ) -> Result<usize, StoreError> {
         let synced = BridgePhase::Synced.name();
-        self.write(async |w| {
+        in_tx!(self, w, {
             let mut dependents = lock_bridges_where(
                 w,
                 "dcv_domain = $1 AND phase = $2 AND domain <> $1",
@@ -435,7 +427,6 @@ impl PgStore {
             }
             Ok(dependents.len())
         })
-        .await
     }
 
     /// Gives `domain` a bridge record, queued and due at `now`, unless it has one. Returns
@@ -446,7 +437,7 @@ impl PgStore {
         key_confirmed: bool,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let created =
                 insert_bridge(w, domain, &BridgeRecord::queued(now, key_confirmed)).await?;
             if created {
@@ -454,7 +445,6 @@ impl PgStore {
             }
             Ok(created)
         })
-        .await
     }
 
     /// Run when the bridge starts: queues every registered domain's host that has no bridge
@@ -462,12 +452,10 @@ impl PgStore {
     /// the allowed suffixes, awaiting a confirmed key). Returns how many were queued.
     pub async fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let confirmed = self.hosts_of_confirmed_keys().await?;
-        let names: Vec<String> = self
-            .read(async |c| {
-                let rows = sql::rows(c, "SELECT name FROM domains ORDER BY name", &[]).await?;
-                Ok(rows.iter().map(|r| r.get(0)).collect())
-            })
-            .await?;
+        let names: Vec<String> = on_conn!(self, c, {
+            let rows = sql::rows(c, "SELECT name FROM domains ORDER BY name", &[]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })?;
         let mut hosts: Vec<String> = names
             .iter()
             .filter_map(|n| crate::domain::normalize(n).ok())
@@ -477,41 +465,37 @@ impl PgStore {
         hosts.dedup();
         let mut queued = 0;
         for chunk in hosts.chunks(1000) {
-            queued += self
-                .write(async |w| {
-                    let mut inserted = 0;
-                    for host in chunk {
-                        let record = BridgeRecord::queued(now, confirmed.contains(host));
-                        inserted += usize::from(insert_bridge(w, host, &record).await?);
-                    }
-                    if inserted > 0 {
-                        w.wake_bridge();
-                    }
-                    Ok(inserted)
-                })
-                .await?;
+            queued += in_tx!(self, w, {
+                let mut inserted = 0;
+                for host in chunk {
+                    let record = BridgeRecord::queued(now, confirmed.contains(host));
+                    inserted += usize::from(insert_bridge(w, host, &record).await?);
+                }
+                if inserted > 0 {
+                    w.wake_bridge();
+                }
+                Ok(inserted)
+            })?;
         }
         let (not_forwarded, awaiting) = (
             BridgePhase::NotForwarded.name(),
             BridgePhase::AwaitingConfirmation.name(),
         );
-        queued += self
-            .write(async |w| {
-                let mut resting =
-                    lock_bridges_where(w, "phase = $1 OR phase = $2", &[&not_forwarded, &awaiting])
-                        .await?;
-                for (host, record) in &mut resting {
-                    record.phase = BridgePhase::Queued;
-                    record.next_attempt_at = Some(now);
-                    record.key_confirmed |= confirmed.contains(host.as_str());
-                }
-                write_bridges(w, &resting).await?;
-                if !resting.is_empty() {
-                    w.wake_bridge();
-                }
-                Ok(resting.len())
-            })
-            .await?;
+        queued += in_tx!(self, w, {
+            let mut resting =
+                lock_bridges_where(w, "phase = $1 OR phase = $2", &[&not_forwarded, &awaiting])
+                    .await?;
+            for (host, record) in &mut resting {
+                record.phase = BridgePhase::Queued;
+                record.next_attempt_at = Some(now);
+                record.key_confirmed |= confirmed.contains(host.as_str());
+            }
+            write_bridges(w, &resting).await?;
+            if !resting.is_empty() {
+                w.wake_bridge();
+            }
+            Ok(resting.len())
+        })?;
         Ok(queued)
     }
 }

@@ -102,7 +102,7 @@ impl PgStore {
         &self,
         tokens: &[([u8; 32], LinkToken)],
     ) -> Result<(), StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             for (hash, token) in tokens {
                 sql::execute(
                     &w.tx,
@@ -124,7 +124,6 @@ impl PgStore {
             }
             Ok(())
         })
-        .await
     }
 
     /// Follows a link: checks the token (known, meant for `action`, unused, not expired at
@@ -137,7 +136,7 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<LinkOutcome, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let Some(token) = sql::row(
                 &w.tx,
                 "SELECT key_hash, action, expires_at, used_at FROM link_tokens
@@ -195,7 +194,6 @@ impl PgStore {
             };
             Ok(outcome)
         })
-        .await
     }
 
     /// An operator confirms a key by hand (`certline confirm`): what the confirm link does,
@@ -206,7 +204,7 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<OperatorConfirmOutcome, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let Some(key) = lock_key(w, hash).await? else {
                 return Ok(OperatorConfirmOutcome::Unknown);
             };
@@ -221,13 +219,12 @@ impl PgStore {
                 requeued,
             })
         })
-        .await
     }
 
     /// The host names (no port) registered under at least one confirmed, unrevoked key: what
     /// `key_confirmed` should say for each domain (the bridge's backfill).
     pub(super) async fn hosts_of_confirmed_keys(&self) -> Result<HashSet<String>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT kd.domain FROM key_domains kd JOIN keys k ON k.hash = kd.key_hash
@@ -241,7 +238,6 @@ impl PgStore {
                 .map(|d| d.host().to_owned())
                 .collect())
         })
-        .await
     }
 }
 

@@ -33,7 +33,7 @@ pub(super) async fn lock_key(
 impl PgStore {
     /// The record of a key, if the key is known.
     pub async fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(
                 c,
                 &format!("SELECT {KEY_COLUMNS} FROM keys WHERE hash = $1"),
@@ -42,7 +42,6 @@ impl PgStore {
             .await?;
             row.map(|r| key_record(&r, 0)).transpose()
         })
-        .await
     }
 
     /// Records a freshly minted key, optionally already claimed by `email` (subject to the
@@ -57,7 +56,7 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             if let Some(email) = email
                 && let Err(cap) = claims::claim_checks(w, email, caps, ip, now).await?
             {
@@ -88,7 +87,6 @@ impl PgStore {
             }
             Ok(ClaimOutcome::Claimed)
         })
-        .await
     }
 
     /// Binds a key to an e-mail address, creating the key (a client made it itself) when
@@ -103,7 +101,7 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let existing = lock_key(w, hash).await?;
             match &existing {
                 Some(r) if r.revoked_at.is_some() => return Ok(ClaimOutcome::Revoked),
@@ -151,7 +149,6 @@ impl PgStore {
                 .await?;
             Ok(ClaimOutcome::Claimed)
         })
-        .await
     }
 
     /// Marks a key revoked: it can no longer add, list or claim. Idempotent. Returns whether
@@ -162,7 +159,7 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let Some(record) = lock_key(w, hash).await? else {
                 return Ok(false);
             };
@@ -178,7 +175,6 @@ impl PgStore {
             }
             Ok(true)
         })
-        .await
     }
 
     /// Registers `domain` under a key the caller has checked exists and is not revoked; with
@@ -192,7 +188,7 @@ impl PgStore {
     ) -> Result<AddOutcome, StoreError> {
         let name = domain.to_string();
         let host = domain.host();
-        self.write(async |w| {
+        in_tx!(self, w, {
             // The key's lock serialises its adds and removes: the count stays exact.
             let Some(key) = lock_key(w, hash).await? else {
                 return Ok(AddOutcome::UnknownKey);
@@ -245,7 +241,6 @@ impl PgStore {
             acme::touch_key(self, w, hash, now).await?;
             Ok(AddOutcome::Added)
         })
-        .await
     }
 
     /// Unregisters `domain` from a key. Returns whether it was registered. The domain's own
@@ -258,7 +253,7 @@ impl PgStore {
         now: UnixTime,
     ) -> Result<bool, StoreError> {
         let name = domain.to_string();
-        self.write(async |w| {
+        in_tx!(self, w, {
             if lock_key(w, hash).await?.is_none() {
                 return Ok(false);
             }
@@ -284,7 +279,6 @@ impl PgStore {
             acme::touch_key(self, w, hash, now).await?;
             Ok(true)
         })
-        .await
     }
 
     /// When `domain` was registered under the key, if it is.
@@ -294,7 +288,7 @@ impl PgStore {
         domain: &Domain,
     ) -> Result<Option<KeyDomain>, StoreError> {
         let name = domain.to_string();
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(
                 c,
                 "SELECT added_at FROM key_domains WHERE key_hash = $1 AND domain = $2",
@@ -303,7 +297,6 @@ impl PgStore {
             .await?;
             Ok(row.map(|r| KeyDomain { added_at: r.get(0) }))
         })
-        .await
     }
 
     /// Up to `limit` of the domains registered under a key, in lexicographic (byte) order,
@@ -314,7 +307,7 @@ impl PgStore {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT domain FROM key_domains WHERE key_hash = $1
@@ -324,12 +317,11 @@ impl PgStore {
             .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
-        .await
     }
 
     /// The shared record of a domain, if any key registered it.
     pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(
                 c,
                 "SELECT first_added_at FROM domains WHERE name = $1",
@@ -340,12 +332,11 @@ impl PgStore {
                 first_added_at: r.get(0),
             }))
         })
-        .await
     }
 
     /// The keys that hold `domain` now, in the order of their hashes.
     pub async fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT key_hash FROM key_domains WHERE domain = $1 ORDER BY key_hash",
@@ -354,17 +345,15 @@ impl PgStore {
             .await?;
             rows.iter().map(|r| key_hash(r, 0)).collect()
         })
-        .await
     }
 
     /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
     /// The source address is unspecified and the key id is `-`.
     pub async fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             let ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
             w.audit(now, ip, "-".to_owned(), kind.clone()).await
         })
-        .await
     }
 
     /// Up to `limit` audit events after sequence number `after` (`None`: from the first),
@@ -380,7 +369,7 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
         let after = after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 "SELECT seq, at, ip, key_id, kind FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -403,6 +392,5 @@ impl PgStore {
                 })
                 .collect()
         })
-        .await
     }
 }

@@ -50,11 +50,10 @@ impl PgStore {
     /// instance until it finishes or retries it (or the lease ends).
     pub async fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
         let lease = self.lease_secs();
-        let mut jobs = self
-            .write(async |w| {
-                let rows = sql::rows(
-                    &w.tx,
-                    "WITH picked AS (
+        let mut jobs = in_tx!(self, w, {
+            let rows = sql::rows(
+                &w.tx,
+                "WITH picked AS (
                          SELECT id FROM mail_outbox
                          WHERE due <= $1
                            AND (lease_until IS NULL OR lease_until <= clock_timestamp()
@@ -67,29 +66,28 @@ impl PgStore {
                          lease_until = clock_timestamp() + make_interval(secs => $4)
                      FROM picked WHERE m.id = picked.id
                      RETURNING m.due, m.key_hash, m.id, m.email, m.ip, m.claimed_at, m.attempts",
-                    &[&now, &count(limit), &self.instance, &lease],
-                )
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        let due: i64 = r.try_get(0)?;
-                        let id: i64 = r.try_get(2)?;
-                        let attempts: i32 = r.try_get(6)?;
-                        let mail = DueMail {
-                            outbox_key: id.to_be_bytes().to_vec(),
-                            key: key_hash(r, 1)?,
-                            job: MailJob {
-                                email: r.try_get(3)?,
-                                ip: r.try_get(4)?,
-                                claimed_at: r.try_get(5)?,
-                                attempts: attempts.max(0) as u32,
-                            },
-                        };
-                        Ok((due, id, mail))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
+                &[&now, &count(limit), &self.instance, &lease],
+            )
             .await?;
+            rows.iter()
+                .map(|r| {
+                    let due: i64 = r.try_get(0)?;
+                    let id: i64 = r.try_get(2)?;
+                    let attempts: i32 = r.try_get(6)?;
+                    let mail = DueMail {
+                        outbox_key: id.to_be_bytes().to_vec(),
+                        key: key_hash(r, 1)?,
+                        job: MailJob {
+                            email: r.try_get(3)?,
+                            ip: r.try_get(4)?,
+                            claimed_at: r.try_get(5)?,
+                            attempts: attempts.max(0) as u32,
+                        },
+                    };
+                    Ok((due, id, mail))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
         jobs.sort_by_key(|a| (a.0, a.2.key.0, a.1));
         Ok(jobs.into_iter().map(|(_, _, m)| m).collect())
     }
@@ -98,12 +96,11 @@ impl PgStore {
     /// instance took the job over.
     pub async fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
         let id = id_of(mail)?;
-        self.write(async |w| {
+        in_tx!(self, w, {
             self.check_mail_lease(w, id, mail).await?;
             sql::execute(&w.tx, "DELETE FROM mail_outbox WHERE id = $1", &[&id]).await?;
             Ok(())
         })
-        .await
     }
 
     /// The send failed: the job, with its attempt counted, moves to `due` (and its lease is
@@ -111,7 +108,7 @@ impl PgStore {
     pub async fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
         let id = id_of(mail)?;
         let attempts = i32::try_from(mail.job.attempts.saturating_add(1)).unwrap_or(i32::MAX);
-        self.write(async |w| {
+        in_tx!(self, w, {
             self.check_mail_lease(w, id, mail).await?;
             sql::execute(
                 &w.tx,
@@ -123,7 +120,6 @@ impl PgStore {
             .await?;
             Ok(())
         })
-        .await
     }
 
     /// Locks the job's row; an error if another instance holds its lease now.
@@ -158,10 +154,9 @@ impl PgStore {
 
     /// How many mails are waiting (for metrics).
     pub async fn mail_outbox_len(&self) -> Result<usize, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let row = sql::row(c, "SELECT count(*) FROM mail_outbox", &[]).await?;
             Ok(row.map_or(0, |r| r.get::<_, i64>(0)) as usize)
         })
-        .await
     }
 }

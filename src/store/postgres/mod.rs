@@ -39,6 +39,57 @@ mod migrations;
 mod sql;
 mod wakeups;
 
+pub use config::PostgresConfig;
+
+/// Runs `$body` (a block evaluating to `Result<T, StoreError>`, with `$w: &mut Work` in
+/// scope; `return` leaves the block) in a transaction of `$store` and commits it; then
+/// writes the audit log lines and wakes the workers. A deadlock or serialisation failure
+/// runs the block again from the start, so it must not consume what it captures. (A macro
+/// rather than a method taking an async closure: the futures of async closures that borrow
+/// their arguments are not provably `Send`, and callers spawn the store's futures.)
+macro_rules! in_tx {
+    ($store:expr, $w:ident, $body:block) => {{
+        let store: &$crate::store::postgres::PgStore = $store;
+        let mut attempt = 0usize;
+        loop {
+            let outcome: Result<_, $crate::store::StoreError> = async {
+                let mut client = store.client().await?;
+                let mut work = store.begin(&mut client).await?;
+                let value = {
+                    let $w = &mut work;
+                    let body: Result<_, $crate::store::StoreError> = async { $body }.await;
+                    body?
+                };
+                let committed = store.finish(work).await?;
+                Ok((value, committed))
+            }
+            .await;
+            if let Some(result) = store.settle(outcome, &mut attempt) {
+                break result;
+            }
+        }
+    }};
+}
+
+/// Runs `$body` (a block evaluating to `Result<T, StoreError>`) with `$c`, a pooled
+/// connection of `$store`: reads, each statement seeing what was committed when it started.
+macro_rules! on_conn {
+    ($store:expr, $c:ident, $body:block) => {{
+        let store: &$crate::store::postgres::PgStore = $store;
+        let result: Result<_, $crate::store::StoreError> = async {
+            let client = store.client().await?;
+            let $c = &client;
+            $body
+        }
+        .await;
+        if let Err(e) = &result {
+            store.observe(e);
+        }
+        result
+    }};
+}
+
+// After the macros: these modules use them.
 mod acme;
 mod bridge;
 mod claims;
@@ -46,8 +97,6 @@ mod keys;
 mod mail;
 mod operator;
 mod rows;
-
-pub use config::PostgresConfig;
 
 use super::records::AuditEvent;
 use super::{AuditKind, GroupCommit, StoreError, UnixTime};
@@ -87,6 +136,14 @@ pub struct PgStore {
     /// Stops the listener and the probe.
     stop: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What a committed transaction leaves to do.
+#[derive(Default)]
+struct Committed {
+    audit: Vec<AuditEvent>,
+    wake_bridge: bool,
+    wake_acme: bool,
 }
 
 /// One write transaction and what it does once committed.
@@ -297,58 +354,26 @@ impl PgStore {
         })
     }
 
-    /// Runs `body` in a transaction and commits it; then writes the audit log lines and
-    /// wakes the workers. A deadlock or serialisation failure runs it again from the start.
-    pub(super) async fn write<T>(
+    /// Begins a write transaction (see [`in_tx!`]).
+    async fn begin<'c>(
         &self,
-        body: impl AsyncFn(&mut Work<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.write_once(&body).await {
-                Ok((value, audit, bridge, acme)) => {
-                    self.health.up();
-                    for event in &audit {
-                        tracing::info!(event = event.kind.name(), key = %event.key_id, ip = %event.ip, kind = ?event.kind, "audit");
-                    }
-                    if bridge {
-                        self.wakeups.bridge.notify_one();
-                    }
-                    if acme {
-                        self.wakeups.acme.notify_one();
-                    }
-                    return Ok(value);
-                }
-                Err(e) if attempt < RETRIES && retryable(&e) => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "transaction retried");
-                }
-                Err(e) => {
-                    self.health.observe(&e);
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    async fn write_once<T>(
-        &self,
-        body: &impl AsyncFn(&mut Work<'_>) -> Result<T, StoreError>,
-    ) -> Result<(T, Vec<AuditEvent>, bool, bool), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let mut work = Work {
-            tx,
+        client: &'c mut deadpool_postgres::Client,
+    ) -> Result<Work<'c>, StoreError> {
+        Ok(Work {
+            tx: client.transaction().await?,
             audit: Vec::new(),
             wake_bridge: false,
             wake_acme: false,
             discard: false,
-        };
-        // On an error the transaction is dropped, which rolls it back.
-        let value = body(&mut work).await?;
+        })
+    }
+
+    /// Commits `work` (or rolls it back when discarded), after the `pg_notify` of the
+    /// workers it wakes (delivered only at COMMIT).
+    async fn finish(&self, work: Work<'_>) -> Result<Committed, StoreError> {
         if work.discard {
             work.tx.rollback().await?;
-            return Ok((value, Vec::new(), false, false));
+            return Ok(Committed::default());
         }
         for (wake, channel) in [
             (work.wake_bridge, &self.channels.bridge),
@@ -366,21 +391,50 @@ impl PgStore {
             discard: _,
         } = work;
         tx.commit().await?;
-        Ok((value, audit, wake_bridge, wake_acme))
+        Ok(Committed {
+            audit,
+            wake_bridge,
+            wake_acme,
+        })
     }
 
-    /// Runs `body` on a pooled connection (reads; each statement sees what was committed
-    /// when it started).
-    pub(super) async fn read<T>(
+    /// What follows one run of a transaction: after a commit the audit log lines and the
+    /// local wake-ups, `Some(value)`; after a deadlock or serialisation failure with runs
+    /// left, `None` (run it again); after another error, `Some(error)`.
+    fn settle<T>(
         &self,
-        body: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let client = self.client().await?;
-        let result = body(&client).await;
-        if let Err(e) = &result {
-            self.health.observe(e);
+        outcome: Result<(T, Committed), StoreError>,
+        attempt: &mut usize,
+    ) -> Option<Result<T, StoreError>> {
+        match outcome {
+            Ok((value, committed)) => {
+                self.health.up();
+                for event in &committed.audit {
+                    tracing::info!(event = event.kind.name(), key = %event.key_id, ip = %event.ip, kind = ?event.kind, "audit");
+                }
+                if committed.wake_bridge {
+                    self.wakeups.bridge.notify_one();
+                }
+                if committed.wake_acme {
+                    self.wakeups.acme.notify_one();
+                }
+                Some(Ok(value))
+            }
+            Err(e) if *attempt < RETRIES && retryable(&e) => {
+                *attempt += 1;
+                tracing::debug!(error = %e, attempt = *attempt, "transaction retried");
+                None
+            }
+            Err(e) => {
+                self.health.observe(&e);
+                Some(Err(e))
+            }
         }
-        result
+    }
+
+    /// A read failed: the server may be unreachable.
+    fn observe(&self, error: &StoreError) {
+        self.health.observe(error);
     }
 
     /// The lease a transaction takes now: this instance, for `lease_secs`.

@@ -41,7 +41,7 @@ impl PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<InventoryRow>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let domains = sql::rows(
                 c,
                 "SELECT name, first_added_at FROM domains
@@ -91,7 +91,6 @@ impl PgStore {
                 })
                 .collect())
         })
-        .await
     }
 
     /// Up to `limit` keys after `after` (exclusive; `None`: from the first), in the order of
@@ -102,7 +101,7 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
         let after: &[u8] = after.map_or(&[], |h| h.0.as_slice());
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows = sql::rows(
                 c,
                 &format!(
@@ -115,7 +114,6 @@ impl PgStore {
                 .map(|r| Ok((key_hash(r, 0)?, key_record(r, 1)?)))
                 .collect()
         })
-        .await
     }
 
     /// The keys whose id (the lower-case hex of their hash) starts with `prefix`.
@@ -132,19 +130,17 @@ impl PgStore {
             Vec::new()
         };
         let end = prefix_end(&whole);
-        let rows = self
-            .read(async |c| {
-                sql::rows(
-                    c,
-                    &format!(
-                        "SELECT hash, {KEY_COLUMNS} FROM keys
+        let rows = on_conn!(self, c, {
+            sql::rows(
+                c,
+                &format!(
+                    "SELECT hash, {KEY_COLUMNS} FROM keys
                          WHERE hash >= $1 AND ($2::bytea IS NULL OR hash < $2) ORDER BY hash"
-                    ),
-                    &[&whole, &end],
-                )
-                .await
-            })
-            .await?;
+                ),
+                &[&whole, &end],
+            )
+            .await
+        })?;
         let mut out = Vec::new();
         for r in &rows {
             let hash = key_hash(r, 0)?;
@@ -173,7 +169,7 @@ impl PgStore {
             record.next_attempt_at = Some(now);
             record
         };
-        self.write(async |w| {
+        in_tx!(self, w, {
             match lock_bridge(w, host).await? {
                 Some(record) => write_bridge(w, host, &requeued(record)).await?,
                 None => {
@@ -205,12 +201,11 @@ impl PgStore {
             w.wake_bridge();
             Ok(RequeueOutcome::Requeued)
         })
-        .await
     }
 
     /// How many bridge records are in each phase (for the metrics).
     pub async fn bridge_phase_counts(&self) -> Result<HashMap<BridgePhase, u64>, StoreError> {
-        self.read(async |c| {
+        on_conn!(self, c, {
             let rows =
                 sql::rows(c, "SELECT phase, count(*) FROM bridge GROUP BY phase", &[]).await?;
             let mut counts = HashMap::new();
@@ -226,12 +221,11 @@ impl PgStore {
             }
             Ok(counts)
         })
-        .await
     }
 
     /// A tiny write for the readiness check: `Ok` means the database committed it.
     pub async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
-        self.write(async |w| {
+        in_tx!(self, w, {
             sql::execute(
                 &w.tx,
                 "INSERT INTO meta (name, value) VALUES ('readyz', $1)
@@ -241,7 +235,6 @@ impl PgStore {
             .await?;
             Ok(())
         })
-        .await
     }
 }
 
