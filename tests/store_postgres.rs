@@ -1339,3 +1339,98 @@ async fn the_store_futures_are_send() {
     });
     assert_eq!(spawned.await.unwrap().unwrap(), ClaimOutcome::Claimed);
 }
+
+/// A TCP relay to the test server that can be cut (every connection dropped, new ones
+/// refused) and restored: the server becoming unreachable, as a network failure would.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(SERVER).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for _ in 0..256 {
+                self.cut.notify_waiters();
+            }
+        }
+    }
+}
+
+/// The server goes away: the failed write says so, `writable` names the server and what
+/// to do; the server comes back: the probe finds it within seconds, writes work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn writable_follows_the_server_going_away_and_coming_back() {
+    let schema = TestSchema::new().await;
+    let relay = Relay::start().await;
+    let relayed = format!("postgres://postgres@{}/test", relay.addr);
+    std::fs::write(schema.dir.path().join("relayed"), &relayed).unwrap();
+    let mut config = schema.config("a", 300);
+    config.url_file = Some(schema.dir.path().join("relayed"));
+    config.statement_timeout_ms = 1000;
+    let s = PgStore::connect(&config).await.unwrap();
+    let hash = key();
+    new_key(&s, &hash).await;
+    s.writable().unwrap();
+
+    relay.set_up(false);
+    let failed = s
+        .add_domain(&hash, &domain("a.x.org"), ip("192.0.2.1"), 1)
+        .await;
+    assert!(failed.is_err(), "a write through a cut connection failed");
+    let reason = s.writable().unwrap_err().to_string();
+    assert!(reason.contains(&relay.addr.to_string()), "{reason}");
+    assert!(reason.contains("retries every second"), "{reason}");
+    assert!(!s.fatal().is_cancelled(), "an outage is not fatal");
+
+    relay.set_up(true);
+    let started = std::time::Instant::now();
+    while s.writable().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never writable again: {}",
+            s.writable().unwrap_err()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.add_domain(&hash, &domain("a.x.org"), ip("192.0.2.1"), 2)
+            .await
+            .unwrap(),
+        AddOutcome::Added,
+        "the failed write was not stored"
+    );
+    assert_eq!(s.key(&hash).await.unwrap().unwrap().domain_count, 1);
+    s.close().await.unwrap();
+}
