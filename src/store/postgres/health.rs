@@ -85,14 +85,34 @@ impl Health {
     }
 }
 
+/// The pool gave no connection: the server is unreachable (or every connection is busy
+/// for longer than a statement may take). Marks the store unwritable; returns the error.
+pub(super) fn pool_unavailable(health: &Health, error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => {
+            let error = StoreError::Postgres(e);
+            health.observe(&error);
+            error
+        }
+        other => {
+            let text = other.to_string();
+            health.down(format!(
+                "PostgreSQL at {} is unreachable ({text}); certline retries every second: \
+                 check that the server runs and that this host may connect (or raise \
+                 [store.postgres] pool_size if every connection is busy)",
+                health.server
+            ));
+            StoreError::Pool(text)
+        }
+    }
+}
+
 /// Why `error` means the server cannot take writes now (rather than a problem with one
 /// statement), with what to do; `None` for other errors.
 pub(super) fn unavailable(error: &StoreError, server: &str) -> Option<String> {
     match error {
-        StoreError::Pool(text) => Some(format!(
-            "PostgreSQL at {server} is unreachable ({text}); certline retries every second: \
-             check that the server runs and that this host may connect"
-        )),
+        // Pool errors (no connection within the wait) are reported where they happen
+        // (`pool_unavailable`); other `Pool` texts are not about the server's health.
         StoreError::Postgres(e) => {
             let io = std::error::Error::source(e)
                 .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());

@@ -344,14 +344,10 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.open()?;
-        self.pool.get().await.map_err(|e| {
-            let error = match e {
-                deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
-                other => StoreError::Pool(other.to_string()),
-            };
-            self.health.observe(&error);
-            error
-        })
+        self.pool
+            .get()
+            .await
+            .map_err(|e| health::pool_unavailable(&self.health, e))
     }
 
     /// Begins a write transaction (see [`in_tx!`]).
@@ -482,11 +478,7 @@ async fn probe(
         let client = match pool.get().await {
             Ok(client) => client,
             Err(e) => {
-                let error = match e {
-                    deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
-                    other => StoreError::Pool(other.to_string()),
-                };
-                health.observe(&error);
+                health::pool_unavailable(&health, e);
                 continue;
             }
         };

@@ -47,14 +47,15 @@ pub(super) async fn listen(
     wakeups: Arc<Wakeups>,
     stop: CancellationToken,
 ) {
-    let mut down_since_logged = false;
+    // Whether the listener was down at the last attempt: one warning per outage.
+    let mut down = false;
     while !stop.is_cancelled() {
-        match listen_once(&config, &channels, &wakeups, &stop).await {
+        match listen_once(&config, &channels, &wakeups, &stop, &mut down).await {
             Ok(()) => return,
             Err(e) => {
-                if !down_since_logged {
+                if !down {
                     tracing::warn!(error = %e, "the PostgreSQL notification listener is down; polling every second until it reconnects");
-                    down_since_logged = true;
+                    down = true;
                 }
             }
         }
@@ -74,6 +75,7 @@ async fn listen_once(
     channels: &Channels,
     wakeups: &Wakeups,
     stop: &CancellationToken,
+    down: &mut bool,
 ) -> Result<(), String> {
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
@@ -93,6 +95,9 @@ async fn listen_once(
     let subscribe = client.batch_execute(&listen);
     let result = async {
         subscribe.await.map_err(|e| e.to_string())?;
+        if std::mem::take(down) {
+            tracing::info!("the PostgreSQL notification listener is back");
+        }
         // Anything queued before LISTEN took effect.
         wakeups.bridge.notify_one();
         wakeups.acme.notify_one();
