@@ -4,7 +4,7 @@
 //!
 //! # Schema
 //!
-//! `migrations/0001_initial.sql`, applied at start-up by [`migrations`]: typed tables for
+//! `migrations/0001_initial.sql`, applied at start-up by `migrations.rs`: typed tables for
 //! keys, their domains, domains, the audit trail, claim caps, link tokens and the mail outbox;
 //! the bridge's and the ACME worker's records as versioned JSONB (the same `Stored*` enums the
 //! sled store writes with postcard) beside the columns their queries need (`due`, `phase`,
@@ -23,7 +23,7 @@
 //! Read-check-write sequences lock what they decide on, in one order (key row, then e-mail
 //! row, then bridge rows by name, then the ACME row), so that no two transactions wait for
 //! each other in a circle; a deadlock or serialisation failure the server reports anyway is
-//! retried ([`RETRIES`]).
+//! retried (`RETRIES` times).
 //!
 //! * A key's row (`SELECT … FOR UPDATE`) serialises claims, adds and removes of one key, so
 //!   `domain_count` always equals its domains.
@@ -31,7 +31,22 @@
 //!   counted with every other claim of that address finished; the per-day counter of new
 //!   addresses is one conditional upsert (`… ON CONFLICT DO UPDATE … WHERE count < cap`).
 //! * The bridge's and the ACME worker's outboxes are taken with `FOR UPDATE SKIP LOCKED` and a
-//!   lease (owner, until): see [`bridge`].
+//!   lease (owner, until): see `bridge.rs`. The mail outbox is leased the same way, so two
+//!   instances do not send one claim mail twice.
+//!
+//! # Where this differs from the sled store
+//!
+//! * `audit_events` pages by a sequence number handed out at insert, while rows become
+//!   visible at commit: a reader paging with `after` can miss an event whose transaction
+//!   committed after a later-numbered one it already read.
+//! * `due_bridge_jobs`/`due_acme_keys`/`due_mail` write (the lease) and skip rows another
+//!   instance holds; `next_*_due` answers when a held row's lease ends rather than its due
+//!   time. A save that leaves the record due now keeps (renews) the lease instead of
+//!   releasing it: the worker goes on with the same domain's next step at once.
+//! * `DueMail::outbox_key` carries the job's row id (8 bytes, big-endian), not a sled key;
+//!   jobs due at the same second are taken in key-hash then insertion order.
+//! * `key_domains` at a deep offset costs an index scan of `offset` entries (no rank index).
+//! * Connections are unencrypted (`NoTls`): a URL with `sslmode=require` is refused.
 
 pub mod config;
 mod health;
