@@ -46,9 +46,10 @@ impl TestSchema {
             .await
             .unwrap_or_else(|e| {
                 panic!(
-                    "PostgreSQL at {SERVER} (user postgres, database test) is unreachable: {e}. \
+                    "PostgreSQL at {} is unreachable: {e}. \
                      The store tests need it running with trust authentication for local \
-                     connections; start it (e.g. `service postgresql start`)"
+                     connections; start it (e.g. `service postgresql start`)",
+                    url()
                 )
             });
         tokio::spawn(connection);
