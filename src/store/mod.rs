@@ -43,6 +43,7 @@ mod holders;
 mod inventory;
 mod key_index;
 mod mail_outbox;
+pub mod postgres;
 pub mod records;
 pub mod wal;
 
@@ -96,6 +97,10 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL: {0}")]
+    Pool(String),
 }
 
 /// What `claim` did.
