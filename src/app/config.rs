@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 use crate::confirm::SmtpConfig;
 use crate::server::Limits;
 use crate::service::RateLimits;
-use crate::store::{ClaimCaps, DurabilityMode, Timing};
+use crate::store::{ClaimCaps, DurabilityMode, StoreConfig, Timing};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,8 @@ pub struct Config {
     /// How claim confirmation e-mails are sent; absent means the links are only logged.
     pub smtp: Option<SmtpConfig>,
     pub claims: Claims,
+    /// Which store backend (`[store]`): embedded sled by default, or PostgreSQL.
+    pub store: StoreConfig,
 }
 
 /// Claim confirmation and KeyChest's abuse caps on claims.
@@ -137,6 +139,7 @@ impl Default for Config {
             smtp: None,
             claims: Claims::default(),
             worker_threads: 0,
+            store: StoreConfig::default(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl Config {
                 "durability.relaxed_flush_ms and checkpoint_ms must be at least 1",
             );
         }
+        self.store.validate()?;
         if let Some(sectigo) = &self.sectigo {
             sectigo.validate()?;
         }

@@ -10,7 +10,7 @@
 //! | `[sectigo]` credentials (re-read from their files or variables), policy, timings, DCV (`dcv_domains`, `dcv_hook_env`, …), `approve_delegations`, `allow_insecure_http` | from each domain's next bridge step; a bridge paused by a 401 probes at once, and every domain the 401 parked follows the probe ([`Worker::reconfigure`]); the ACME account worker's next call uses the new credentials too |
 //! | the admin token (re-read) | from the next admin request |
 //!
-//! Everything else (`listen`, `data_dir`, `[durability]`, `worker_threads`, `[log]`,
+//! Everything else (`listen`, `data_dir`, `[store]`, `[durability]`, `worker_threads`, `[log]`,
 //! `[rate_limit]`, `[claims]`, `[smtp]`, `admin.listen`/`public_url`, adding or removing
 //! `[sectigo]` or `[admin]`, `sectigo.max_concurrency`, `[sectigo.acme]`, `limits.listen_backlog`) needs a
 //! restart: when it changed, the reload says so and keeps the running value.
@@ -182,6 +182,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("listen", old.listen != new.listen);
     check("data_dir", old.data_dir != new.data_dir);
+    check("store", debug_differs(&old.store, &new.store));
     check(
         "durability",
         debug_differs(&old.durability, &new.durability),
@@ -225,6 +226,7 @@ fn keep_restart_only(running: &Config, new: Config) -> Config {
     let mut next = Config {
         listen: running.listen,
         data_dir: running.data_dir.clone(),
+        store: running.store.clone(),
         durability: running.durability.clone(),
         worker_threads: running.worker_threads,
         log: running.log.clone(),

@@ -38,6 +38,7 @@
 mod acme_state;
 mod bridge_state;
 mod claims;
+pub mod config;
 pub mod durable;
 mod holders;
 mod inventory;
@@ -51,6 +52,7 @@ use crate::apikey::KeyHash;
 use crate::domain::Domain;
 pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
 pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
+pub use config::StoreConfig;
 pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
 pub use inventory::{Holder, InventoryRow, RequeueOutcome};
 use key_index::KeyIndex;
