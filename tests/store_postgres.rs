@@ -9,6 +9,8 @@
 //!
 //! Without a reachable PostgreSQL these tests fail, naming the address: they never skip.
 
+mod support;
+
 use certline::apikey::{ApiKey, KeyHash};
 use certline::domain::{Domain, normalize};
 use certline::store::postgres::{PgStore, PostgresConfig};
@@ -20,54 +22,18 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::postgres::{SERVER, TestSchema};
 
 /// The store under test (the facade `Store` once both backends sit behind it).
 type S = PgStore;
 
-const SERVER: &str = "127.0.0.1:5432";
-
-/// The test server's URL; `CERTLINE_TEST_POSTGRES_URL` may point elsewhere.
-fn url() -> String {
-    std::env::var("CERTLINE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| format!("postgres://postgres@{SERVER}/test"))
+/// Opening the store under test on a test's schema.
+trait OpenStore {
+    async fn store(&self, instance: &str) -> S;
+    async fn store_with_lease(&self, instance: &str, lease_secs: u64) -> S;
 }
 
-/// A schema of its own for one test, dropped when the guard goes (also on a panic).
-struct TestSchema {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
-impl TestSchema {
-    async fn new() -> Self {
-        let name = format!("t_{:016x}", rand::random::<u64>());
-        // Reach the server first, so that a missing server fails here, by name.
-        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL at {} is unreachable: {e}. \
-                     The store tests need it running with trust authentication for local \
-                     connections; start it (e.g. `service postgresql start`)",
-                    url()
-                )
-            });
-        tokio::spawn(connection);
-        client.simple_query("SELECT 1").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("url"), url()).unwrap();
-        Self { name, dir }
-    }
-
-    fn config(&self, instance: &str, lease_secs: u64) -> PostgresConfig {
-        let mut config = PostgresConfig::from_url_file(self.dir.path().join("url"));
-        config.schema = self.name.clone();
-        config.instance = instance.to_owned();
-        config.lease_secs = lease_secs;
-        config.pool_size = 8;
-        config
-    }
-
+impl OpenStore for TestSchema {
     async fn store(&self, instance: &str) -> S {
         self.store_with_lease(instance, 300).await
     }
@@ -76,44 +42,6 @@ impl TestSchema {
         PgStore::connect(&self.config(instance, lease_secs))
             .await
             .unwrap_or_else(|e| panic!("connecting to PostgreSQL at {SERVER}: {e}"))
-    }
-
-    /// A plain client on the test's schema, for what the store does not show.
-    async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET search_path = {}", self.name))
-            .await
-            .unwrap();
-        client
-    }
-}
-
-impl Drop for TestSchema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot await; a thread with a runtime of its own can, inside a test's runtime.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&url(), tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.name);
-        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod bridge_setup;
 pub mod client;
 pub mod pebble;
+pub mod postgres;
 pub mod scm_sim;
 pub mod scripts;
 pub mod server;

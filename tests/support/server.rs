@@ -29,6 +29,11 @@ pub fn test_config(data_dir: &Path) -> Config {
     )
     .expect("test config parses");
     config.data_dir = data_dir.to_path_buf();
+    if super::postgres::selected() {
+        config.store = Config::from_toml(&super::postgres::store_section_for(data_dir))
+            .expect("the test [store] section parses")
+            .store;
+    }
     config
 }
 
@@ -165,8 +170,26 @@ impl<'a> Launch<'a> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        if let Some(config) = self.config {
-            cmd.arg("--config").arg(config);
+        match (self.config, super::postgres::selected()) {
+            // CERTLINE_TEST_STORE=postgres: the same file plus a [store] section, unless the
+            // test chose a store itself.
+            (config, true) => {
+                let text = config
+                    .map(|c| std::fs::read_to_string(c).expect("read the config file"))
+                    .unwrap_or_default();
+                if text.contains("[store]") {
+                    cmd.arg("--config").arg(config.unwrap());
+                } else {
+                    let derived = self.data_dir.with_extension("postgres.toml");
+                    let section = super::postgres::store_section_for(self.data_dir);
+                    std::fs::write(&derived, format!("{text}\n{section}")).unwrap();
+                    cmd.arg("--config").arg(derived);
+                }
+            }
+            (Some(config), false) => {
+                cmd.arg("--config").arg(config);
+            }
+            (None, false) => {}
         }
         let mut child = cmd.spawn().expect("spawn certline");
         // A thread reads stdout so the wait can time out, and keeps draining it afterwards
