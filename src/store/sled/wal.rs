@@ -29,7 +29,7 @@
 //! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
 //! torn tail left by a crash in the middle of a write, never acknowledged.
 
-use super::records::{AuditEvent, Record};
+use crate::store::records::{AuditEvent, Record};
 use smallvec::SmallVec;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

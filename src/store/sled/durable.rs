@@ -47,8 +47,8 @@
 //!   request is answered `500`, and the server exits non-zero for its supervisor to restart
 //!   it, which replays the log (see README, "Durability").
 
-use super::records::AuditEvent;
 use super::wal::{self, WriteBatch};
+use crate::store::records::AuditEvent;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;

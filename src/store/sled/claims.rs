@@ -7,79 +7,19 @@
 //! thousands of dormant identities.
 
 use super::bridge_state::{bridge_key, mark_key_confirmed};
-use super::records::{AuditKind, BridgeRecord, KeyRecord, LinkAction, LinkToken, Record, UnixTime};
-use super::{
-    EMAIL, KEY, KEY_DOMAIN, LINK_TOKEN, META, NEW_EMAILS, Store, StoreError, WriteBatch, key_key,
-};
+use super::{EMAIL, KEY, KEY_DOMAIN, LINK_TOKEN, META, NEW_EMAILS, SledStore, WriteBatch, key_key};
 use crate::apikey::KeyHash;
+use crate::store::records::{
+    AuditKind, BridgeRecord, KeyRecord, LinkAction, LinkToken, Record, UnixTime,
+};
+use crate::store::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome, StoreError};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
 const SECONDS_PER_DAY: i64 = 86_400;
 const EMAIL_INDEX_DONE: &[u8] = b"migration:email-index-v1";
 
-/// The claim caps (`[claims]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClaimCaps {
-    /// Keys claimed by one address that are neither confirmed nor revoked.
-    pub max_unconfirmed_keys_per_email: u32,
-    /// Addresses never seen before, claimed from one source address in one UTC day.
-    pub max_new_emails_per_address_per_day: u32,
-}
-
-impl Default for ClaimCaps {
-    /// KeyChest's numbers: 100 unconfirmed keys per user, 5 new accounts per IP and day.
-    fn default() -> Self {
-        Self {
-            max_unconfirmed_keys_per_email: 100,
-            max_new_emails_per_address_per_day: 5,
-        }
-    }
-}
-
-/// Which cap refused a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CapExceeded {
-    /// The address already holds the maximum of unconfirmed keys.
-    UnconfirmedKeys,
-    /// The source address claimed the maximum of new addresses today.
-    NewEmails,
-}
-
-/// What following a confirmation link did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkOutcome {
-    /// The key is confirmed; `requeued` domains were waiting for it and go to Sectigo now.
-    Confirmed { key_id: String, requeued: usize },
-    /// The key is revoked.
-    Revoked { key_id: String },
-    /// No such link (or a confirm link used on the revoke route, or the reverse).
-    Unknown,
-    /// The link was used before.
-    AlreadyUsed,
-    /// The link is older than its validity.
-    Expired,
-    /// A confirm link for a key that was revoked meanwhile.
-    KeyRevoked,
-}
-
-/// What an operator's `certline confirm` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OperatorConfirmOutcome {
-    /// The key is confirmed (`already`: it was before, at `confirmed_at`); `requeued`
-    /// domains were waiting for it and go to Sectigo now.
-    Confirmed {
-        confirmed_at: UnixTime,
-        already: bool,
-        requeued: usize,
-    },
-    /// No such key.
-    Unknown,
-    /// The key is revoked; a revoked key cannot be confirmed.
-    KeyRevoked,
-}
-
-impl Store {
+impl SledStore {
     /// Runs a new claim's cap checks and, when they pass, adds the claim's index entries to
     /// `batch`. Called under the write lock by `create_key` and `claim_key`.
     pub(super) fn claim_checks(
@@ -302,7 +242,7 @@ impl Store {
         Ok(hosts)
     }
 
-    /// Adds to `batch` the bridge changes for a newly confirmed key (see [`Store::use_link`]).
+    /// Adds to `batch` the bridge changes for a newly confirmed key (see [`SledStore::use_link`]).
     /// Returns how many domains were requeued.
     fn confirm_bridge_records(
         &self,
@@ -366,12 +306,12 @@ mod tests {
     use crate::store::{ClaimOutcome, DurabilityMode};
     use std::time::Duration;
 
-    fn open(dir: &std::path::Path) -> Store {
+    fn open(dir: &std::path::Path) -> SledStore {
         let timing = super::super::Timing {
             relaxed_flush: Duration::from_secs(1),
             checkpoint: Duration::from_secs(1),
         };
-        Store::open(dir, DurabilityMode::Durable, timing).unwrap()
+        SledStore::open(dir, DurabilityMode::Durable, timing).unwrap()
     }
 
     const IP: &str = "192.0.2.1";

@@ -4,22 +4,14 @@
 //! crash; the sender (`confirm::Confirmations::run`) takes due jobs in time order, and either
 //! deletes a job once its mail is out or moves it to a later due time.
 
-use super::{MAIL_OUTBOX, Store, StoreError, WriteBatch, records::MailJob, records::Record};
+use super::{MAIL_OUTBOX, SledStore, WriteBatch};
 use crate::apikey::KeyHash;
-use crate::store::UnixTime;
+use crate::store::records::{MailJob, Record, UnixTime};
+use crate::store::{DueMail, StoreError};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-/// One job taken from the outbox.
-#[derive(Debug, Clone)]
-pub struct DueMail {
-    /// Its key in the outbox (to delete or move it).
-    pub outbox_key: Vec<u8>,
-    pub key: KeyHash,
-    pub job: MailJob,
-}
-
-impl Store {
+impl SledStore {
     /// From now on, claims queue a confirmation e-mail. Called once at start-up when the
     /// admin listener (which serves the links) is configured.
     pub fn enable_confirmation_mail(&self) {

@@ -7,95 +7,13 @@
 //! removing and revoking touch the key in the same batch as the change itself
 //! ([`touch_key`]), so no acknowledged change can miss the worker.
 
-use super::{
-    ACME_KEY, ACME_OUTBOX, KEY, Store, StoreError, WriteBatch, key_key, records::Record,
-    records::UnixTime,
-};
+use super::{ACME_KEY, ACME_OUTBOX, KEY, SledStore, WriteBatch, key_key};
 use crate::apikey::KeyHash;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use crate::store::records::{KeyRecord, Record, UnixTime};
+use crate::store::{AcmeKeyRecord, StoreError};
 use std::sync::atomic::Ordering;
 
-/// Where one of a key's domains stands with its ACME account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AcmeMapping {
-    /// Registered, but not eligible yet (not synced, DCV not validated, key not confirmed),
-    /// or eligible and not mapped yet.
-    Pending,
-    /// In the account: the host can get certificates for it.
-    Mapped,
-    /// SCM refused it (`notAddedDomains`, or an error); tried again later.
-    Failed(String),
-}
-
-impl AcmeMapping {
-    /// The `acme=` value of `status`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            AcmeMapping::Pending => "pending",
-            AcmeMapping::Mapped => "mapped",
-            AcmeMapping::Failed(_) => "failed",
-        }
-    }
-}
-
-/// The EAB pair of a key's account, kept only when `hand_out_eab` is on.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEab {
-    pub kid: String,
-    pub hmac: String,
-}
-
-impl std::fmt::Debug for StoredEab {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredEab")
-            .field("kid", &self.kid)
-            .field("hmac", &"***")
-            .finish()
-    }
-}
-
-/// A key's ACME account and its domains' mapping state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AcmeKeyRecord {
-    /// SCM's numeric account id, once created or found.
-    pub account_id: Option<u64>,
-    /// The account's EAB, when certline hands it out.
-    pub eab: Option<StoredEab>,
-    /// Host name → mapping state, for every host the key registered.
-    pub domains: BTreeMap<String, AcmeMapping>,
-    /// When the worker should look at the key next (`None`: not until touched).
-    pub next_attempt_at: Option<UnixTime>,
-    /// Consecutive transient failures (drives the backoff).
-    pub attempts: u32,
-    /// The last failure, kept until a pass succeeds.
-    pub last_error: Option<String>,
-    /// The key was revoked and retired in SCM: its own account deleted (`per_key`), or its
-    /// names taken out of the shared account (`shared`). Nothing more to do for it.
-    pub account_deleted: bool,
-    /// Bumped by every [`touch_key`]: lets a save by the worker see that the key changed
-    /// while it worked, so the change is not lost.
-    pub touches: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-pub enum StoredAcmeKeyRecord {
-    V1(AcmeKeyRecord),
-}
-
-impl Record for AcmeKeyRecord {
-    type Stored = StoredAcmeKeyRecord;
-    fn into_stored(self) -> StoredAcmeKeyRecord {
-        StoredAcmeKeyRecord::V1(self)
-    }
-    fn from_stored(stored: StoredAcmeKeyRecord) -> Self {
-        match stored {
-            StoredAcmeKeyRecord::V1(r) => r,
-        }
-    }
-}
-
-impl Store {
+impl SledStore {
     /// Turns ACME bookkeeping on (at start-up, when `[sectigo.acme]` is configured).
     pub fn enable_acme(&self) {
         self.acme_enabled.store(true, Ordering::SeqCst);
@@ -189,7 +107,7 @@ impl Store {
         for entry in self.db.scan_prefix([KEY]) {
             let (k, v) = entry?;
             let hash = KeyHash(k[1..33].try_into().expect("key record key has a hash"));
-            let record = super::KeyRecord::decode(&v)?;
+            let record = KeyRecord::decode(&v)?;
             let acme = self.acme_key(&hash)?;
             let done = acme.as_ref().is_some_and(|a| a.account_deleted);
             let idle = record.domain_count == 0 || record.revoked_at.is_some();
@@ -207,7 +125,7 @@ impl Store {
 /// and its outbox entry moves to `now`. Does nothing while ACME is off. The caller holds the
 /// store's write lock and wakes the worker after writing.
 pub(super) fn touch_key(
-    store: &Store,
+    store: &SledStore,
     batch: &mut WriteBatch,
     hash: &KeyHash,
     now: UnixTime,
@@ -252,12 +170,12 @@ mod tests {
     use crate::store::{DurabilityMode, Timing};
     use std::time::Duration;
 
-    fn store(dir: &std::path::Path) -> Store {
+    fn store(dir: &std::path::Path) -> SledStore {
         let timing = Timing {
             relaxed_flush: Duration::from_secs(1),
             checkpoint: Duration::from_secs(3600),
         };
-        Store::open(dir, DurabilityMode::Durable, timing).expect("open store")
+        SledStore::open(dir, DurabilityMode::Durable, timing).expect("open store")
     }
 
     #[tokio::test]

@@ -6,13 +6,12 @@
 //! registration itself, so no acknowledged domain can miss the bridge. Every later change
 //! moves the outbox entry together with the record, atomically.
 
-use super::{
-    BRIDGE, DOMAIN, OUTBOX, Store, StoreError, WriteBatch,
-    records::{BridgePhase, BridgeRecord, Record, UnixTime},
-};
+use super::{BRIDGE, DOMAIN, OUTBOX, SledStore, WriteBatch};
+use crate::store::StoreError;
+use crate::store::records::{BridgePhase, BridgeRecord, Record, UnixTime};
 use std::sync::atomic::Ordering;
 
-impl Store {
+impl SledStore {
     /// Turns bridge bookkeeping on: from now on, new domains are queued for the bridge.
     /// Called once at start-up when a `[sectigo]` section is configured.
     pub fn enable_bridge(&self) {

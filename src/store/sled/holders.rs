@@ -7,8 +7,9 @@
 //! (A domain name never contains a NUL byte, so one domain's entries form one prefix.)
 
 use super::claims::meta_key;
-use super::{HOLDER, KEY_DOMAIN, Store, StoreError, WriteBatch};
+use super::{HOLDER, KEY_DOMAIN, SledStore, WriteBatch};
 use crate::apikey::KeyHash;
+use crate::store::StoreError;
 
 /// Marks a database whose holder index is complete.
 const HOLDER_INDEX_DONE: &[u8] = b"holder-index-v1";
@@ -33,7 +34,7 @@ fn holder_prefix(domain: &str) -> Vec<u8> {
     k
 }
 
-impl Store {
+impl SledStore {
     /// The keys that hold `domain` now, in the order of their hashes.
     pub fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
         let prefix = holder_prefix(domain);
@@ -105,7 +106,7 @@ mod tests {
                 relaxed_flush: Duration::from_secs(1),
                 checkpoint: Duration::from_secs(3600),
             };
-            let store = Store::open(dir.path(), DurabilityMode::Relaxed, timing).unwrap();
+            let store = SledStore::open(dir.path(), DurabilityMode::Relaxed, timing).unwrap();
             let ip: IpAddr = "127.0.0.1".parse().unwrap();
             let [a, b] = [0, 1].map(|_| crate::apikey::ApiKey::generate().hash());
             let mut both = [a, b];
@@ -122,7 +123,7 @@ mod tests {
             store.add_domain(&a, &only_a, ip, 0).unwrap();
             store.add_domain(&b, &only_a, ip, 0).unwrap();
             store.remove_domain(&b, &only_a, ip, 0).unwrap();
-            let holders = |store: &Store| {
+            let holders = |store: &SledStore| {
                 [shared.to_string(), only_a.to_string()].map(|d| {
                     store
                         .holders_of(&d)
