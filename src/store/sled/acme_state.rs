@@ -1,13 +1,14 @@
-//! The ACME worker's durable state: one [`AcmeKeyRecord`] per API key (prefix `U`, for SCM's
-//! ACME "users") and an index of due times (prefix `Y`, key = due time (8 bytes, big-endian)
-//! + key hash), the outbox the ACME worker consumes in time order.
+//! The ACME worker's durable state: one [`AcmeKeyRecord`] per API key (`U`, for SCM's ACME
+//! "users") and an index of due times (`Y`), the outbox the ACME worker consumes in time
+//! order (keys: [`super::keyspace`]).
 //!
 //! The work unit is the key, not the domain: a key's account must hold exactly its eligible
 //! domains, and the worker reconciles that whole set against SCM in one pass. Registering,
 //! removing and revoking touch the key in the same batch as the change itself
 //! ([`touch_key`]), so no acknowledged change can miss the worker.
 
-use super::{ACME_KEY, ACME_OUTBOX, KEY, SledStore, WriteBatch, key_key};
+use super::keyspace::{acme_key, acme_outbox, api_key};
+use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::records::{KeyRecord, Record, UnixTime};
 use crate::store::{AcmeKeyRecord, StoreError};
@@ -31,26 +32,26 @@ impl SledStore {
 
     /// A key's ACME record.
     pub fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
-        self.get(&acme_key_key(hash))
+        self.get(&acme_key::encode(hash))
     }
 
     /// Up to `limit` keys due at or before `now`, earliest first.
     pub fn due_acme_keys(&self, now: UnixTime, limit: usize) -> Result<Vec<KeyHash>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([ACME_OUTBOX]) {
+        for entry in self.db.scan_prefix([acme_outbox::PREFIX]) {
             let (k, _) = entry?;
-            if due_of(&k) > now || out.len() >= limit {
+            if acme_outbox::due(&k) > now || out.len() >= limit {
                 break;
             }
-            out.push(KeyHash(k[9..41].try_into().expect("outbox key has a hash")));
+            out.push(acme_outbox::decode(&k));
         }
         Ok(out)
     }
 
     /// The earliest due time in the ACME outbox.
     pub fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
-        match self.db.scan_prefix([ACME_OUTBOX]).next() {
-            Some(entry) => Ok(Some(due_of(&entry?.0))),
+        match self.db.scan_prefix([acme_outbox::PREFIX]).next() {
+            Some(entry) => Ok(Some(acme_outbox::due(&entry?.0))),
             None => Ok(None),
         }
     }
@@ -69,7 +70,7 @@ impl SledStore {
         let mut touched = false;
         if let Some(old) = self.acme_key(hash)? {
             if let Some(due) = old.next_attempt_at {
-                batch.remove(acme_outbox_key(due, hash));
+                batch.remove(acme_outbox::encode(due, hash));
             }
             if old.touches > record.touches {
                 record.touches = old.touches;
@@ -77,9 +78,9 @@ impl SledStore {
                 touched = true;
             }
         }
-        batch.insert(acme_key_key(hash), record.encode());
+        batch.insert(acme_key::encode(hash), record.encode());
         if let Some(due) = record.next_attempt_at {
-            batch.insert(acme_outbox_key(due, hash), Vec::new());
+            batch.insert(acme_outbox::encode(due, hash), Vec::new());
         }
         self.write(batch)?;
         if touched {
@@ -104,9 +105,11 @@ impl SledStore {
     /// Returns how many keys were queued.
     pub fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
-        for entry in self.db.scan_prefix([KEY]) {
+        for entry in self.db.scan_prefix([api_key::PREFIX]) {
             let (k, v) = entry?;
-            let hash = KeyHash(k[1..33].try_into().expect("key record key has a hash"));
+            let Some(hash) = api_key::decode(&k) else {
+                continue;
+            };
             let record = KeyRecord::decode(&v)?;
             let acme = self.acme_key(&hash)?;
             let done = acme.as_ref().is_some_and(|a| a.account_deleted);
@@ -135,33 +138,14 @@ pub(super) fn touch_key(
     }
     let mut record = store.acme_key(hash)?.unwrap_or_default();
     if let Some(due) = record.next_attempt_at {
-        batch.remove(acme_outbox_key(due, hash));
+        batch.remove(acme_outbox::encode(due, hash));
     }
     record.touches += 1;
     record.attempts = 0;
     record.next_attempt_at = Some(now);
-    batch.insert(acme_key_key(hash), record.encode());
-    batch.insert(acme_outbox_key(now, hash), Vec::new());
+    batch.insert(acme_key::encode(hash), record.encode());
+    batch.insert(acme_outbox::encode(now, hash), Vec::new());
     Ok(())
-}
-
-fn due_of(outbox_key: &[u8]) -> UnixTime {
-    i64::from_be_bytes(outbox_key[1..9].try_into().expect("outbox key has a time"))
-}
-
-fn acme_key_key(hash: &KeyHash) -> Vec<u8> {
-    let mut k = key_key(hash);
-    k[0] = ACME_KEY;
-    k
-}
-
-fn acme_outbox_key(due: UnixTime, hash: &KeyHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(ACME_OUTBOX);
-    // Times before 1970 do not occur; clamping keeps the byte order equal to time order.
-    k.extend_from_slice(&due.max(0).to_be_bytes());
-    k.extend_from_slice(&hash.0);
-    k
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! The bridge's durable queue: one [`BridgeRecord`] per domain (prefix `S`) and an index of
-//! due times (prefix `O`, key = due time (8 bytes, big-endian) + domain), which is the outbox
-//! the worker consumes in time order.
+//! The bridge's durable queue: one [`BridgeRecord`] per host name (`S`) and an index of due
+//! times (`O`), which is the outbox the worker consumes in time order (keys:
+//! [`super::keyspace`]).
 //!
 //! A domain's first registration writes its record and outbox entry in the same batch as the
 //! registration itself, so no acknowledged domain can miss the bridge. Every later change
 //! moves the outbox entry together with the record, atomically.
 
-use super::{BRIDGE, DOMAIN, OUTBOX, SledStore, WriteBatch};
+use super::keyspace::{bridge, bridge_outbox, domain as domain_record};
+use super::{SledStore, WriteBatch};
 use crate::store::StoreError;
 use crate::store::records::{BridgePhase, BridgeRecord, Record, UnixTime};
 use std::sync::atomic::Ordering;
@@ -25,7 +26,7 @@ impl SledStore {
 
     /// The bridge record of a domain.
     pub fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
-        self.get(&bridge_key(domain))
+        self.get(&bridge::encode(domain))
     }
 
     /// Up to `limit` domains due at or before `now`, earliest first.
@@ -35,13 +36,12 @@ impl SledStore {
         limit: usize,
     ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([OUTBOX]) {
+        for entry in self.db.scan_prefix([bridge_outbox::PREFIX]) {
             let (k, _) = entry?;
-            let due = i64::from_be_bytes(k[1..9].try_into().expect("outbox key has a time"));
+            let (due, domain) = bridge_outbox::decode(&k);
             if due > now || out.len() >= limit {
                 break;
             }
-            let domain = String::from_utf8_lossy(&k[9..]).into_owned();
             if let Some(record) = self.bridge(&domain)? {
                 out.push((domain, record));
             }
@@ -51,20 +51,15 @@ impl SledStore {
 
     /// The earliest due time in the outbox, if any.
     pub fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
-        match self.db.scan_prefix([OUTBOX]).next() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                Ok(Some(i64::from_be_bytes(
-                    k[1..9].try_into().expect("outbox key has a time"),
-                )))
-            }
+        match self.db.scan_prefix([bridge_outbox::PREFIX]).next() {
+            Some(entry) => Ok(Some(bridge_outbox::due(&entry?.0))),
             None => Ok(None),
         }
     }
 
     /// How many domains are waiting in the outbox (for metrics). A scan: call rarely.
     pub fn outbox_len(&self) -> usize {
-        self.db.scan_prefix([OUTBOX]).count()
+        self.db.scan_prefix([bridge_outbox::PREFIX]).count()
     }
 
     /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
@@ -79,7 +74,7 @@ impl SledStore {
         let mut requeued = false;
         if let Some(old) = self.bridge(domain)? {
             if let Some(due) = old.next_attempt_at {
-                batch.remove(outbox_key(due, domain));
+                batch.remove(bridge_outbox::encode(due, domain));
             }
             if old.key_confirmed && !record.key_confirmed {
                 record.key_confirmed = true;
@@ -90,9 +85,9 @@ impl SledStore {
                 }
             }
         }
-        batch.insert(bridge_key(domain), record.encode());
+        batch.insert(bridge::encode(domain), record.encode());
         if let Some(due) = record.next_attempt_at {
-            batch.insert(outbox_key(due, domain), Vec::new());
+            batch.insert(bridge_outbox::encode(due, domain), Vec::new());
         }
         self.write(batch)?;
         if requeued {
@@ -160,7 +155,7 @@ impl SledStore {
     ) -> Result<bool, StoreError> {
         {
             let _guard = self.lock();
-            if self.db.contains_key(bridge_key(domain))? {
+            if self.db.contains_key(bridge::encode(domain))? {
                 return Ok(false);
             }
             let mut batch = WriteBatch::default();
@@ -177,11 +172,11 @@ impl SledStore {
         keep: impl Fn(&BridgeRecord) -> bool,
     ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([BRIDGE]) {
+        for entry in self.db.scan_prefix([bridge::PREFIX]) {
             let (k, v) = entry?;
             let record = BridgeRecord::decode(&v)?;
             if keep(&record) {
-                out.push((String::from_utf8_lossy(&k[1..]).into_owned(), record));
+                out.push((bridge::decode(&k), record));
             }
         }
         Ok(out)
@@ -194,14 +189,14 @@ impl SledStore {
     pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
         let confirmed = self.hosts_of_confirmed_keys()?;
-        for entry in self.db.scan_prefix([DOMAIN]) {
+        for entry in self.db.scan_prefix([domain_record::PREFIX]) {
             let (k, _) = entry?;
-            let Ok(domain) = crate::domain::normalize(&String::from_utf8_lossy(&k[1..])) else {
+            let Ok(domain) = crate::domain::normalize(&domain_record::decode(&k)) else {
                 continue;
             };
             let host = domain.host();
             let _guard = self.lock();
-            if self.db.contains_key(bridge_key(host))? {
+            if self.db.contains_key(bridge::encode(host))? {
                 continue;
             }
             let mut batch = WriteBatch::default();
@@ -209,14 +204,14 @@ impl SledStore {
             self.write(batch)?;
             queued += 1;
         }
-        for entry in self.db.scan_prefix([BRIDGE]) {
+        for entry in self.db.scan_prefix([bridge::PREFIX]) {
             let (k, v) = entry?;
             let mut record = BridgeRecord::decode(&v)?;
             if matches!(
                 record.phase,
                 BridgePhase::NotForwarded | BridgePhase::AwaitingConfirmation
             ) {
-                let host = String::from_utf8_lossy(&k[1..]).into_owned();
+                let host = bridge::decode(&k);
                 record.phase = BridgePhase::Queued;
                 record.next_attempt_at = Some(now);
                 record.key_confirmed |= confirmed.contains(&host);
@@ -236,10 +231,10 @@ pub(super) fn queue_new_domain(
     key_confirmed: bool,
 ) {
     batch.insert(
-        bridge_key(domain),
+        bridge::encode(domain),
         BridgeRecord::queued(now, key_confirmed).encode(),
     );
-    batch.insert(outbox_key(now, domain), Vec::new());
+    batch.insert(bridge_outbox::encode(now, domain), Vec::new());
 }
 
 /// Adds to `batch` the change that a confirmed key now holds `domain`: `key_confirmed` is
@@ -259,29 +254,13 @@ pub(super) fn mark_key_confirmed(
     record.key_confirmed = true;
     if waiting {
         if let Some(old) = record.next_attempt_at {
-            batch.remove(outbox_key(old, domain));
+            batch.remove(bridge_outbox::encode(old, domain));
         }
         record.phase = BridgePhase::Queued;
         record.attempts = 0;
         record.next_attempt_at = Some(now);
-        batch.insert(outbox_key(now, domain), Vec::new());
+        batch.insert(bridge_outbox::encode(now, domain), Vec::new());
     }
-    batch.insert(bridge_key(domain), record.encode());
+    batch.insert(bridge::encode(domain), record.encode());
     waiting
-}
-
-pub(super) fn bridge_key(domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + domain.len());
-    k.push(BRIDGE);
-    k.extend_from_slice(domain.as_bytes());
-    k
-}
-
-pub(super) fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + domain.len());
-    k.push(OUTBOX);
-    // Times before 1970 do not occur; clamping keeps the byte order equal to time order.
-    k.extend_from_slice(&due.max(0).to_be_bytes());
-    k.extend_from_slice(domain.as_bytes());
-    k
 }

@@ -1,13 +1,14 @@
 //! Claim bookkeeping, the KeyChest way (reference/keychest.md §2): an index of the keys each
-//! e-mail address claimed (prefix `E`), a per-source-address count of new addresses per day
-//! (prefix `I`), and the single-use confirm/revoke link tokens (prefix `T`).
+//! e-mail address claimed (`E`), a per-source-address count of new addresses per day (`I`),
+//! and the single-use confirm/revoke link tokens (`T`); keys: [`super::keyspace`].
 //!
 //! The caps exist because `claim` lets anyone tie any address to a key: without them one
 //! host could make certline mail thousands of confirmation messages to a victim, or mint
 //! thousands of dormant identities.
 
-use super::bridge_state::{bridge_key, mark_key_confirmed};
-use super::{EMAIL, KEY, KEY_DOMAIN, LINK_TOKEN, META, NEW_EMAILS, SledStore, WriteBatch, key_key};
+use super::bridge_state::mark_key_confirmed;
+use super::keyspace::{api_key, bridge, email_index, key_domain, link_token, meta, new_emails};
+use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::records::{
     AuditKind, BridgeRecord, KeyRecord, LinkAction, LinkToken, Record, UnixTime,
@@ -17,7 +18,6 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 const SECONDS_PER_DAY: i64 = 86_400;
-const EMAIL_INDEX_DONE: &[u8] = b"migration:email-index-v1";
 
 impl SledStore {
     /// Runs a new claim's cap checks and, when they pass, adds the claim's index entries to
@@ -31,16 +31,15 @@ impl SledStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<Result<(), CapExceeded>, StoreError> {
-        let prefix = email_prefix(email);
         let mut known_address = false;
         let mut unconfirmed = 0u32;
-        for entry in self.db.scan_prefix(&prefix) {
+        for entry in self.db.scan_prefix(email_index::prefix(email)) {
             let (k, _) = entry?;
             known_address = true;
-            let Ok(held) = <[u8; 32]>::try_from(&k[prefix.len()..]) else {
+            let Some(held) = email_index::decode(&k) else {
                 continue;
             };
-            if let Some(r) = self.key(&KeyHash(held))?
+            if let Some(r) = self.key(&held)?
                 && r.confirmed_at.is_none()
                 && r.revoked_at.is_none()
             {
@@ -52,7 +51,7 @@ impl SledStore {
         }
         if !known_address {
             let day = now.div_euclid(SECONDS_PER_DAY);
-            let counter = new_emails_key(day, ip);
+            let counter = new_emails::encode(day, ip);
             let count = match self.db.get(&counter)? {
                 Some(v) => u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4])),
                 None => 0,
@@ -62,34 +61,27 @@ impl SledStore {
             }
             batch.insert(counter, &(count + 1).to_be_bytes()[..]);
             // Earlier days' counters are no longer needed; their keys sort before today's.
-            for old in self
-                .db
-                .range(vec![NEW_EMAILS]..new_emails_key(day, ip)[..9].to_vec())
-            {
+            for old in self.db.range(new_emails::before(day)) {
                 batch.remove(old?.0.to_vec());
             }
         }
-        let mut index = prefix;
-        index.extend_from_slice(&hash.0);
-        batch.insert(index, Vec::new());
+        batch.insert(email_index::encode(email, hash), Vec::new());
         Ok(Ok(()))
     }
 
     /// Builds the e-mail index for keys claimed before it existed. Runs once per database.
     pub(super) fn migrate_email_index(&self) -> Result<(), StoreError> {
-        let done = meta_key(EMAIL_INDEX_DONE);
+        let done = meta::encode(meta::EMAIL_INDEX_DONE);
         if self.db.contains_key(&done)? {
             return Ok(());
         }
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
-        for entry in self.db.scan_prefix([KEY]) {
+        for entry in self.db.scan_prefix([api_key::PREFIX]) {
             let (k, v) = entry?;
             let record = KeyRecord::decode(&v)?;
-            if let Some(email) = &record.email {
-                let mut index = email_prefix(email);
-                index.extend_from_slice(&k[1..]);
-                batch.insert(index, Vec::new());
+            if let (Some(email), Some(hash)) = (&record.email, api_key::decode(&k)) {
+                batch.insert(email_index::encode(email, &hash), Vec::new());
             }
         }
         batch.insert(done, Vec::new());
@@ -100,7 +92,7 @@ impl SledStore {
     pub fn save_link_tokens(&self, tokens: &[([u8; 32], LinkToken)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (hash, token) in tokens {
-            batch.insert(link_key(hash), token.encode());
+            batch.insert(link_token::encode(hash), token.encode());
         }
         self.write(batch)
     }
@@ -119,7 +111,7 @@ impl SledStore {
         now: UnixTime,
     ) -> Result<LinkOutcome, StoreError> {
         let _guard = self.lock();
-        let Some(mut token) = self.get::<LinkToken>(&link_key(token_hash))? else {
+        let Some(mut token) = self.get::<LinkToken>(&link_token::encode(token_hash))? else {
             return Ok(LinkOutcome::Unknown);
         };
         if token.action != action {
@@ -137,7 +129,7 @@ impl SledStore {
         };
         let mut batch = WriteBatch::default();
         token.used_at = Some(now);
-        batch.insert(link_key(token_hash), token.encode());
+        batch.insert(link_token::encode(token_hash), token.encode());
         let key_id = hash.id();
         let outcome = match action {
             LinkAction::Confirm => {
@@ -152,7 +144,7 @@ impl SledStore {
             LinkAction::Revoke => {
                 if key.revoked_at.is_none() {
                     key.revoked_at = Some(now);
-                    batch.insert(key_key(&hash), key.encode());
+                    batch.insert(api_key::encode(&hash), key.encode());
                     self.audit(&mut batch, now, ip, &hash, AuditKind::KeyRevoked)?;
                 }
                 // Its ACME account must go, so the host's EAB stops working.
@@ -213,7 +205,7 @@ impl SledStore {
     ) -> Result<usize, StoreError> {
         if key.confirmed_at.is_none() {
             key.confirmed_at = Some(now);
-            batch.insert(key_key(hash), key.encode());
+            batch.insert(api_key::encode(hash), key.encode());
             self.audit(batch, now, ip, hash, AuditKind::KeyConfirmed)?;
         }
         self.confirm_bridge_records(batch, hash, now)
@@ -223,18 +215,18 @@ impl SledStore {
     /// `key_confirmed` should say for each domain. Two scans; for start-up.
     pub(super) fn hosts_of_confirmed_keys(&self) -> Result<HashSet<String>, StoreError> {
         let mut hosts = HashSet::new();
-        for entry in self.db.scan_prefix([KEY]) {
+        for entry in self.db.scan_prefix([api_key::PREFIX]) {
             let (k, v) = entry?;
             let r = KeyRecord::decode(&v)?;
             if r.confirmed_at.is_none() || r.revoked_at.is_some() {
                 continue;
             }
-            let mut prefix = vec![KEY_DOMAIN];
-            prefix.extend_from_slice(&k[1..]);
-            for entry in self.db.scan_prefix(&prefix) {
+            let Some(hash) = api_key::decode(&k) else {
+                continue;
+            };
+            for entry in self.db.scan_prefix(key_domain::prefix(&hash)) {
                 let (k, _) = entry?;
-                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                if let Ok(domain) = crate::domain::normalize(&name) {
+                if let Ok(domain) = crate::domain::normalize(&key_domain::name(&k)) {
                     hosts.insert(domain.host().to_owned());
                 }
             }
@@ -250,53 +242,21 @@ impl SledStore {
         hash: &KeyHash,
         now: UnixTime,
     ) -> Result<usize, StoreError> {
-        let mut prefix = vec![KEY_DOMAIN];
-        prefix.extend_from_slice(&hash.0);
         let mut hosts = HashSet::new();
-        for entry in self.db.scan_prefix(&prefix) {
+        for entry in self.db.scan_prefix(key_domain::prefix(hash)) {
             let (k, _) = entry?;
-            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if let Ok(domain) = crate::domain::normalize(&name) {
+            if let Ok(domain) = crate::domain::normalize(&key_domain::name(&k)) {
                 hosts.insert(domain.host().to_owned());
             }
         }
         let mut requeued = 0;
         for host in hosts {
-            if let Some(record) = self.get::<BridgeRecord>(&bridge_key(&host))? {
+            if let Some(record) = self.get::<BridgeRecord>(&bridge::encode(&host))? {
                 requeued += usize::from(mark_key_confirmed(batch, &host, record, now));
             }
         }
         Ok(requeued)
     }
-}
-
-fn email_prefix(email: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + email.len() + 32);
-    k.push(EMAIL);
-    k.extend_from_slice(email.to_ascii_lowercase().as_bytes());
-    // E-mail addresses hold no NUL, so `a@b.org` never matches `a@b.org.uk`'s entries.
-    k.push(0);
-    k
-}
-
-fn new_emails_key(day: i64, ip: IpAddr) -> Vec<u8> {
-    let mut k = vec![NEW_EMAILS];
-    k.extend_from_slice(&day.max(0).to_be_bytes());
-    k.extend_from_slice(ip.to_string().as_bytes());
-    k
-}
-
-fn link_key(hash: &[u8; 32]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(LINK_TOKEN);
-    k.extend_from_slice(hash);
-    k
-}
-
-pub(super) fn meta_key(name: &[u8]) -> Vec<u8> {
-    let mut k = vec![META];
-    k.extend_from_slice(name);
-    k
 }
 
 #[cfg(test)]
@@ -350,7 +310,7 @@ mod tests {
             "a new day"
         );
         // Yesterday's counters are gone.
-        let old = new_emails_key(0, ip);
+        let old = new_emails::encode(0, ip);
         assert!(!store.db.contains_key(old).unwrap());
     }
 
@@ -499,7 +459,7 @@ mod tests {
         record.confirmed_at = Some(1);
         store
             .db
-            .insert(key_key(&confirmed.hash()), record.encode())
+            .insert(api_key::encode(&confirmed.hash()), record.encode())
             .unwrap();
         store.add_domain(&confirmed.hash(), &domain, ip, 7).unwrap();
         let released = store.bridge("www.x.org").unwrap().unwrap();
@@ -599,7 +559,7 @@ mod tests {
         record.confirmed_at = Some(1);
         store
             .db
-            .insert(key_key(&confirmed.hash()), record.encode())
+            .insert(api_key::encode(&confirmed.hash()), record.encode())
             .unwrap();
         // Registered while the bridge was off; now it starts.
         store.enable_bridge();
@@ -624,10 +584,12 @@ mod tests {
                 )
                 .unwrap();
             // Simulate a database from before the index.
-            let mut index = email_prefix("a@x.org");
-            index.extend_from_slice(&key.hash().0);
+            let index = email_index::encode("a@x.org", &key.hash());
             store.db.remove(index).unwrap();
-            store.db.remove(meta_key(EMAIL_INDEX_DONE)).unwrap();
+            store
+                .db
+                .remove(meta::encode(meta::EMAIL_INDEX_DONE))
+                .unwrap();
             store.close().await.unwrap();
         }
         let store = open(dir.path());

@@ -3,46 +3,26 @@
 //! Key-domain entries (`D`) are keyed by key hash first, which serves the line protocol's
 //! `list` but answers "who holds example.org?" only by scanning every entry. The inventory
 //! pages through domains and needs that answer for each one, so this index keeps it:
-//! `H` + normalised domain + `0x00` + key hash, written in the same batch as the `D` entry.
-//! (A domain name never contains a NUL byte, so one domain's entries form one prefix.)
+//! `H` + normalised domain + `0x00` + key hash ([`super::keyspace::holder`]), written in the
+//! same batch as the `D` entry.
 
-use super::claims::meta_key;
-use super::{HOLDER, KEY_DOMAIN, SledStore, WriteBatch};
+use super::keyspace::{holder, key_domain, meta};
+use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::StoreError;
-
-/// Marks a database whose holder index is complete.
-const HOLDER_INDEX_DONE: &[u8] = b"holder-index-v1";
 
 /// Writes in one batch at most this many index entries while rebuilding, so rebuilding a
 /// large database does not hold one huge batch in memory.
 const REBUILD_BATCH: usize = 10_000;
 
-/// The index entry saying `hash` holds `domain`.
-pub(super) fn holder_key(domain: &str, hash: &KeyHash) -> Vec<u8> {
-    let mut k = holder_prefix(domain);
-    k.extend_from_slice(&hash.0);
-    k
-}
-
-/// The prefix of every index entry of `domain`.
-fn holder_prefix(domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + domain.len() + 32);
-    k.push(HOLDER);
-    k.extend_from_slice(domain.as_bytes());
-    k.push(0);
-    k
-}
-
 impl SledStore {
     /// The keys that hold `domain` now, in the order of their hashes.
     pub fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
-        let prefix = holder_prefix(domain);
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix(&prefix) {
+        for entry in self.db.scan_prefix(holder::prefix(domain)) {
             let (k, _) = entry?;
-            if let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) {
-                out.push(KeyHash(hash));
+            if let Some(hash) = holder::decode(&k) {
+                out.push(hash);
             }
         }
         Ok(out)
@@ -52,14 +32,14 @@ impl SledStore {
     /// after an unclean stop: sled may then hold a key-domain entry of an unacknowledged
     /// registration without its index entry, or the other way round.
     pub(super) fn ensure_holder_index(&self, clean_stop: bool) -> Result<(), StoreError> {
-        let done = meta_key(HOLDER_INDEX_DONE);
+        let done = meta::encode(meta::HOLDER_INDEX_DONE);
         if clean_stop && self.db.contains_key(&done)? {
             return Ok(());
         }
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
         let mut pending = 0;
-        for entry in self.db.scan_prefix([HOLDER]) {
+        for entry in self.db.scan_prefix([holder::PREFIX]) {
             let (k, _) = entry?;
             batch.remove(k.to_vec());
             pending += 1;
@@ -69,13 +49,12 @@ impl SledStore {
             }
         }
         let mut indexed = 0usize;
-        for entry in self.db.scan_prefix([KEY_DOMAIN]) {
+        for entry in self.db.scan_prefix([key_domain::PREFIX]) {
             let (k, _) = entry?;
-            let Some(hash) = k.get(1..33).and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
+            let Some((hash, domain)) = key_domain::decode(&k) else {
                 continue;
             };
-            let domain = String::from_utf8_lossy(&k[33..]);
-            batch.insert(holder_key(&domain, &KeyHash(hash)), Vec::new());
+            batch.insert(holder::encode(&domain, &hash), Vec::new());
             indexed += 1;
             pending += 1;
             if pending == REBUILD_BATCH {
@@ -137,10 +116,13 @@ mod tests {
             assert_eq!(holders(&store), expected);
 
             // A database without the index (older, or after a crash) gets it rebuilt.
-            for entry in store.db.scan_prefix([HOLDER]) {
+            for entry in store.db.scan_prefix([holder::PREFIX]) {
                 store.db.remove(entry.unwrap().0).unwrap();
             }
-            store.db.remove(meta_key(HOLDER_INDEX_DONE)).unwrap();
+            store
+                .db
+                .remove(meta::encode(meta::HOLDER_INDEX_DONE))
+                .unwrap();
             assert!(holders(&store).iter().all(Vec::is_empty));
             store.ensure_holder_index(true).unwrap();
             assert_eq!(holders(&store), expected);

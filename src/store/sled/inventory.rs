@@ -3,9 +3,8 @@
 //! the readiness probe. Listings are lazy iterators that start after a cursor, so the admin
 //! API pages through any number of domains holding one page in memory.
 
-use super::bridge_state::{bridge_key, outbox_key};
-use super::claims::meta_key;
-use super::{BRIDGE, DOMAIN, KEY, SledStore, WriteBatch};
+use super::keyspace::{api_key, bridge, bridge_outbox, domain as domain_record, meta};
+use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::records::{
     AuditKind, BridgePhase, BridgeRecord, DomainRecord, KeyRecord, Record, UnixTime,
@@ -13,7 +12,6 @@ use crate::store::records::{
 use crate::store::{Holder, InventoryRow, RequeueOutcome, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::ops::Bound;
 
 impl SledStore {
     /// The registered domains after `after` (exclusive; `None`: from the first), in
@@ -24,15 +22,11 @@ impl SledStore {
         &self,
         after: Option<&str>,
     ) -> impl Iterator<Item = Result<InventoryRow, StoreError>> + '_ {
-        let start = match after {
-            Some(domain) => Bound::Excluded(super::domain_key(domain)),
-            None => Bound::Included(vec![DOMAIN]),
-        };
         self.db
-            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![DOMAIN + 1])))
+            .range::<Vec<u8>, _>(domain_record::after(after))
             .map(move |entry| {
                 let (k, v) = entry?;
-                let domain = String::from_utf8_lossy(&k[1..]).into_owned();
+                let domain = domain_record::decode(&k);
                 self.inventory_row(domain, DomainRecord::decode(&v)?)
             })
     }
@@ -70,23 +64,15 @@ impl SledStore {
         &self,
         after: Option<&KeyHash>,
     ) -> impl Iterator<Item = Result<(KeyHash, KeyRecord), StoreError>> + '_ {
-        let start = match after {
-            Some(hash) => Bound::Excluded(super::key_key(hash)),
-            None => Bound::Included(vec![KEY]),
-        };
         self.db
-            .range::<Vec<u8>, _>((start, Bound::Excluded(vec![KEY + 1])))
+            .range::<Vec<u8>, _>(api_key::after(after))
             .filter_map(|entry| {
                 let (k, v) = match entry {
                     Ok(kv) => kv,
                     Err(e) => return Some(Err(e.into())),
                 };
-                let hash = <[u8; 32]>::try_from(&k[1..]).ok()?;
-                Some(
-                    KeyRecord::decode(&v)
-                        .map(|r| (KeyHash(hash), r))
-                        .map_err(Into::into),
-                )
+                let hash = api_key::decode(&k)?;
+                Some(KeyRecord::decode(&v).map(|r| (hash, r)).map_err(Into::into))
             })
     }
 
@@ -98,16 +84,14 @@ impl SledStore {
         let prefix = prefix.to_ascii_lowercase();
         // Narrow the scan by the whole bytes the prefix names; filter the odd digit after.
         let whole = hex::decode(&prefix[..prefix.len() & !1]).unwrap_or_default();
-        let mut scan = vec![KEY];
-        scan.extend_from_slice(&whole);
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix(scan) {
+        for entry in self.db.scan_prefix(api_key::hash_prefix(&whole)) {
             let (k, v) = entry?;
-            let Ok(hash) = <[u8; 32]>::try_from(&k[1..]) else {
+            let Some(hash) = api_key::decode(&k) else {
                 continue;
             };
-            if hex::encode(hash).starts_with(&prefix) {
-                out.push((KeyHash(hash), KeyRecord::decode(&v)?));
+            if hex::encode(hash.0).starts_with(&prefix) {
+                out.push((hash, KeyRecord::decode(&v)?));
             }
         }
         Ok(out)
@@ -135,8 +119,8 @@ impl SledStore {
                 (r, old)
             }
             None => {
-                let registered = self.db.contains_key(super::domain_key(host))?
-                    || (self.db.scan_prefix(super::domain_key(&format!("{host}:"))))
+                let registered = self.db.contains_key(domain_record::encode(host))?
+                    || (self.db.scan_prefix(domain_record::with_port(host)))
                         .next()
                         .is_some();
                 if !registered {
@@ -148,10 +132,10 @@ impl SledStore {
         let (record, old_due) = record;
         let mut batch = WriteBatch::default();
         if let Some(due) = old_due {
-            batch.remove(outbox_key(due, host));
+            batch.remove(bridge_outbox::encode(due, host));
         }
-        batch.insert(bridge_key(host), record.encode());
-        batch.insert(outbox_key(now, host), Vec::new());
+        batch.insert(bridge::encode(host), record.encode());
+        batch.insert(bridge_outbox::encode(now, host), Vec::new());
         let audit_key = KeyHash([0; 32]);
         let kind = AuditKind::DomainRequeued {
             domain: host.to_owned(),
@@ -165,7 +149,7 @@ impl SledStore {
     /// How many bridge records are in each phase (for the metrics).
     pub fn bridge_phase_counts(&self) -> Result<HashMap<BridgePhase, u64>, StoreError> {
         let mut counts = HashMap::new();
-        for entry in self.db.scan_prefix([BRIDGE]) {
+        for entry in self.db.scan_prefix([bridge::PREFIX]) {
             let (_, v) = entry?;
             *counts.entry(BridgeRecord::decode(&v)?.phase).or_default() += 1;
         }
@@ -176,7 +160,7 @@ impl SledStore {
     /// writes.
     pub fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.insert(meta_key(b"readyz"), now.to_be_bytes().to_vec());
+        batch.insert(meta::encode(meta::READYZ), now.to_be_bytes().to_vec());
         self.write(batch)
     }
 }

@@ -3,24 +3,8 @@
 //!
 //! # Layout
 //!
-//! Everything lives in sled's default tree, with a one-byte prefix per record kind:
-//!
-//! | prefix | key | value |
-//! |---|---|---|
-//! | `K` | key hash (32 bytes) | [`KeyRecord`] |
-//! | `D` | key hash + normalised domain | [`KeyDomain`] |
-//! | `N` | normalised domain | [`DomainRecord`] |
-//! | `A` | sequence (8 bytes, big-endian; nanoseconds since the epoch, kept increasing) | [`AuditEvent`] |
-//! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
-//! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
-//! | `E` | lower-cased e-mail + `0x00` + key hash | nothing: the keys claimed by an address |
-//! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
-//! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
-//! | `M` | a name | store metadata (migrations done, the readiness probe) |
-//! | `H` | normalised domain + `0x00` + key hash | nothing: the keys holding a domain ([`holders`]) |
-//! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
-//! | `U` | key hash | [`AcmeKeyRecord`] (the key's SCM ACME account and its domains' mapping) |
-//! | `Y` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
+//! Everything lives in sled's default tree, one one-byte prefix per record kind; the table
+//! and every key's encoder and decoder are in [`keyspace`].
 //!
 //! One tree rather than one per kind because sled applies a batch atomically only within one
 //! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
@@ -42,6 +26,7 @@ pub mod durable;
 mod holders;
 mod inventory;
 mod key_index;
+mod keyspace;
 mod mail_outbox;
 pub mod wal;
 
@@ -53,25 +38,11 @@ use crate::store::records::{
 use crate::store::{AddOutcome, ClaimCaps, ClaimOutcome, StoreError};
 use durable::{DurabilityMode, GroupCommit, Mark, Timing};
 use key_index::KeyIndex;
+use keyspace::{api_key, audit, domain as domain_record, holder, key_domain};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use wal::WriteBatch;
-
-const KEY: u8 = b'K';
-const KEY_DOMAIN: u8 = b'D';
-const DOMAIN: u8 = b'N';
-const AUDIT: u8 = b'A';
-const BRIDGE: u8 = b'S';
-const OUTBOX: u8 = b'O';
-const EMAIL: u8 = b'E';
-const NEW_EMAILS: u8 = b'I';
-const LINK_TOKEN: u8 = b'T';
-const META: u8 = b'M';
-const HOLDER: u8 = b'H';
-const MAIL_OUTBOX: u8 = b'Q';
-const ACME_KEY: u8 = b'U';
-const ACME_OUTBOX: u8 = b'Y';
 
 /// The embedded store. Share it behind an `Arc`.
 pub struct SledStore {
@@ -161,11 +132,8 @@ impl SledStore {
             timing,
         )
         .map_err(io(&wal_dir))?;
-        let last_audit = match db.scan_prefix([AUDIT]).next_back() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                u64::from_be_bytes(k[1..9].try_into().unwrap_or_default())
-            }
+        let last_audit = match db.scan_prefix([audit::PREFIX]).next_back() {
+            Some(entry) => audit::decode(&entry?.0),
             None => 0,
         };
         let store = Self {
@@ -251,7 +219,7 @@ impl SledStore {
 
     /// The record of a key, if the key is known.
     pub fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.get(&key_key(hash))
+        self.get(&api_key::encode(hash))
     }
 
     /// Records a freshly minted key, optionally already claimed by `email` (subject to the
@@ -281,7 +249,7 @@ impl SledStore {
         {
             return Ok(ClaimOutcome::Capped(cap));
         }
-        batch.insert(key_key(hash), record.encode());
+        batch.insert(api_key::encode(hash), record.encode());
         self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
         if let Some(email) = email {
             let kind = AuditKind::KeyClaimed {
@@ -341,7 +309,7 @@ impl SledStore {
         if let Err(cap) = self.claim_checks(&mut batch, hash, email, caps, ip, now)? {
             return Ok(ClaimOutcome::Capped(cap));
         }
-        batch.insert(key_key(hash), record.encode());
+        batch.insert(api_key::encode(hash), record.encode());
         if is_new {
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
         }
@@ -369,7 +337,7 @@ impl SledStore {
         if record.revoked_at.is_none() {
             record.revoked_at = Some(now);
             let mut batch = WriteBatch::default();
-            batch.insert(key_key(hash), record.encode());
+            batch.insert(api_key::encode(hash), record.encode());
             self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
             acme_state::touch_key(self, &mut batch, hash, now)?;
             self.write(batch)?;
@@ -387,7 +355,7 @@ impl SledStore {
         now: UnixTime,
     ) -> Result<AddOutcome, StoreError> {
         let name = domain.to_string();
-        let kd_key = key_domain_key(hash, &name);
+        let kd_key = key_domain::encode(hash, &name);
         let _guard = self.lock();
         if self.db.contains_key(&kd_key)? {
             return Ok(AddOutcome::AlreadyRegistered);
@@ -397,10 +365,10 @@ impl SledStore {
         };
         key.domain_count += 1;
         let mut batch = WriteBatch::default();
-        batch.insert(key_key(hash), key.encode());
+        batch.insert(api_key::encode(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
-        batch.insert(holders::holder_key(&name, hash), Vec::new());
-        let d_key = domain_key(&name);
+        batch.insert(holder::encode(&name, hash), Vec::new());
+        let d_key = domain_record::encode(&name);
         let new_domain = !self.db.contains_key(&d_key)?;
         // A domain is queued for the bridge in the same batch that registers it, so an
         // acknowledged registration can never miss the bridge. Sectigo knows host names, not
@@ -453,7 +421,7 @@ impl SledStore {
         now: UnixTime,
     ) -> Result<bool, StoreError> {
         let name = domain.to_string();
-        let kd_key = key_domain_key(hash, &name);
+        let kd_key = key_domain::encode(hash, &name);
         let _guard = self.lock();
         if !self.db.contains_key(&kd_key)? {
             return Ok(false);
@@ -461,10 +429,10 @@ impl SledStore {
         let mut batch = WriteBatch::default();
         if let Some(mut key) = self.key(hash)? {
             key.domain_count = key.domain_count.saturating_sub(1);
-            batch.insert(key_key(hash), key.encode());
+            batch.insert(api_key::encode(hash), key.encode());
         }
         batch.remove(kd_key);
-        batch.remove(holders::holder_key(&name, hash));
+        batch.remove(holder::encode(&name, hash));
         let kind = AuditKind::DomainRemoved {
             domain: name.clone(),
         };
@@ -482,7 +450,7 @@ impl SledStore {
         hash: &KeyHash,
         domain: &Domain,
     ) -> Result<Option<KeyDomain>, StoreError> {
-        self.get(&key_domain_key(hash, &domain.to_string()))
+        self.get(&key_domain::encode(hash, domain.to_string()))
     }
 
     /// The domains registered under a key, in lexicographic order, skipping `offset`. Deep
@@ -493,11 +461,9 @@ impl SledStore {
         hash: &KeyHash,
         offset: usize,
     ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        let prefix = key_domain_key(hash, "");
-        let skip = prefix.len();
+        let prefix = key_domain::prefix(hash);
         let start = self.page_start(hash, &prefix, offset as u64);
-        let mut from = prefix.clone();
-        from.extend_from_slice(start.from.as_deref().unwrap_or_default());
+        let from = key_domain::encode(hash, start.from.as_deref().unwrap_or_default());
         self.db
             .range(from..)
             .take_while(move |entry| match entry {
@@ -507,7 +473,7 @@ impl SledStore {
             .skip(start.skip as usize)
             .map(move |entry| {
                 let (k, _) = entry?;
-                Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
+                Ok(key_domain::name(&k))
             })
     }
 
@@ -528,7 +494,7 @@ impl SledStore {
                 return from_first; // the scan that follows reports the error
             };
             if (rank as u64).is_multiple_of(key_index::SPACING) {
-                posts.push(Box::<[u8]>::from(&k[prefix.len()..]));
+                posts.push(Box::<[u8]>::from(key_domain::name_bytes(&k)));
             }
         }
         let post = ((offset / key_index::SPACING) as usize).min(posts.len().saturating_sub(1));
@@ -546,7 +512,7 @@ impl SledStore {
 
     /// The shared record of a domain, if any key registered it.
     pub fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
-        self.get(&domain_key(name))
+        self.get(&domain_record::encode(name))
     }
 
     /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
@@ -565,7 +531,7 @@ impl SledStore {
 
     /// The audit trail, oldest first.
     pub fn audit_events(&self) -> impl Iterator<Item = Result<AuditEvent, StoreError>> + '_ {
-        self.db.scan_prefix([AUDIT]).map(|entry| {
+        self.db.scan_prefix([audit::PREFIX]).map(|entry| {
             let (_, v) = entry?;
             Ok(AuditEvent::decode(&v)?)
         })
@@ -618,8 +584,7 @@ impl SledStore {
         key_id: String,
         kind: AuditKind,
     ) -> Result<(), StoreError> {
-        let mut key = vec![AUDIT];
-        key.extend_from_slice(&self.next_audit_seq(at).to_be_bytes());
+        let key = audit::encode(self.next_audit_seq(at));
         let event = AuditEvent {
             at,
             ip,
@@ -640,14 +605,14 @@ impl SledStore {
 /// were corrected.
 fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
     let mut corrected = 0;
-    for entry in db.scan_prefix([KEY]) {
+    for entry in db.scan_prefix([api_key::PREFIX]) {
         let (k, v) = entry?;
+        let Some(hash) = api_key::decode(&k) else {
+            continue;
+        };
         let mut record = KeyRecord::decode(&v)?;
-        let mut prefix = Vec::with_capacity(k.len());
-        prefix.push(KEY_DOMAIN);
-        prefix.extend_from_slice(&k[1..]);
         let mut count = 0u64;
-        for entry in db.scan_prefix(prefix) {
+        for entry in db.scan_prefix(key_domain::prefix(&hash)) {
             entry?;
             count += 1;
         }
@@ -658,28 +623,6 @@ fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
         }
     }
     Ok(corrected)
-}
-
-fn key_key(hash: &KeyHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(KEY);
-    k.extend_from_slice(&hash.0);
-    k
-}
-
-fn key_domain_key(hash: &KeyHash, domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33 + domain.len());
-    k.push(KEY_DOMAIN);
-    k.extend_from_slice(&hash.0);
-    k.extend_from_slice(domain.as_bytes());
-    k
-}
-
-fn domain_key(domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + domain.len());
-    k.push(DOMAIN);
-    k.extend_from_slice(domain.as_bytes());
-    k
 }
 
 #[cfg(test)]
@@ -736,9 +679,9 @@ mod tests {
                 let mut key = store.key(&hash).unwrap().unwrap();
                 key.domain_count += 1;
                 let mut batch = sled::Batch::default();
-                batch.insert(key_key(&hash), key.encode());
+                batch.insert(api_key::encode(&hash), key.encode());
                 batch.insert(
-                    key_domain_key(&hash, "b.example.org"),
+                    key_domain::encode(&hash, "b.example.org"),
                     KeyDomain { added_at: 0 }.encode(),
                 );
                 store.db.apply_batch(batch).unwrap();
