@@ -85,17 +85,8 @@ impl SledStore {
         let db_path = dir.join("db");
         let db_file = std::fs::File::open(&db_path).map_err(io(&db_path))?;
         let wal_dir = dir.join("wal");
-        std::fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
-        let clean = wal::take_clean_marker(&wal_dir).map_err(io(&wal_dir))?;
-        let segments = wal::segments(&wal_dir).map_err(io(&wal_dir))?;
-        let mut replayed = 0usize;
-        for (number, path) in &segments {
-            for batch in wal::read_segment(path, *number).map_err(io(path))? {
-                batch.apply_to(&db)?;
-                replayed += 1;
-            }
-        }
-        if !clean {
+        let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir)?;
+        if !replay.clean {
             // After a crash sled may hold part of an unacknowledged registration; the one
             // derived value that can then disagree is a key's domain count.
             let recounted = recount_domains(&db)?;
@@ -106,28 +97,15 @@ impl SledStore {
                 );
             }
         }
-        if !segments.is_empty() {
-            db.flush()?;
-            db_file.sync_data().map_err(io(&db_path))?;
-            wal::retire_segments(&wal_dir, &segments).map_err(io(&wal_dir))?;
-            if replayed > 0 {
-                tracing::info!(
-                    records = replayed,
-                    segments = segments.len(),
-                    "replayed the write-ahead log"
-                );
-            }
-        }
         // The directory entries of sled's files must survive a power cut too.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
-        let next_segment = segments.last().map_or(1, |(n, _)| n + 1);
         let commits = GroupCommit::start(
             db.clone(),
             db_file,
             wal_dir.clone(),
-            next_segment,
+            replay.next_segment,
             mode,
             timing,
         )
@@ -148,7 +126,7 @@ impl SledStore {
             key_index: KeyIndex::default(),
         };
         store.migrate_email_index()?;
-        store.ensure_holder_index(clean)?;
+        store.ensure_holder_index(replay.clean)?;
         Ok(store)
     }
 
@@ -598,8 +576,8 @@ impl SledStore {
 }
 
 /// After a crash, sled may hold changes it wrote out on its own that never reached the log
-/// (so were never acknowledged), while replaying the log restores the last logged version of
-/// each key record. A key's `domain_count` can then disagree with its domain entries (found
+/// (so were never acknowledged), while replaying the log ([`wal::replay_into`]) restores the
+/// last logged version of each key record. A key's `domain_count` can then disagree with its domain entries (found
 /// by tests/crash.rs: `list` showed `total=` below the number of domains it listed). The
 /// entries are what `list` shows, so the count is made to match them. Returns how many keys
 /// were corrected.
