@@ -150,17 +150,8 @@ pub(super) fn touch_key(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::open as store;
     use super::*;
-    use crate::store::{DurabilityMode, Timing};
-    use std::time::Duration;
-
-    fn store(dir: &std::path::Path) -> SledStore {
-        let timing = Timing {
-            relaxed_flush: Duration::from_secs(1),
-            checkpoint: Duration::from_secs(3600),
-        };
-        SledStore::open(dir, DurabilityMode::Durable, timing).expect("open store")
-    }
 
     #[tokio::test]
     async fn a_touch_while_the_worker_holds_a_copy_is_not_lost() {

@@ -71,21 +71,17 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::open_in;
     use super::*;
-    use crate::store::{ClaimCaps, DurabilityMode, Timing};
+    use crate::store::{ClaimCaps, DurabilityMode};
     use std::net::IpAddr;
-    use std::time::Duration;
 
     #[test]
     fn the_index_follows_adds_and_removes_and_is_rebuilt_from_the_key_domain_entries() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let timing = Timing {
-                relaxed_flush: Duration::from_secs(1),
-                checkpoint: Duration::from_secs(3600),
-            };
-            let store = SledStore::open(dir.path(), DurabilityMode::Relaxed, timing).unwrap();
+            let store = open_in(dir.path(), DurabilityMode::Relaxed);
             let ip: IpAddr = "127.0.0.1".parse().unwrap();
             let [a, b] = [0, 1].map(|_| crate::apikey::ApiKey::generate().hash());
             let mut both = [a, b];

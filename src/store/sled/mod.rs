@@ -21,13 +21,17 @@
 
 mod acme_state;
 mod bridge_state;
-mod claims;
+mod claim_caps;
+mod confirmation;
 pub mod durable;
 mod holders;
 mod inventory;
 mod key_index;
 mod keyspace;
+mod link_tokens;
 mod mail_outbox;
+#[cfg(test)]
+mod test_support;
 pub mod wal;
 
 use crate::apikey::KeyHash;
@@ -605,33 +609,9 @@ fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{open, open_in};
     use super::*;
     use std::time::Duration;
-
-    fn open(dir: &Path) -> SledStore {
-        open_in(dir, DurabilityMode::Durable)
-    }
-
-    fn open_in(dir: &Path, mode: DurabilityMode) -> SledStore {
-        let timing = Timing {
-            relaxed_flush: Duration::from_secs(1),
-            // No checkpoint during the test: the log segments stay and are replayed.
-            checkpoint: Duration::from_secs(3600),
-        };
-        // sled's background threads let go of the previous handle's file lock a moment
-        // after it is dropped; a real restart is another process and does not wait.
-        let mut attempts = 0;
-        loop {
-            match SledStore::open(dir, mode, timing) {
-                Ok(store) => return store,
-                Err(StoreError::Open { .. }) if attempts < 200 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(e) => panic!("opening the store: {e}"),
-            }
-        }
-    }
 
     /// Regression: the state kill -9 can leave. sled wrote out a registration on its own
     /// (the key record with the new count and the domain entry) that never reached the log;

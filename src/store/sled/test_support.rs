@@ -1,0 +1,37 @@
+//! What the sled backend's unit tests share: opening a store in a temporary directory.
+
+use super::SledStore;
+use super::durable::{DurabilityMode, Timing};
+use crate::store::StoreError;
+use std::path::Path;
+use std::time::Duration;
+
+/// A documentation address (RFC 5737) for the client in tests.
+pub const IP: &str = "192.0.2.1";
+
+/// Opens the store in `dir`, durable mode.
+pub fn open(dir: &Path) -> SledStore {
+    open_in(dir, DurabilityMode::Durable)
+}
+
+/// Opens the store in `dir`, waiting for a previous handle's file lock to go.
+pub fn open_in(dir: &Path, mode: DurabilityMode) -> SledStore {
+    let timing = Timing {
+        relaxed_flush: Duration::from_secs(1),
+        // No checkpoint during a test: the log segments stay and are replayed.
+        checkpoint: Duration::from_secs(3600),
+    };
+    // sled's background threads let go of the previous handle's file lock a moment after it
+    // is dropped; a real restart is another process and does not wait.
+    let mut attempts = 0;
+    loop {
+        match SledStore::open(dir, mode, timing) {
+            Ok(store) => return store,
+            Err(StoreError::Open { .. }) if attempts < 200 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => panic!("opening the store: {e}"),
+        }
+    }
+}
