@@ -4,7 +4,8 @@
 //!
 //! A domain's first registration writes its record and outbox entry in the same batch as the
 //! registration itself, so no acknowledged domain can miss the bridge. Every later change
-//! moves the outbox entry together with the record, atomically.
+//! moves the outbox entry in the same batch as the record (one log record: see
+//! [`super::wal::WriteBatch`]).
 
 use super::keyspace::{bridge, bridge_outbox, domain as domain_record};
 use super::{SledStore, WriteBatch};

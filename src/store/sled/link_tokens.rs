@@ -19,7 +19,7 @@ impl SledStore {
     }
 
     /// Follows a link: checks the token (known, meant for `action`, unused, not expired at
-    /// `now`), uses it up, and confirms or revokes its key, all in one atomic batch.
+    /// `now`), uses it up, and confirms or revokes its key, all in one batch (one log record).
     ///
     /// Confirming also sets `key_confirmed` on the bridge records of every domain the key
     /// holds and sends the ones waiting in `awaiting_confirmation` back to `queued`, due now,

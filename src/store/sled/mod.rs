@@ -6,10 +6,10 @@
 //! Everything lives in sled's default tree, one one-byte prefix per record kind; the table
 //! and every key's encoder and decoder are in [`keyspace`].
 //!
-//! One tree rather than one per kind because sled applies a batch atomically only within one
-//! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
-//! is a single batch, so a crash can never leave half of it; the write-ahead log records it
-//! as one record ([`wal`]). Read-check-write
+//! A registration (key-domain entry, holder entry, domain record, the key's counter, the
+//! audit event, the bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
+//! never leaves half of it on disk, while sled itself takes the batch key by key
+//! ([`WriteBatch`] says precisely what a batch promises and what it does not). Read-check-write
 //! sequences (claim, add) run under one short write lock instead of sled transactions, which
 //! the sled docs warn make every later operation pay a global read lock. The lock is held for
 //! microseconds (in-memory sled work); the disk wait happens outside it, in [`SledStore::commit`].

@@ -54,7 +54,29 @@ pub(super) const NO_BLOCK: [u8; BLOCK_HEADER] = [0; BLOCK_HEADER];
 /// One change: a key and its new value, or `None` to delete it.
 pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 
-/// A set of changes applied atomically: to sled as one batch, to the log as one record.
+/// A set of changes that stands or falls together: one log record, applied to sled in order.
+///
+/// What that promises, precisely (sled's own `apply_batch`, which would make sled's view of a
+/// batch atomic, is not used: see [`WriteBatch::apply_to`]):
+///
+/// * **On disk, all or nothing.** The batch is one log record with its own checksum; replay
+///   applies it whole, or not at all if it never reached the disk intact. Before a crash
+///   sled may have written part of an unacknowledged batch out by itself; the derived values
+///   that could then disagree (a key's domain count, the holder index) are rebuilt at
+///   start-up after an unclean stop.
+/// * **In memory, key by key.** [`GroupCommit::apply`](super::durable::GroupCommit::apply)
+///   inserts the changes into sled one at a time, in order. Writers never see half a batch:
+///   every read-check-write sequence holds the writers' lock across its apply. A reader that
+///   takes no lock can, for the microseconds the apply takes; the batch's sequence number is
+///   published before sled shows any of it, so that reader then waits for the batch's commit
+///   round and answers `500` if the round failed.
+/// * **Undone whole.** When a log write fails in durable mode, every key of every batch not
+///   yet on disk gets back the value its apply replaced, newest first, and the undo is logged
+///   as a record of its own (see [`super::durable`]). Relaxed mode acknowledged the batch
+///   already and keeps it.
+/// * **Not across a sled failure.** sled failing in the middle of an apply leaves part of the
+///   batch in memory; the store turns fatal and the process exits, and the restart replays a
+///   log that does not hold the batch (then the unclean-stop repairs above apply).
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
@@ -91,15 +113,14 @@ impl WriteBatch {
         (self.ops, self.audit)
     }
 
-    /// Applies the changes to sled one by one, in order.
+    /// Applies the changes to sled one by one, in order (replay; the write path does the same
+    /// in `GroupCommit::apply`, keeping each replaced value for an undo).
     ///
     /// Not with `sled::Tree::apply_batch`: in sled 0.34 that writes and `sync_file_range`s
     /// its log twice per batch (measured: two waits on the disk per acknowledged write, on
-    /// the request path, serialising every writer). Atomicity comes from the log instead: a
-    /// batch is one log record, replayed whole after a crash; sled may hold a prefix of an
-    /// unacknowledged batch, which replay completes or which was never acknowledged, and the
-    /// one derived value that could disagree (a key's domain count) is recounted at start-up
-    /// after an unclean stop.
+    /// the request path, serialising every writer). All-or-nothing comes from the log instead
+    /// (see [`WriteBatch`]): sled may hold a prefix of an unacknowledged batch, which replay
+    /// completes or which was never acknowledged.
     pub(super) fn apply_to(&self, db: &sled::Db) -> Result<(), sled::Error> {
         for (k, v) in &self.ops {
             match v {
