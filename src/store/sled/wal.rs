@@ -65,11 +65,12 @@ pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 ///   that could then disagree (a key's domain count, the holder index) are rebuilt at
 ///   start-up after an unclean stop.
 /// * **In memory, key by key.** [`GroupCommit::apply`](super::durable::GroupCommit::apply)
-///   inserts the changes into sled one at a time, in order. Writers never see half a batch:
-///   every read-check-write sequence holds the writers' lock across its apply. A reader that
-///   takes no lock can, for the microseconds the apply takes; the batch's sequence number is
-///   published before sled shows any of it, so that reader then waits for the batch's commit
-///   round and answers `500` if the round failed.
+///   inserts the changes into sled one at a time, in order. Read-check-write sequences hold
+///   the writers' lock across their reads and their apply, so none sees half of another's
+///   batch (the writes that check nothing, such as an audit event or link tokens, take no
+///   lock). A reader that takes no lock can see part of a batch, for the microseconds the
+///   apply takes; the batch's sequence number is published before sled shows any of it, so
+///   that reader then waits for the batch's commit round and answers `500` if it failed.
 /// * **Undone whole.** When a log write fails in durable mode, every key of every batch not
 ///   yet on disk gets back the value its apply replaced, newest first, and the undo is logged
 ///   as a record of its own (see [`super::durable`]). Relaxed mode acknowledged the batch
