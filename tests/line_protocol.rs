@@ -99,9 +99,9 @@ async fn apikey_with_email_claims_at_once_and_the_audit_trail_records_it() {
         "status ok 200 api key already claimed\n"
     );
     let hash = ApiKey::parse(&key).unwrap().hash();
-    let record = s.store.key(&hash).unwrap().unwrap();
+    let record = s.store.key(&hash).await.unwrap().unwrap();
     assert_eq!(record.email.as_deref(), Some("ops@example.org"));
-    let events: Vec<_> = s.store.audit_events().map(Result::unwrap).collect();
+    let events = support::store::audit_trail(&s.store).await;
     let names: Vec<_> = events.iter().map(|e| e.kind.name()).collect();
     assert_eq!(names, ["new-apikey", "claim-apikey"]);
     assert!(
@@ -253,6 +253,7 @@ async fn revoked_keys_get_403_everywhere() {
     assert!(
         s.store
             .revoke_key(&hash, "127.0.0.1".parse().unwrap(), 0)
+            .await
             .unwrap()
     );
     for line in [
@@ -398,7 +399,11 @@ async fn a_pipelined_burst_of_writes_shares_commit_rounds_and_keeps_its_order() 
         "data total={ADDS} offset={} domains=d99.example.org\nstatus ok 200 ok\n",
         ADDS - 1
     ));
-    let stats = s.store.group_commit().stats();
+    let stats = s
+        .store
+        .group_commit()
+        .expect("sled has group commit")
+        .stats();
     let rounds_before = stats.flushes.load(Ordering::SeqCst);
     let all = pipelined(s.addr, &burst).await;
     assert_eq!(all, want);
@@ -470,7 +475,10 @@ async fn deep_list_pages_stay_exact_as_domains_come_and_go() {
 async fn a_failed_round_fails_every_write_of_a_pipelined_batch() {
     let s = InProcess::start().await;
     let key = new_key(s.addr).await;
-    s.store.group_commit().inject_flush_failures(1);
+    s.store
+        .group_commit()
+        .expect("sled has group commit")
+        .inject_flush_failures(1);
     let mut stream = TcpStream::connect(s.addr).await.unwrap();
     let burst = format!(
         "command add apikey {key} domain a.example.org\n\
@@ -655,7 +663,10 @@ async fn apikey_and_claim_are_rate_limited_per_address() {
 async fn a_failed_flush_is_answered_500_and_nothing_is_acknowledged() {
     let s = InProcess::start().await;
     let key = new_key(s.addr).await;
-    s.store.group_commit().inject_flush_failures(1);
+    s.store
+        .group_commit()
+        .expect("sled has group commit")
+        .inject_flush_failures(1);
     let add = format!("command add apikey {key} domain a.example.org");
     assert_eq!(
         request(s.addr, &format!("{add}\n")).await,

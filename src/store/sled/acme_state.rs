@@ -31,12 +31,21 @@ impl SledStore {
     }
 
     /// A key's ACME record.
-    pub fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
+    pub async fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
+        self.read_acme_key(hash)
+    }
+
+    /// [`SledStore::acme_key`], for code that holds the writers' lock.
+    fn read_acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
         self.get(&acme_key::encode(hash))
     }
 
     /// Up to `limit` keys due at or before `now`, earliest first.
-    pub fn due_acme_keys(&self, now: UnixTime, limit: usize) -> Result<Vec<KeyHash>, StoreError> {
+    pub async fn due_acme_keys(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<KeyHash>, StoreError> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix([acme_outbox::PREFIX]) {
             let (k, _) = entry?;
@@ -49,7 +58,7 @@ impl SledStore {
     }
 
     /// The earliest due time in the ACME outbox.
-    pub fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
+    pub async fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
         match self.db.scan_prefix([acme_outbox::PREFIX]).next() {
             Some(entry) => Ok(Some(acme_outbox::due(&entry?.0))),
             None => Ok(None),
@@ -58,7 +67,7 @@ impl SledStore {
 
     /// Saves the worker's view of a key. If the key was touched since the worker read it
     /// (`record.touches` is behind), the key stays due now and the newer count is kept.
-    pub fn save_acme_key(
+    pub async fn save_acme_key(
         &self,
         hash: &KeyHash,
         record: &AcmeKeyRecord,
@@ -68,7 +77,7 @@ impl SledStore {
         let mut batch = WriteBatch::default();
         let mut record = record.clone();
         let mut touched = false;
-        if let Some(old) = self.acme_key(hash)? {
+        if let Some(old) = self.read_acme_key(hash)? {
             if let Some(due) = old.next_attempt_at {
                 batch.remove(acme_outbox::encode(due, hash));
             }
@@ -90,7 +99,7 @@ impl SledStore {
     }
 
     /// Queues `hash` for the ACME worker now (a separate batch; for the admin API and tests).
-    pub fn touch_acme_key(&self, hash: &KeyHash, now: UnixTime) -> Result<(), StoreError> {
+    pub async fn touch_acme_key(&self, hash: &KeyHash, now: UnixTime) -> Result<(), StoreError> {
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
         touch_key(self, &mut batch, hash, now)?;
@@ -103,7 +112,7 @@ impl SledStore {
     /// record, since the configuration (or eligibility in SCM) may have changed while
     /// certline was down, and a touch may have been lost with an unacknowledged write.
     /// Returns how many keys were queued.
-    pub fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
+    pub async fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
         for entry in self.db.scan_prefix([api_key::PREFIX]) {
             let (k, v) = entry?;
@@ -111,13 +120,13 @@ impl SledStore {
                 continue;
             };
             let record = KeyRecord::decode(&v)?;
-            let acme = self.acme_key(&hash)?;
+            let acme = self.read_acme_key(&hash)?;
             let done = acme.as_ref().is_some_and(|a| a.account_deleted);
             let idle = record.domain_count == 0 || record.revoked_at.is_some();
             if done || (idle && acme.is_none()) {
                 continue;
             }
-            self.touch_acme_key(&hash, now)?;
+            self.touch_acme_key(&hash, now).await?;
             queued += 1;
         }
         Ok(queued)
@@ -136,7 +145,7 @@ pub(super) fn touch_key(
     if !store.acme_enabled() {
         return Ok(());
     }
-    let mut record = store.acme_key(hash)?.unwrap_or_default();
+    let mut record = store.read_acme_key(hash)?.unwrap_or_default();
     if let Some(due) = record.next_attempt_at {
         batch.remove(acme_outbox::encode(due, hash));
     }
@@ -159,15 +168,15 @@ mod tests {
         let s = store(dir.path());
         s.enable_acme();
         let hash = KeyHash([7; 32]);
-        s.touch_acme_key(&hash, 100).unwrap();
-        assert_eq!(s.due_acme_keys(100, 10).unwrap(), vec![hash]);
+        s.touch_acme_key(&hash, 100).await.unwrap();
+        assert_eq!(s.due_acme_keys(100, 10).await.unwrap(), vec![hash]);
         // The worker reads the record, works, and meanwhile the key is touched again.
-        let mut copy = s.acme_key(&hash).unwrap().unwrap();
-        s.touch_acme_key(&hash, 150).unwrap();
+        let mut copy = s.acme_key(&hash).await.unwrap().unwrap();
+        s.touch_acme_key(&hash, 150).await.unwrap();
         copy.account_id = Some(24_282);
         copy.next_attempt_at = Some(100 + 86_400);
-        s.save_acme_key(&hash, &copy, 160).unwrap();
-        let saved = s.acme_key(&hash).unwrap().unwrap();
+        s.save_acme_key(&hash, &copy, 160).await.unwrap();
+        let saved = s.acme_key(&hash).await.unwrap().unwrap();
         assert_eq!(
             saved.account_id,
             Some(24_282),
@@ -178,15 +187,15 @@ mod tests {
             Some(160),
             "and the key stays due now"
         );
-        assert_eq!(s.due_acme_keys(160, 10).unwrap(), vec![hash]);
-        assert_eq!(s.next_acme_due().unwrap(), Some(160));
+        assert_eq!(s.due_acme_keys(160, 10).await.unwrap(), vec![hash]);
+        assert_eq!(s.next_acme_due().await.unwrap(), Some(160));
         // Without a touch in between, the worker's schedule holds; one outbox entry only.
-        let copy = s.acme_key(&hash).unwrap().unwrap();
+        let copy = s.acme_key(&hash).await.unwrap().unwrap();
         let mut later = copy.clone();
         later.next_attempt_at = Some(500);
-        s.save_acme_key(&hash, &later, 170).unwrap();
-        assert!(s.due_acme_keys(499, 10).unwrap().is_empty());
-        assert_eq!(s.due_acme_keys(500, 10).unwrap(), vec![hash]);
+        s.save_acme_key(&hash, &later, 170).await.unwrap();
+        assert!(s.due_acme_keys(499, 10).await.unwrap().is_empty());
+        assert_eq!(s.due_acme_keys(500, 10).await.unwrap(), vec![hash]);
     }
 
     #[tokio::test]
@@ -194,8 +203,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let hash = KeyHash([9; 32]);
-        s.touch_acme_key(&hash, 100).unwrap();
-        assert!(s.acme_key(&hash).unwrap().is_none());
-        assert_eq!(s.next_acme_due().unwrap(), None);
+        s.touch_acme_key(&hash, 100).await.unwrap();
+        assert!(s.acme_key(&hash).await.unwrap().is_none());
+        assert_eq!(s.next_acme_due().await.unwrap(), None);
     }
 }

@@ -8,7 +8,7 @@
 //! [`super::wal::WriteBatch`]).
 
 use super::keyspace::{bridge, bridge_outbox, domain as domain_record};
-use super::{SledStore, WriteBatch};
+use super::{SledStore, WriteBatch, count_prefix};
 use crate::store::StoreError;
 use crate::store::records::{BridgePhase, BridgeRecord, Record, UnixTime};
 use std::sync::atomic::Ordering;
@@ -26,12 +26,17 @@ impl SledStore {
     }
 
     /// The bridge record of a domain.
-    pub fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+    pub async fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+        self.read_bridge(domain)
+    }
+
+    /// [`SledStore::bridge`], for code that holds the writers' lock.
+    pub(super) fn read_bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
         self.get(&bridge::encode(domain))
     }
 
     /// Up to `limit` domains due at or before `now`, earliest first.
-    pub fn due_bridge_jobs(
+    pub async fn due_bridge_jobs(
         &self,
         now: UnixTime,
         limit: usize,
@@ -43,7 +48,7 @@ impl SledStore {
             if due > now || out.len() >= limit {
                 break;
             }
-            if let Some(record) = self.bridge(&domain)? {
+            if let Some(record) = self.read_bridge(&domain)? {
                 out.push((domain, record));
             }
         }
@@ -51,16 +56,18 @@ impl SledStore {
     }
 
     /// The earliest due time in the outbox, if any.
-    pub fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
+    pub async fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
         match self.db.scan_prefix([bridge_outbox::PREFIX]).next() {
             Some(entry) => Ok(Some(bridge_outbox::due(&entry?.0))),
             None => Ok(None),
         }
     }
 
-    /// How many domains are waiting in the outbox (for metrics). A scan: call rarely.
-    pub fn outbox_len(&self) -> usize {
-        self.db.scan_prefix([bridge_outbox::PREFIX]).count()
+    /// How many domains are waiting in the outbox (for metrics). A scan, off the runtime:
+    /// call rarely.
+    pub async fn outbox_len(&self) -> Result<usize, StoreError> {
+        self.off_runtime(|db| count_prefix(db, bridge_outbox::PREFIX))
+            .await
     }
 
     /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
@@ -68,12 +75,12 @@ impl SledStore {
     /// `key_confirmed` only ever goes from false to true: a key confirmed while the worker
     /// held an older copy of the record must not be undone by the worker's save, and a
     /// record the worker parks in `awaiting_confirmation` meanwhile is requeued at once.
-    pub fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+    pub async fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
         let mut record = record.clone();
         let mut requeued = false;
-        if let Some(old) = self.bridge(domain)? {
+        if let Some(old) = self.read_bridge(domain)? {
             if let Some(due) = old.next_attempt_at {
                 batch.remove(bridge_outbox::encode(due, domain));
             }
@@ -100,11 +107,11 @@ impl SledStore {
     /// Makes every record parked by a 401 due at `now` (new credentials arrived: a restart
     /// or a reload). The records keep `waiting_on_credentials` until a step succeeds, so the
     /// bridge shows `paused` until the credentials are proven. Returns how many there are.
-    pub fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
+    pub async fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut released = 0;
         for (domain, mut record) in self.bridge_records_where(|r| r.waiting_on_credentials)? {
             record.next_attempt_at = Some(now);
-            self.save_bridge(&domain, &record)?;
+            self.save_bridge(&domain, &record).await?;
             released += 1;
         }
         if released > 0 {
@@ -114,7 +121,7 @@ impl SledStore {
     }
 
     /// Does any record wait on credentials (parked by a 401)?
-    pub fn has_credential_waiters(&self) -> Result<bool, StoreError> {
+    pub async fn has_credential_waiters(&self) -> Result<bool, StoreError> {
         Ok(!self
             .bridge_records_where(|r| r.waiting_on_credentials)?
             .is_empty())
@@ -122,7 +129,7 @@ impl SledStore {
 
     /// Makes every domain that validates at `dcv_domain` (but is not it) due at `now`, so
     /// its DCV state follows its validation domain's at once.
-    pub fn wake_dcv_dependents(
+    pub async fn wake_dcv_dependents(
         &self,
         dcv_domain: &str,
         now: UnixTime,
@@ -136,7 +143,7 @@ impl SledStore {
                 continue;
             }
             record.next_attempt_at = Some(now);
-            self.save_bridge(&domain, &record)?;
+            self.save_bridge(&domain, &record).await?;
             woken += 1;
         }
         if woken > 0 {
@@ -148,7 +155,7 @@ impl SledStore {
     /// Gives `domain` a bridge record, queued and due at `now`, unless it has one: a
     /// validation domain the bridge must bring into SCM for its subdomains' DCV. Returns
     /// whether one was created.
-    pub fn ensure_bridge_record(
+    pub async fn ensure_bridge_record(
         &self,
         domain: &str,
         key_confirmed: bool,
@@ -187,7 +194,7 @@ impl SledStore {
     /// yet (registered while the bridge was not configured), and requeues the domains whose
     /// rest depends on the configuration (outside the allowed suffixes, awaiting a confirmed
     /// key), since the configuration may have changed. Returns how many were queued.
-    pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
+    pub async fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
         let confirmed = self.hosts_of_confirmed_keys()?;
         for entry in self.db.scan_prefix([domain_record::PREFIX]) {
@@ -216,7 +223,7 @@ impl SledStore {
                 record.phase = BridgePhase::Queued;
                 record.next_attempt_at = Some(now);
                 record.key_confirmed |= confirmed.contains(&host);
-                self.save_bridge(&host, &record)?;
+                self.save_bridge(&host, &record).await?;
                 queued += 1;
             }
         }

@@ -33,7 +33,7 @@ impl SledStore {
             let Some(held) = email_index::decode(&k) else {
                 continue;
             };
-            if let Some(r) = self.key(&held)?
+            if let Some(r) = self.read_key(&held)?
                 && r.confirmed_at.is_none()
                 && r.revoked_at.is_none()
             {
@@ -99,27 +99,41 @@ mod tests {
             max_new_emails_per_address_per_day: 2,
         };
         let ip: IpAddr = IP.parse().unwrap();
-        let claim = |email: &str, ip: IpAddr, now| {
+        let claim = async |email: &str, ip: IpAddr, now| {
             let key = ApiKey::generate();
-            store.create_key(&key.hash(), Some(email), &caps, ip, now)
+            store
+                .create_key(&key.hash(), Some(email), &caps, ip, now)
+                .await
         };
-        assert_eq!(claim("a@x.org", ip, 0).unwrap(), ClaimOutcome::Claimed);
-        assert_eq!(claim("A@x.org", ip, 0).unwrap(), ClaimOutcome::Claimed);
         assert_eq!(
-            claim("a@X.ORG", ip, 0).unwrap(),
+            claim("a@x.org", ip, 0).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(
+            claim("A@x.org", ip, 0).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(
+            claim("a@X.ORG", ip, 0).await.unwrap(),
             ClaimOutcome::Capped(CapExceeded::UnconfirmedKeys),
             "the address holds two unconfirmed keys; case does not matter"
         );
-        assert_eq!(claim("b@x.org", ip, 0).unwrap(), ClaimOutcome::Claimed);
         assert_eq!(
-            claim("c@x.org", ip, 10).unwrap(),
+            claim("b@x.org", ip, 0).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(
+            claim("c@x.org", ip, 10).await.unwrap(),
             ClaimOutcome::Capped(CapExceeded::NewEmails),
             "third new address from one source address in a day"
         );
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!(claim("c@x.org", other, 10).unwrap(), ClaimOutcome::Claimed);
         assert_eq!(
-            claim("d@x.org", ip, SECONDS_PER_DAY).unwrap(),
+            claim("c@x.org", other, 10).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(
+            claim("d@x.org", ip, SECONDS_PER_DAY).await.unwrap(),
             ClaimOutcome::Claimed,
             "a new day"
         );
@@ -142,6 +156,7 @@ mod tests {
                     IP.parse().unwrap(),
                     0,
                 )
+                .await
                 .unwrap();
             // Simulate a database from before the index.
             let index = email_index::encode("a@x.org", &key.hash());
@@ -167,6 +182,7 @@ mod tests {
                     IP.parse().unwrap(),
                     0
                 )
+                .await
                 .unwrap(),
             ClaimOutcome::Capped(CapExceeded::UnconfirmedKeys)
         );

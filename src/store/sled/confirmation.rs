@@ -18,14 +18,14 @@ impl SledStore {
     /// audited the same way (`confirm-apikey`, with the operator's address): the key's waiting
     /// domains go back to `queued`, due now. A revoked key stays revoked. Commit before
     /// telling the operator.
-    pub fn confirm_key(
+    pub async fn confirm_key(
         &self,
         hash: &KeyHash,
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<OperatorConfirmOutcome, StoreError> {
         let _guard = self.lock();
-        let Some(key) = self.key(hash)? else {
+        let Some(key) = self.read_key(hash)? else {
             return Ok(OperatorConfirmOutcome::Unknown);
         };
         if key.revoked_at.is_some() {
@@ -114,7 +114,7 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{IP, open};
+    use super::super::test_support::{IP, audit_trail, open};
     use super::*;
     use crate::apikey::ApiKey;
     use crate::store::ClaimCaps;
@@ -131,29 +131,42 @@ mod tests {
         for key in [&waiting, &confirmed] {
             store
                 .create_key(&key.hash(), None, &ClaimCaps::default(), ip, 0)
+                .await
                 .unwrap();
         }
         let domain = normalize("www.x.org").unwrap();
-        store.add_domain(&waiting.hash(), &domain, ip, 0).unwrap();
-        let mut parked = store.bridge("www.x.org").unwrap().unwrap();
+        store
+            .add_domain(&waiting.hash(), &domain, ip, 0)
+            .await
+            .unwrap();
+        let mut parked = store.bridge("www.x.org").await.unwrap().unwrap();
         parked.phase = BridgePhase::AwaitingConfirmation;
         parked.next_attempt_at = None;
         parked.sectigo_id = Some(396);
-        store.save_bridge("www.x.org", &parked).unwrap();
-        assert!(store.due_bridge_jobs(i64::MAX, 10).unwrap().is_empty());
-        let mut record = store.key(&confirmed.hash()).unwrap().unwrap();
+        store.save_bridge("www.x.org", &parked).await.unwrap();
+        assert!(
+            store
+                .due_bridge_jobs(i64::MAX, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let mut record = store.key(&confirmed.hash()).await.unwrap().unwrap();
         record.confirmed_at = Some(1);
         store
             .db
             .insert(api_key::encode(&confirmed.hash()), record.encode())
             .unwrap();
-        store.add_domain(&confirmed.hash(), &domain, ip, 7).unwrap();
-        let released = store.bridge("www.x.org").unwrap().unwrap();
+        store
+            .add_domain(&confirmed.hash(), &domain, ip, 7)
+            .await
+            .unwrap();
+        let released = store.bridge("www.x.org").await.unwrap().unwrap();
         assert!(released.key_confirmed);
         assert_eq!(released.phase, BridgePhase::Queued);
         assert_eq!(released.next_attempt_at, Some(7));
         assert_eq!(released.sectigo_id, Some(396), "what was known is kept");
-        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).unwrap().len(), 1);
+        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -169,37 +182,45 @@ mod tests {
         for k in [&key, &revoked] {
             store
                 .create_key(&k.hash(), None, &ClaimCaps::default(), ip, 0)
+                .await
                 .unwrap();
         }
         store
             .add_domain(&key.hash(), &normalize("www.x.org").unwrap(), ip, 0)
+            .await
             .unwrap();
-        let mut parked = store.bridge("www.x.org").unwrap().unwrap();
+        let mut parked = store.bridge("www.x.org").await.unwrap().unwrap();
         parked.phase = BridgePhase::AwaitingConfirmation;
         parked.next_attempt_at = None;
-        store.save_bridge("www.x.org", &parked).unwrap();
-        assert!(store.due_bridge_jobs(i64::MAX, 10).unwrap().is_empty());
+        store.save_bridge("www.x.org", &parked).await.unwrap();
+        assert!(
+            store
+                .due_bridge_jobs(i64::MAX, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         assert_eq!(
-            store.confirm_key(&key.hash(), operator, 40).unwrap(),
+            store.confirm_key(&key.hash(), operator, 40).await.unwrap(),
             OperatorConfirmOutcome::Confirmed {
                 confirmed_at: 40,
                 already: false,
                 requeued: 1
             }
         );
-        let released = store.bridge("www.x.org").unwrap().unwrap();
+        let released = store.bridge("www.x.org").await.unwrap().unwrap();
         assert_eq!(released.phase, BridgePhase::Queued);
         assert!(released.key_confirmed);
-        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).unwrap().len(), 1);
-        let audit: Vec<_> = store.audit_events().map(Result::unwrap).collect();
+        assert_eq!(store.due_bridge_jobs(i64::MAX, 10).await.unwrap().len(), 1);
+        let audit = audit_trail(&store).await;
         let event = audit.last().unwrap();
         assert_eq!(event.kind, AuditKind::KeyConfirmed);
         assert_eq!(event.ip, operator);
         assert_eq!(event.key_id, key.hash().id());
 
         assert_eq!(
-            store.confirm_key(&key.hash(), operator, 50).unwrap(),
+            store.confirm_key(&key.hash(), operator, 50).await.unwrap(),
             OperatorConfirmOutcome::Confirmed {
                 confirmed_at: 40,
                 already: true,
@@ -207,20 +228,32 @@ mod tests {
             },
             "a second confirmation changes nothing"
         );
-        assert_eq!(store.audit_events().count(), audit.len());
+        assert_eq!(audit_trail(&store).await.len(), audit.len());
 
-        store.revoke_key(&revoked.hash(), operator, 60).unwrap();
+        store
+            .revoke_key(&revoked.hash(), operator, 60)
+            .await
+            .unwrap();
         assert_eq!(
-            store.confirm_key(&revoked.hash(), operator, 61).unwrap(),
+            store
+                .confirm_key(&revoked.hash(), operator, 61)
+                .await
+                .unwrap(),
             OperatorConfirmOutcome::KeyRevoked
         );
         assert_eq!(
-            store.key(&revoked.hash()).unwrap().unwrap().confirmed_at,
+            store
+                .key(&revoked.hash())
+                .await
+                .unwrap()
+                .unwrap()
+                .confirmed_at,
             None
         );
         assert_eq!(
             store
                 .confirm_key(&ApiKey::generate().hash(), operator, 62)
+                .await
                 .unwrap(),
             OperatorConfirmOutcome::Unknown
         );
@@ -236,12 +269,14 @@ mod tests {
         for (key, domain) in [(&confirmed, "a.x.org:8443"), (&other, "b.x.org")] {
             store
                 .create_key(&key.hash(), None, &ClaimCaps::default(), ip, 0)
+                .await
                 .unwrap();
             store
                 .add_domain(&key.hash(), &normalize(domain).unwrap(), ip, 0)
+                .await
                 .unwrap();
         }
-        let mut record = store.key(&confirmed.hash()).unwrap().unwrap();
+        let mut record = store.key(&confirmed.hash()).await.unwrap().unwrap();
         record.confirmed_at = Some(1);
         store
             .db
@@ -249,8 +284,22 @@ mod tests {
             .unwrap();
         // Registered while the bridge was off; now it starts.
         store.enable_bridge();
-        assert_eq!(store.backfill_bridge(10).unwrap(), 2);
-        assert!(store.bridge("a.x.org").unwrap().unwrap().key_confirmed);
-        assert!(!store.bridge("b.x.org").unwrap().unwrap().key_confirmed);
+        assert_eq!(store.backfill_bridge(10).await.unwrap(), 2);
+        assert!(
+            store
+                .bridge("a.x.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .key_confirmed
+        );
+        assert!(
+            !store
+                .bridge("b.x.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .key_confirmed
+        );
     }
 }

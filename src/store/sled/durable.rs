@@ -122,8 +122,10 @@ pub struct Timing {
 }
 
 /// A point in the store's history, taken before a request reads or writes: everything up to
-/// `settled` was on disk (or undone) then, and `losses` failures had happened.
-#[derive(Debug, Clone, Copy)]
+/// `settled` was on disk (or undone) then, and `losses` failures had happened. Opaque to the
+/// layers above the store. `Mark::default()` is the start of history: what a backend that
+/// commits every write before it returns (nothing to wait for) hands out.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Mark {
     settled: u64,
     losses: u64,

@@ -11,21 +11,26 @@ use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::StoreError;
 
+/// The keys that hold `domain` in `db`, in the order of their hashes.
+pub(super) fn holders_in(db: &sled::Db, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
+    let mut out = Vec::new();
+    for entry in db.scan_prefix(holder::prefix(domain)) {
+        let (k, _) = entry?;
+        if let Some(hash) = holder::decode(&k) {
+            out.push(hash);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes in one batch at most this many index entries while rebuilding, so rebuilding a
 /// large database does not hold one huge batch in memory.
 const REBUILD_BATCH: usize = 10_000;
 
 impl SledStore {
     /// The keys that hold `domain` now, in the order of their hashes.
-    pub fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.db.scan_prefix(holder::prefix(domain)) {
-            let (k, _) = entry?;
-            if let Some(hash) = holder::decode(&k) {
-                out.push(hash);
-            }
-        }
-        Ok(out)
+    pub async fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
+        holders_in(&self.db, domain)
     }
 
     /// Builds the index for databases written before it existed (once), and rebuilds it
@@ -89,27 +94,26 @@ mod tests {
             for key in [&a, &b] {
                 store
                     .create_key(key, None, &ClaimCaps::default(), ip, 0)
+                    .await
                     .unwrap();
             }
             let shared: crate::domain::Domain = "www.example.org".parse().unwrap();
             let only_a: crate::domain::Domain = "www.example.org:8443".parse().unwrap();
-            store.add_domain(&a, &shared, ip, 0).unwrap();
-            store.add_domain(&b, &shared, ip, 0).unwrap();
-            store.add_domain(&a, &only_a, ip, 0).unwrap();
-            store.add_domain(&b, &only_a, ip, 0).unwrap();
-            store.remove_domain(&b, &only_a, ip, 0).unwrap();
-            let holders = |store: &SledStore| {
-                [shared.to_string(), only_a.to_string()].map(|d| {
-                    store
-                        .holders_of(&d)
-                        .unwrap()
-                        .iter()
-                        .map(|h| h.0)
-                        .collect::<Vec<_>>()
-                })
+            store.add_domain(&a, &shared, ip, 0).await.unwrap();
+            store.add_domain(&b, &shared, ip, 0).await.unwrap();
+            store.add_domain(&a, &only_a, ip, 0).await.unwrap();
+            store.add_domain(&b, &only_a, ip, 0).await.unwrap();
+            store.remove_domain(&b, &only_a, ip, 0).await.unwrap();
+            let holders = async |store: &SledStore| {
+                let mut out = Vec::new();
+                for d in [shared.to_string(), only_a.to_string()] {
+                    let keys = store.holders_of(&d).await.unwrap();
+                    out.push(keys.iter().map(|h| h.0).collect::<Vec<_>>());
+                }
+                out
             };
             let expected = [both.iter().map(|h| h.0).collect(), vec![a.0]];
-            assert_eq!(holders(&store), expected);
+            assert_eq!(holders(&store).await, expected);
 
             // A database without the index (older, or after a crash) gets it rebuilt.
             for entry in store.db.scan_prefix([holder::PREFIX]) {
@@ -119,9 +123,9 @@ mod tests {
                 .db
                 .remove(meta::encode(meta::HOLDER_INDEX_DONE))
                 .unwrap();
-            assert!(holders(&store).iter().all(Vec::is_empty));
+            assert!(holders(&store).await.iter().all(Vec::is_empty));
             store.ensure_holder_index(true).unwrap();
-            assert_eq!(holders(&store), expected);
+            assert_eq!(holders(&store).await, expected);
             store.close().await.unwrap();
         });
     }

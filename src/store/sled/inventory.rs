@@ -1,10 +1,11 @@
 //! What the operator's face (the admin API) reads and does: the domain inventory with its
 //! bridge state and holders, the key list, key lookup by id prefix, requeueing a domain, and
-//! the readiness probe. Listings are lazy iterators that start after a cursor, so the admin
-//! API pages through any number of domains holding one page in memory.
+//! the readiness probe. Listings are pages that start after a cursor, so the admin API pages
+//! through any number of domains holding one page in memory.
 
+use super::holders::holders_in;
 use super::keyspace::{api_key, bridge, bridge_outbox, domain as domain_record, meta};
-use super::{SledStore, WriteBatch};
+use super::{SledStore, WriteBatch, get_in};
 use crate::apikey::KeyHash;
 use crate::store::records::{
     AuditKind, BridgePhase, BridgeRecord, DomainRecord, KeyRecord, Record, UnixTime,
@@ -14,70 +15,53 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 impl SledStore {
-    /// The registered domains after `after` (exclusive; `None`: from the first), in
-    /// lexicographic order, each with its bridge record and holders. Lazy: each row is read
-    /// when the iterator is advanced, so a caller that takes a page holds only that page,
-    /// whatever the size of the store.
-    pub fn inventory_after(
+    /// Up to `limit` registered domains after `after` (exclusive; `None`: from the first), in
+    /// lexicographic order, each with its bridge record and holders. Read off the runtime
+    /// (a page can be thousands of rows).
+    pub async fn inventory_after(
         &self,
         after: Option<&str>,
-    ) -> impl Iterator<Item = Result<InventoryRow, StoreError>> + '_ {
-        self.db
-            .range::<Vec<u8>, _>(domain_record::after(after))
-            .map(move |entry| {
-                let (k, v) = entry?;
-                let domain = domain_record::decode(&k);
-                self.inventory_row(domain, DomainRecord::decode(&v)?)
-            })
-    }
-
-    fn inventory_row(
-        &self,
-        domain: String,
-        record: DomainRecord,
-    ) -> Result<InventoryRow, StoreError> {
-        let host = match crate::domain::normalize(&domain) {
-            Ok(d) => d.host().to_owned(),
-            Err(_) => domain.clone(),
-        };
-        let mut holders = Vec::new();
-        for hash in self.holders_of(&domain)? {
-            if let Some(key) = self.key(&hash)? {
-                holders.push(Holder {
-                    key_id: hash.id(),
-                    confirmed: key.confirmed_at.is_some(),
-                    revoked: key.revoked_at.is_some(),
-                });
-            }
-        }
-        Ok(InventoryRow {
-            bridge: self.bridge(&host)?,
-            holders,
-            registered_at: record.first_added_at,
-            domain,
+        limit: usize,
+    ) -> Result<Vec<InventoryRow>, StoreError> {
+        let range = domain_record::after(after);
+        self.off_runtime(move |db| {
+            db.range::<Vec<u8>, _>(range)
+                .take(limit)
+                .map(|entry| {
+                    let (k, v) = entry?;
+                    inventory_row(db, domain_record::decode(&k), DomainRecord::decode(&v)?)
+                })
+                .collect()
         })
+        .await
     }
 
-    /// The keys after `after` (exclusive; `None`: from the first), in the order of their
-    /// hashes. Lazy, like [`SledStore::inventory_after`].
-    pub fn keys_after(
+    /// Up to `limit` keys after `after` (exclusive; `None`: from the first), in the order of
+    /// their hashes. Read off the runtime, like [`SledStore::inventory_after`].
+    pub async fn keys_after(
         &self,
         after: Option<&KeyHash>,
-    ) -> impl Iterator<Item = Result<(KeyHash, KeyRecord), StoreError>> + '_ {
-        self.db
-            .range::<Vec<u8>, _>(api_key::after(after))
-            .filter_map(|entry| {
-                let (k, v) = match entry {
-                    Ok(kv) => kv,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                let hash = api_key::decode(&k)?;
-                Some(KeyRecord::decode(&v).map(|r| (hash, r)).map_err(Into::into))
-            })
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+        let range = api_key::after(after);
+        self.off_runtime(move |db| {
+            db.range::<Vec<u8>, _>(range)
+                .filter_map(|entry| {
+                    let (k, v) = match entry {
+                        Ok(kv) => kv,
+                        Err(e) => return Some(Err(e.into())),
+                    };
+                    let hash = api_key::decode(&k)?;
+                    Some(KeyRecord::decode(&v).map(|r| (hash, r)).map_err(Into::into))
+                })
+                .take(limit)
+                .collect()
+        })
+        .await
     }
 
     /// The keys whose id (the lower-case hex of their hash) starts with `prefix`.
-    pub fn keys_with_id_prefix(
+    pub async fn keys_with_id_prefix(
         &self,
         prefix: &str,
     ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
@@ -100,7 +84,7 @@ impl SledStore {
     /// Sends a domain's bridge record back to `queued`, due now, keeping what is known about
     /// it (Sectigo id, last error) for display. `host` is the bridge's name for it (no port).
     /// A domain registered while the bridge was off gets its first record.
-    pub fn requeue_domain(
+    pub async fn requeue_domain(
         &self,
         host: &str,
         ip: IpAddr,
@@ -110,7 +94,7 @@ impl SledStore {
             return Ok(RequeueOutcome::BridgeOff);
         }
         let _guard = self.lock();
-        let known = self.bridge(host)?;
+        let known = self.read_bridge(host)?;
         let record = match known {
             Some(mut r) => {
                 r.phase = BridgePhase::Queued;
@@ -146,21 +130,53 @@ impl SledStore {
         Ok(RequeueOutcome::Requeued)
     }
 
-    /// How many bridge records are in each phase (for the metrics).
-    pub fn bridge_phase_counts(&self) -> Result<HashMap<BridgePhase, u64>, StoreError> {
-        let mut counts = HashMap::new();
-        for entry in self.db.scan_prefix([bridge::PREFIX]) {
-            let (_, v) = entry?;
-            *counts.entry(BridgeRecord::decode(&v)?.phase).or_default() += 1;
-        }
-        Ok(counts)
+    /// How many bridge records are in each phase (for the metrics). A scan, off the runtime.
+    pub async fn bridge_phase_counts(&self) -> Result<HashMap<BridgePhase, u64>, StoreError> {
+        self.off_runtime(|db| {
+            let mut counts = HashMap::new();
+            for entry in db.scan_prefix([bridge::PREFIX]) {
+                let (_, v) = entry?;
+                *counts.entry(BridgeRecord::decode(&v)?.phase).or_default() += 1;
+            }
+            Ok(counts)
+        })
+        .await
     }
 
     /// A tiny write for the readiness check; the caller commits it to prove the disk takes
     /// writes.
-    pub fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
+    pub async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.insert(meta::encode(meta::READYZ), now.to_be_bytes().to_vec());
         self.write(batch)
     }
+}
+
+/// One inventory row: `domain` (a `D`-registered name) with its bridge record and holders,
+/// read from `db` (off the runtime).
+fn inventory_row(
+    db: &sled::Db,
+    domain: String,
+    record: DomainRecord,
+) -> Result<InventoryRow, StoreError> {
+    let host = match crate::domain::normalize(&domain) {
+        Ok(d) => d.host().to_owned(),
+        Err(_) => domain.clone(),
+    };
+    let mut holders = Vec::new();
+    for hash in holders_in(db, &domain)? {
+        if let Some(key) = get_in::<KeyRecord>(db, &api_key::encode(&hash))? {
+            holders.push(Holder {
+                key_id: hash.id(),
+                confirmed: key.confirmed_at.is_some(),
+                revoked: key.revoked_at.is_some(),
+            });
+        }
+    }
+    Ok(InventoryRow {
+        bridge: get_in(db, &bridge::encode(&host))?,
+        holders,
+        registered_at: record.first_added_at,
+        domain,
+    })
 }

@@ -189,11 +189,21 @@ pub mod holder {
 /// `A`: the audit trail, in sequence order.
 pub mod audit {
     use super::*;
+    use std::ops::Bound;
 
     pub const PREFIX: u8 = b'A';
 
     pub fn encode(seq: u64) -> Vec<u8> {
         build(PREFIX, &[&seq.to_be_bytes()])
+    }
+
+    /// The events after `after` (exclusive; `None`: from the first).
+    pub fn after(after: Option<u64>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        let start = match after {
+            Some(seq) => Bound::Excluded(encode(seq)),
+            None => Bound::Included(vec![PREFIX]),
+        };
+        (start, Bound::Excluded(vec![PREFIX + 1]))
     }
 
     /// The sequence number of an event's key (0 for a malformed one).

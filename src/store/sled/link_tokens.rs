@@ -10,7 +10,10 @@ use std::net::IpAddr;
 
 impl SledStore {
     /// Stores link tokens under their hashes.
-    pub fn save_link_tokens(&self, tokens: &[([u8; 32], LinkToken)]) -> Result<(), StoreError> {
+    pub async fn save_link_tokens(
+        &self,
+        tokens: &[([u8; 32], LinkToken)],
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (hash, token) in tokens {
             batch.insert(link_token::encode(hash), token.encode());
@@ -24,7 +27,7 @@ impl SledStore {
     /// Confirming also sets `key_confirmed` on the bridge records of every domain the key
     /// holds and sends the ones waiting in `awaiting_confirmation` back to `queued`, due now,
     /// so the worker forwards them. Commit before telling the user.
-    pub fn use_link(
+    pub async fn use_link(
         &self,
         token_hash: &[u8; 32],
         action: LinkAction,
@@ -45,7 +48,7 @@ impl SledStore {
             return Ok(LinkOutcome::Expired);
         }
         let hash = KeyHash(token.key_hash);
-        let Some(mut key) = self.key(&hash)? else {
+        let Some(mut key) = self.read_key(&hash)? else {
             return Ok(LinkOutcome::Unknown);
         };
         let mut batch = WriteBatch::default();
@@ -98,6 +101,7 @@ mod tests {
         let caps = ClaimCaps::default();
         store
             .create_key(&key.hash(), Some("a@x.org"), &caps, ip, 0)
+            .await
             .unwrap();
         let token = |action, n: u8| {
             (
@@ -113,47 +117,56 @@ mod tests {
         };
         store
             .save_link_tokens(&[token(LinkAction::Confirm, 1), token(LinkAction::Revoke, 2)])
+            .await
             .unwrap();
         assert_eq!(
-            store.use_link(&[1; 32], LinkAction::Revoke, ip, 5).unwrap(),
+            store
+                .use_link(&[1; 32], LinkAction::Revoke, ip, 5)
+                .await
+                .unwrap(),
             LinkOutcome::Unknown,
             "a confirm token does not revoke"
         );
         assert_eq!(
             store
                 .use_link(&[1; 32], LinkAction::Confirm, ip, 100)
+                .await
                 .unwrap(),
             LinkOutcome::Expired
         );
         assert!(matches!(
             store
                 .use_link(&[1; 32], LinkAction::Confirm, ip, 99)
+                .await
                 .unwrap(),
             LinkOutcome::Confirmed { requeued: 0, .. }
         ));
         assert_eq!(
-            store.key(&key.hash()).unwrap().unwrap().confirmed_at,
+            store.key(&key.hash()).await.unwrap().unwrap().confirmed_at,
             Some(99)
         );
         assert_eq!(
             store
                 .use_link(&[1; 32], LinkAction::Confirm, ip, 99)
+                .await
                 .unwrap(),
             LinkOutcome::AlreadyUsed
         );
         assert!(matches!(
             store
                 .use_link(&[2; 32], LinkAction::Revoke, ip, 50)
+                .await
                 .unwrap(),
             LinkOutcome::Revoked { .. }
         ));
         assert_eq!(
-            store.key(&key.hash()).unwrap().unwrap().revoked_at,
+            store.key(&key.hash()).await.unwrap().unwrap().revoked_at,
             Some(50)
         );
         assert_eq!(
             store
                 .use_link(&[3; 32], LinkAction::Revoke, ip, 50)
+                .await
                 .unwrap(),
             LinkOutcome::Unknown
         );
@@ -171,12 +184,14 @@ mod tests {
         let caps = ClaimCaps::default();
         store
             .create_key(&key.hash(), Some("a@x.org"), &caps, ip, 0)
+            .await
             .unwrap();
         store
             .add_domain(&key.hash(), &normalize("www.x.org").unwrap(), ip, 0)
+            .await
             .unwrap();
         // The worker read the record before the confirmation...
-        let stale = store.bridge("www.x.org").unwrap().unwrap();
+        let stale = store.bridge("www.x.org").await.unwrap().unwrap();
         assert!(!stale.key_confirmed);
         store
             .save_link_tokens(&[(
@@ -189,10 +204,12 @@ mod tests {
                     used_at: None,
                 },
             )])
+            .await
             .unwrap();
         assert!(matches!(
             store
                 .use_link(&[9; 32], LinkAction::Confirm, ip, 5)
+                .await
                 .unwrap(),
             LinkOutcome::Confirmed { requeued: 0, .. }
         ));
@@ -200,11 +217,11 @@ mod tests {
         let mut parked = stale;
         parked.phase = BridgePhase::AwaitingConfirmation;
         parked.next_attempt_at = None;
-        store.save_bridge("www.x.org", &parked).unwrap();
-        let saved = store.bridge("www.x.org").unwrap().unwrap();
+        store.save_bridge("www.x.org", &parked).await.unwrap();
+        let saved = store.bridge("www.x.org").await.unwrap().unwrap();
         assert!(saved.key_confirmed);
         assert_eq!(saved.phase, BridgePhase::Queued);
-        let due = store.due_bridge_jobs(i64::MAX, 10).unwrap();
+        let due = store.due_bridge_jobs(i64::MAX, 10).await.unwrap();
         assert_eq!(due.len(), 1, "requeued in the outbox");
     }
 }

@@ -5,7 +5,7 @@
 //! deletes a job once its mail is out or moves it to a later due time.
 
 use super::keyspace::mail_outbox;
-use super::{SledStore, WriteBatch};
+use super::{SledStore, WriteBatch, count_prefix};
 use crate::apikey::KeyHash;
 use crate::store::records::{MailJob, Record, UnixTime};
 use crate::store::{DueMail, StoreError};
@@ -41,7 +41,7 @@ impl SledStore {
     }
 
     /// Up to `limit` jobs due at or before `now`, earliest first.
-    pub fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
+    pub async fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix([mail_outbox::PREFIX]) {
             let (k, v) = entry?;
@@ -59,14 +59,14 @@ impl SledStore {
     }
 
     /// The mail is out (or given up on): the job leaves the outbox. Commit afterwards.
-    pub fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
+    pub async fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.remove(mail.outbox_key.clone());
         self.write(batch)
     }
 
     /// The send failed: the job, with its attempt counted, moves to `due`. Commit afterwards.
-    pub fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
+    pub async fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
         let mut job = mail.job.clone();
         job.attempts += 1;
         let mut batch = WriteBatch::default();
@@ -75,8 +75,9 @@ impl SledStore {
         self.write(batch)
     }
 
-    /// How many mails are waiting (for metrics). A scan: call rarely.
-    pub fn mail_outbox_len(&self) -> usize {
-        self.db.scan_prefix([mail_outbox::PREFIX]).count()
+    /// How many mails are waiting (for metrics). A scan, off the runtime: call rarely.
+    pub async fn mail_outbox_len(&self) -> Result<usize, StoreError> {
+        self.off_runtime(|db| count_prefix(db, mail_outbox::PREFIX))
+            .await
     }
 }

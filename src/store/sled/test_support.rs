@@ -2,7 +2,7 @@
 
 use super::SledStore;
 use super::durable::{DurabilityMode, Timing};
-use crate::store::StoreError;
+use crate::store::{AuditEvent, StoreError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,4 +34,14 @@ pub fn open_in(dir: &Path, mode: DurabilityMode) -> SledStore {
             Err(e) => panic!("opening the store: {e}"),
         }
     }
+}
+
+/// The whole audit trail, oldest first.
+pub async fn audit_trail(store: &SledStore) -> Vec<AuditEvent> {
+    let events = store.audit_events(None, usize::MAX).await;
+    events
+        .expect("reading the audit trail")
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect()
 }

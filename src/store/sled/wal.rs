@@ -104,11 +104,6 @@ impl WriteBatch {
         self.audit.push(event);
     }
 
-    /// No changes?
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
     /// The changes and the audit events, for the store to apply.
     pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[AuditEvent; 2]>) {
         (self.ops, self.audit)
