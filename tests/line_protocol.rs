@@ -304,6 +304,42 @@ async fn list_pages_never_exceed_1000_bytes_and_cover_everything_once() {
     s.stop().await;
 }
 
+/// Short names: the store hands a page's names out in several reads (sized for longer
+/// names), and the page is still filled exactly as far as it goes: 110 names of 7 bytes take
+/// 879 of the 880 bytes a reply has for names (with their commas); the 111th would not fit.
+#[tokio::test]
+async fn list_pages_of_short_names_are_filled_to_the_byte_across_store_reads() {
+    let s = InProcess::start().await;
+    let key = new_key(s.addr).await;
+    let mut want: Vec<String> = (0..250).map(|i| format!("s{i:03}.io")).collect();
+    for d in &want {
+        assert!(
+            call(s.addr, &format!("command add apikey {key} domain {d}"))
+                .await
+                .is_ok()
+        );
+    }
+    want.sort();
+    let listing = list_all(s.addr, &key).await;
+    assert_eq!(listing.domains, want);
+    let per_page: Vec<usize> = listing
+        .pages
+        .iter()
+        .map(|page| {
+            let names = page
+                .split("domains=")
+                .nth(1)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap();
+            names.split(',').count()
+        })
+        .collect();
+    assert_eq!(per_page, [110, 110, 30], "{:?}", listing.pages);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn framing_lf_crlf_quiet_period_and_half_close_all_end_a_request() {
     let s = InProcess::start().await;
