@@ -97,9 +97,8 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{IP, open};
+    use super::super::test_support::{key_with_domains, open};
     use super::*;
-    use crate::store::ClaimCaps;
 
     /// The trail pages by sequence number: a page starts after the last one it was given,
     /// oldest first, and every event comes once.
@@ -107,19 +106,7 @@ mod tests {
     async fn the_audit_trail_pages_after_a_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let ip: IpAddr = IP.parse().unwrap();
-        let hash = crate::apikey::ApiKey::generate().hash();
-        store
-            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
-            .await
-            .unwrap();
-        for (i, name) in ["a.org", "b.org", "c.org", "d.org"].iter().enumerate() {
-            let domain = name.parse().unwrap();
-            store
-                .add_domain(&hash, &domain, ip, i as i64)
-                .await
-                .unwrap();
-        }
+        key_with_domains(&store, &["a.org", "b.org", "c.org", "d.org"]).await;
         let all = store.audit_events(None, usize::MAX).await.unwrap();
         assert_eq!(all.len(), 5);
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");

@@ -219,27 +219,16 @@ pub(super) fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{IP, open};
-    use super::*;
-    use crate::store::ClaimCaps;
+    use super::super::test_support::{key_with_domains, open};
 
     #[tokio::test]
     async fn a_keys_domains_come_in_pages_of_at_most_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let ip: IpAddr = IP.parse().unwrap();
-        let hash = crate::apikey::ApiKey::generate().hash();
-        store
-            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
-            .await
-            .unwrap();
         let names = ["e.org", "a.org:8443", "c.org", "b.org", "d.org"];
-        for name in names {
-            store
-                .add_domain(&hash, &name.parse().unwrap(), ip, 0)
-                .await
-                .unwrap();
-        }
+        let hash = key_with_domains(&store, &names).await;
+        // Another key's domains are not part of this key's pages.
+        key_with_domains(&store, &["0.org", "f.org"]).await;
         let page = |offset, limit| store.key_domains(&hash, offset, limit);
         assert_eq!(
             page(0, 10).await.unwrap(),
@@ -249,16 +238,5 @@ mod tests {
         assert_eq!(page(4, 2).await.unwrap(), ["e.org"]);
         assert!(page(5, 2).await.unwrap().is_empty());
         assert!(page(0, 0).await.unwrap().is_empty());
-        // Another key's domains are not part of this key's pages.
-        let other = crate::apikey::ApiKey::generate().hash();
-        store
-            .create_key(&other, None, &ClaimCaps::default(), ip, 0)
-            .await
-            .unwrap();
-        store
-            .add_domain(&other, &"0.org".parse().unwrap(), ip, 0)
-            .await
-            .unwrap();
-        assert_eq!(page(0, 10).await.unwrap().len(), 5);
     }
 }

@@ -2,7 +2,8 @@
 
 use super::SledStore;
 use super::durable::{DurabilityMode, Timing};
-use crate::store::{AuditEvent, StoreError};
+use crate::apikey::{ApiKey, KeyHash};
+use crate::store::{AuditEvent, ClaimCaps, StoreError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,4 +45,21 @@ pub async fn audit_trail(store: &SledStore) -> Vec<AuditEvent> {
         .into_iter()
         .map(|(_, e)| e)
         .collect()
+}
+
+/// A new key, created from [`IP`] at time 0, holding `domains`.
+pub async fn key_with_domains(store: &SledStore, domains: &[&str]) -> KeyHash {
+    let ip = IP.parse().expect("an address");
+    let hash = ApiKey::generate().hash();
+    let caps = ClaimCaps::default();
+    let created = store.create_key(&hash, None, &caps, ip, 0).await;
+    created.expect("creating a key");
+    for name in domains {
+        let domain = name.parse().expect("a domain");
+        store
+            .add_domain(&hash, &domain, ip, 0)
+            .await
+            .expect("adding a domain");
+    }
+    hash
 }
