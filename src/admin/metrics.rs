@@ -6,8 +6,8 @@
 //! | `certline_requests_total` | counter | `command`, `code` | server/connection.rs |
 //! | `certline_open_connections` | gauge | | server/listener.rs |
 //! | `certline_rate_limited_total` | counter | `command` | service/rate_limit.rs |
-//! | `certline_flush_seconds` | histogram | | store/durable.rs (one flush + fsync round) |
-//! | `certline_storage_failures_total` | counter | `stage` (`log_write`, `recovery`, `checkpoint`, `database`) | store/durable.rs |
+//! | `certline_flush_seconds` | histogram | | store/sled/durable.rs (one flush + fsync round) |
+//! | `certline_storage_failures_total` | counter | `stage` (`log_write`, `recovery`, `checkpoint`, `database`) | store/sled/durable.rs |
 //! | `certline_store_writable` | gauge | | at scrape time |
 //! | `certline_outbox_depth` | gauge | | at scrape time |
 //! | `certline_bridge_steps_total` | counter | `step`, `result` (`ok`, `retry`, `failed`, `paused`) | bridge/worker.rs |

@@ -4,16 +4,16 @@
 //! # One facade, one backend per deployment
 //!
 //! [`Store`] is what every layer above this module talks to; it hands each call to the
-//! backend the store was opened with ([`Backend`]), and nothing above `store/` knows which
-//! one that is. Today there is one, [`sled`] (embedded: a sled database, a write-ahead log
-//! and group commit, in the data directory). A backend is one enum arm and one arm of the
-//! [`dispatch!`] macro; each backend implements every method below as an inherent method of
+//! backend the store was opened with (`enum Backend`), and nothing above `store/` knows which
+//! one that is. Today there is one, `sled/` (embedded: a sled database, a write-ahead log and
+//! group commit, in the data directory). A backend is one enum arm and one arm of the
+//! `dispatch!` macro; each backend implements every method below as an inherent method of
 //! the same name and signature (ARCHITECTURE.md §3).
 //!
 //! The types every backend shares live here, one concept per file: the records
-//! ([`records`], [`acme_record`]), what the read-check-write operations did ([`outcomes`]),
-//! the claim caps ([`claim_caps`]), what listings return ([`inventory`], [`due_mail`]) and
-//! [`StoreError`].
+//! ([`records`], `acme_record.rs`), what the read-check-write operations did
+//! (`outcomes.rs`), the claim caps (`claim_caps.rs`), what listings return (`inventory.rs`,
+//! `due_mail.rs`) and [`StoreError`] (`error.rs`).
 //!
 //! # What every backend promises
 //!

@@ -1,10 +1,19 @@
-//! The durable store: API keys (by hash), the domains registered under each key, per-domain
-//! state, and an audit trail, in one embedded sled database.
+//! The embedded backend: one sled database, its write-ahead log and group commit, in the data
+//! directory. [`SledStore`] implements every method of the [`Store`](crate::store::Store)
+//! facade under the same name and signature; the facade's docs say what each promises.
 //!
 //! # Layout
 //!
 //! Everything lives in sled's default tree, one one-byte prefix per record kind; the table
-//! and every key's encoder and decoder are in [`keyspace`].
+//! and every key's encoder and decoder are in [`keyspace`], and no other file builds or takes
+//! apart a key. One concept per file: API keys ([`keys`]), a key's domains and `list`'s
+//! pages ([`domains`], with [`key_index`] for deep pages and [`holders`] for who holds a
+//! domain), the audit trail ([`audit`]), the claim caps ([`claim_caps`]), the mailed links
+//! ([`link_tokens`]), confirming a key ([`confirmation`]), the mail outbox ([`mail_outbox`]),
+//! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`])
+//! and the operator's reads ([`inventory`]). Start-up is [`SledStore::open`]: it replays the
+//! log ([`wal::replay_into`]) and, after an unclean stop, recounts the keys' domains and
+//! rebuilds the holder index.
 //!
 //! A registration (key-domain entry, holder entry, domain record, the key's counter, the
 //! audit event, the bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
@@ -17,7 +26,10 @@
 //! # Durability
 //!
 //! Write methods change sled's in-memory state and queue a write-ahead log record; nothing is
-//! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
+//! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`]. Reads
+//! and writes are `async fn`s around that in-memory work, run in the caller's task; only the
+//! long reads of the admin API and the metrics go to the blocking pool
+//! ([`SledStore::off_runtime`]).
 
 mod acme_state;
 mod audit;
