@@ -5,10 +5,10 @@
 //! # Map
 //!
 //! ```text
-//!  client ── TCP :10023 ── server ── protocol ── service ── store (sled) ── bridge ── Sectigo
-//!                          (accept,   (frame,     (one fn    (keys, domains,
-//!                           limits,    parse,      per        audit; group      confirm ── SMTP
-//!                           shutdown)  reply)      command)   commit)
+//!  client ── TCP :10023 ── server ── protocol ── service ── store ── bridge ── Sectigo
+//!                          (accept,   (frame,     (one fn    (facade over a
+//!                           limits,    parse,      per        backend: sled,    confirm ── SMTP
+//!                           shutdown)  reply)      command)   log, group commit)
 //!  operator ── HTTP ── admin (health, metrics, inventory, revoke, links) ── store
 //! ```
 //!
@@ -20,7 +20,8 @@
 //! - [`server`]: sockets (its own, or systemd's: [`server::activation`]), limits, timeouts,
 //!   shutdown.
 //! - [`service`]: the rules of each command.
-//! - [`store`]: durable state; an `ok` is sent only after [`store::Store::commit`].
+//! - [`store`]: durable state behind one facade, [`store::Store`]; an `ok` is sent only after
+//!   [`store::Store::commit`].
 //! - [`domain`], [`apikey`]: the two value types the protocol carries.
 //! - [`bridge`]: the Sectigo Certificate Manager client, policy and worker.
 //! - [`config`]: what every section shares: [`config::ConfigError`] and secret loading

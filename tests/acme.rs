@@ -126,6 +126,7 @@ async fn two_keys_two_accounts_each_with_only_its_own_domains_removal_unmaps_rev
         server
             .store
             .revoke_key(&hash_b, ip, chrono::Utc::now().timestamp())
+            .await
             .unwrap()
     );
     server.store.commit().await.unwrap();
@@ -348,6 +349,7 @@ async fn a_shared_account_holds_every_keys_names_and_keeps_a_name_another_key_ho
             server
                 .store
                 .acme_key(&hash_a)
+                .await
                 .unwrap()
                 .is_some_and(|r| !r.domains.contains_key(&x[1])),
             sim.acme_accounts(),
@@ -362,6 +364,7 @@ async fn a_shared_account_holds_every_keys_names_and_keeps_a_name_another_key_ho
     server
         .store
         .revoke_key(&hash_b, ip, chrono::Utc::now().timestamp())
+        .await
         .unwrap();
     wait_until(LIMIT, "B's names to leave the shared account", || async {
         done_or(

@@ -256,6 +256,7 @@ async fn a_key_revoked_by_prefix_is_refused_on_the_line_protocol_at_once() {
                 [127, 0, 0, 1].into(),
                 0,
             )
+            .await
             .unwrap();
         let n = by_prefix.entry(k.hash().id()[..4].to_owned()).or_default();
         *n += 1;
@@ -272,10 +273,20 @@ async fn a_key_revoked_by_prefix_is_refused_on_the_line_protocol_at_once() {
     assert_eq!(status, 400, "too short");
     let (status, _) = admin.post("/api/keys/zzzzzz/revoke", None).await;
     assert_eq!(status, 400, "not hex");
-    let unknown = (0..16u8)
-        .map(|i| format!("{i:x}0000000"))
-        .find(|p| server.store.keys_with_id_prefix(p).unwrap().is_empty())
-        .unwrap();
+    let mut unknown = None;
+    for prefix in (0..16u8).map(|i| format!("{i:x}0000000")) {
+        if server
+            .store
+            .keys_with_id_prefix(&prefix)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            unknown = Some(prefix);
+            break;
+        }
+    }
+    let unknown = unknown.unwrap();
     let (status, _) = admin
         .post(&format!("/api/keys/{unknown}/revoke"), None)
         .await;
@@ -389,7 +400,11 @@ async fn readyz_fails_while_the_store_cannot_commit() {
     let (server, admin) = start(dir.path(), "").await;
     let url = format!("{}/readyz", admin.base);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    server.store.group_commit().inject_flush_failures(1);
+    server
+        .store
+        .group_commit()
+        .expect("sled has group commit")
+        .inject_flush_failures(1);
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status(), 503);
     let why = r.text().await.unwrap();

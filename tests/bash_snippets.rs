@@ -37,6 +37,7 @@ async fn add_domain_snippet_prints_data_and_ok_from_one_read() {
             "127.0.0.1".parse().unwrap(),
             0,
         )
+        .await
         .unwrap();
     let port = s.addr.port();
     let script = format!(

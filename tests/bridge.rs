@@ -132,7 +132,7 @@ async fn a_thousand_domains_through_faults(mode: AuthMode) {
     wait_all_synced(server.addr, &key, &domains, Duration::from_secs(240)).await;
     for d in &domains {
         assert_eq!(sim.created(d), 1, "{d} created {} times", sim.created(d));
-        let record = server.store.bridge(d).unwrap().unwrap();
+        let record = server.store.bridge(d).await.unwrap().unwrap();
         assert_eq!(record.sectigo_id, sim.domain_id(d));
         assert_eq!(record.ct_monitoring, Some(true));
     }
@@ -336,6 +336,7 @@ async fn a_refused_step_is_final_and_shows_sectigos_code_and_text() {
     let record = server
         .store
         .bridge("a.b")
+        .await
         .unwrap()
         .expect("a bridge record");
     let due_in =

@@ -131,6 +131,7 @@ async fn the_claim_mail_links_confirm_or_revoke_the_key_once() {
     let record = server
         .store
         .key(&ApiKey::parse(&key).unwrap().hash())
+        .await
         .unwrap()
         .unwrap();
     assert!(record.confirmed_at.is_some());
@@ -235,6 +236,7 @@ async fn an_expired_link_fails_and_changes_nothing() {
     let record = server
         .store
         .key(&ApiKey::parse(&key).unwrap().hash())
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(record.confirmed_at, None);
@@ -329,7 +331,7 @@ async fn a_dead_smtp_relay_never_fails_or_delays_a_claim() {
         done_or(counted && pending, metrics)
     })
     .await;
-    assert_eq!(server.store.mail_outbox_len(), 1);
+    assert_eq!(server.store.mail_outbox_len().await.unwrap(), 1);
     server.stop().await;
 }
 

@@ -173,10 +173,17 @@ async fn two_hundred_domains_validate_by(method: &str, mode: AuthMode) {
         Duration::from_secs(60),
         "the validation domains synced (DCV records cleaned up)",
         || async {
-            let phases: Vec<_> = PARENTS
-                .iter()
-                .map(|p| server.store.bridge(p).unwrap().map(|r| r.phase.name()))
-                .collect();
+            let mut phases = Vec::new();
+            for p in PARENTS {
+                phases.push(
+                    server
+                        .store
+                        .bridge(p)
+                        .await
+                        .unwrap()
+                        .map(|r| r.phase.name()),
+                );
+            }
             done_or(phases.iter().all(|p| *p == Some("synced")), phases)
         },
     )
@@ -211,10 +218,9 @@ async fn two_hundred_domains_validate_by(method: &str, mode: AuthMode) {
         .collect();
     assert!(left.is_empty(), "records not cleaned up: {left:?}");
     // Every step is in the audit trail.
-    let steps: Vec<String> = server
-        .store
-        .audit_events()
-        .map(Result::unwrap)
+    let steps: Vec<String> = support::store::audit_trail(&server.store)
+        .await
+        .into_iter()
         .filter_map(|e| match e.kind {
             certline::store::AuditKind::Bridge { step, .. } => Some(step),
             _ => None,
@@ -298,10 +304,9 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     .await;
     // Retried, not given up: wait for a second failure of the same hook.
     wait_until(Duration::from_secs(30), "a second dns-hook failure (a retry)", || async {
-        let failures = server
-            .store
-            .audit_events()
-            .map(Result::unwrap)
+        let failures = support::store::audit_trail(&server.store)
+            .await
+            .into_iter()
             .filter(|e| matches!(&e.kind, certline::store::AuditKind::Bridge { domain, step, .. } if domain == "bad.edu" && step == "dns-hook-failed"))
             .count();
         done_or(failures >= 2, failures)

@@ -396,6 +396,7 @@ async fn the_operator_confirms_a_key_whose_owner_never_got_the_mail() {
         server
             .store
             .key(&ApiKey::parse(&key).unwrap().hash())
+            .await
             .unwrap()
             .unwrap()
             .confirmed_at,
@@ -424,10 +425,9 @@ async fn the_operator_confirms_a_key_whose_owner_never_got_the_mail() {
     );
 
     // Audited as the link is: confirm-apikey, with the operator's address.
-    let confirmations: Vec<_> = server
-        .store
-        .audit_events()
-        .map(Result::unwrap)
+    let confirmations: Vec<_> = support::store::audit_trail(&server.store)
+        .await
+        .into_iter()
         .filter(|e| e.kind == AuditKind::KeyConfirmed)
         .collect();
     assert_eq!(confirmations.len(), 1);

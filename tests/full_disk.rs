@@ -328,7 +328,10 @@ async fn a_change_whose_log_write_failed_is_never_visible() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     for attempt in 0..ATTEMPTS {
-        s.store.group_commit().inject_flush_failures(1);
+        s.store
+            .group_commit()
+            .expect("sled has group commit")
+            .inject_flush_failures(1);
         let add = format!("command add apikey {key} domain {domain}{attempt}.example.org");
         let reply = call(s.addr, &add).await;
         assert_eq!(reply.code(), 500, "{reply:?}");
@@ -356,9 +359,9 @@ async fn a_change_whose_log_write_failed_is_never_visible() {
         "the admin API showed the refused registration {seen} times"
     );
     assert!(
-        !s.store
-            .audit_events()
-            .map(Result::unwrap)
+        !support::store::audit_trail(&s.store)
+            .await
+            .iter()
             .any(|e| format!("{:?}", e.kind).contains(domain)),
         "no audit event for the refused registration"
     );
@@ -410,9 +413,10 @@ async fn a_database_that_fails_on_a_full_disk_is_fatal_and_the_log_keeps_everyth
         let store = Store::open(&data, DurabilityMode::Durable, timing).unwrap();
         store
             .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .await
             .unwrap();
         for d in &domains {
-            store.add_domain(&hash, d, ip, 0).unwrap();
+            store.add_domain(&hash, d, ip, 0).await.unwrap();
         }
         store.commit().await.unwrap();
         // Another tenant fills the disk to the last byte.
@@ -429,7 +433,7 @@ async fn a_database_that_fails_on_a_full_disk_is_fatal_and_the_log_keeps_everyth
         );
         assert!(store.writable().is_err());
         let refused: certline::domain::Domain = "refused.example.org".parse().unwrap();
-        assert!(store.add_domain(&hash, &refused, ip, 0).is_err());
+        assert!(store.add_domain(&hash, &refused, ip, 0).await.is_err());
     }
     // Room again: the next start replays the log.
     std::fs::remove_file(fs.path.join("filler")).unwrap();
@@ -444,7 +448,10 @@ async fn a_database_that_fails_on_a_full_disk_is_fatal_and_the_log_keeps_everyth
             Err(e) => panic!("reopening: {e}"),
         }
     };
-    assert_eq!(store.key_domains(&hash, 0).count(), domains.len());
-    assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2000);
+    assert_eq!(
+        support::store::key_domains(&store, &hash).await.len(),
+        domains.len()
+    );
+    assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 2000);
     store.close().await.unwrap();
 }

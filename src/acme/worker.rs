@@ -36,6 +36,9 @@ use tokio_util::task::TaskTracker;
 /// How long the worker sleeps at most between outbox scans when nothing wakes it.
 const IDLE_SCAN: Duration = Duration::from_secs(30);
 
+/// How many of a key's domains a pass reads from the store at a time.
+const DOMAINS_PER_READ: usize = 1000;
+
 /// The text kept for a name SCM answered with `notAddedDomains`.
 const NOT_ADDED: &str = "Sectigo did not add it to the ACME account (notAddedDomains)";
 
@@ -93,7 +96,7 @@ impl AcmeWorker {
 
     /// Runs until `shutdown` is cancelled; keys in flight finish their pass.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        match self.store.backfill_acme(now()) {
+        match self.store.backfill_acme(now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(keys = n, "queued keys for the ACME account worker"),
             Err(e) => tracing::error!(error = %e, "could not queue keys for the ACME worker"),
@@ -101,7 +104,11 @@ impl AcmeWorker {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_concurrency));
         while !shutdown.is_cancelled() {
-            let due = match self.store.due_acme_keys(now(), self.max_concurrency + 64) {
+            let due = match self
+                .store
+                .due_acme_keys(now(), self.max_concurrency + 64)
+                .await
+            {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the ACME outbox failed");
@@ -130,7 +137,7 @@ impl AcmeWorker {
                 started += 1;
             }
             if started == 0 {
-                let wait = match self.store.next_acme_due() {
+                let wait = match self.store.next_acme_due().await {
                     Ok(Some(due)) => Duration::from_secs((due - now()).max(1) as u64),
                     _ => IDLE_SCAN,
                 }
@@ -154,7 +161,7 @@ impl AcmeWorker {
     /// One pass over one key, its outcome saved and committed.
     async fn process(&self, hash: &KeyHash) {
         let key_id = hash.id();
-        let mut record = match self.store.acme_key(hash) {
+        let mut record = match self.store.acme_key(hash).await {
             Ok(Some(r)) if r.next_attempt_at.is_some_and(|due| due <= now()) => r,
             Ok(_) => return,
             Err(e) => {
@@ -199,7 +206,7 @@ impl AcmeWorker {
             }
         };
         metrics::counter!("certline_acme_passes_total", "result" => outcome).increment(1);
-        if let Err(e) = self.store.save_acme_key(hash, &record, now) {
+        if let Err(e) = self.store.save_acme_key(hash, &record, now).await {
             tracing::error!(key = %key_id, error = %e, "saving ACME state failed");
             return;
         }
@@ -219,12 +226,12 @@ impl AcmeWorker {
         record: &mut AcmeKeyRecord,
     ) -> Result<Option<UnixTime>, PassError> {
         let now = now();
-        let key = self.store.key(hash)?;
+        let key = self.store.key(hash).await?;
         let Some(key) = key.filter(|k| k.revoked_at.is_none()) else {
             self.retire(hash, record).await?;
             return Ok(None);
         };
-        let (hosts, desired) = self.eligible_hosts(hash, &key)?;
+        let (hosts, desired) = self.eligible_hosts(hash, &key).await?;
         let pending = hosts.len() > desired.len();
         let account = match self.config.accounts {
             AccountModel::Shared => self.config.account_id,
@@ -267,7 +274,7 @@ impl AcmeWorker {
                 let mut mine = Vec::new();
                 for (host, state) in &record.domains {
                     let gone = *state == AcmeMapping::Mapped && !desired.contains(host);
-                    if gone && present.contains(host) && !self.held_elsewhere(hash, host)? {
+                    if gone && present.contains(host) && !self.held_elsewhere(hash, host).await? {
                         mine.push(host.clone());
                     }
                 }
@@ -281,17 +288,19 @@ impl AcmeWorker {
             let refused: BTreeSet<String> =
                 refused.iter().map(|n| n.to_ascii_lowercase()).collect();
             for name in to_add.iter().filter(|n| !refused.contains(*n)) {
-                self.audit(name, "acme-mapped", &id.to_string(), now);
+                self.audit(name, "acme-mapped", &id.to_string(), now).await;
             }
             for name in &refused {
-                self.audit(name, "acme-not-added", &id.to_string(), now);
+                self.audit(name, "acme-not-added", &id.to_string(), now)
+                    .await;
             }
             refused
         };
         if !to_remove.is_empty() {
             self.api().remove_domains(id, &to_remove).await?;
             for name in &to_remove {
-                self.audit(name, "acme-unmapped", &id.to_string(), now);
+                self.audit(name, "acme-unmapped", &id.to_string(), now)
+                    .await;
             }
         }
         let mut failed = false;
@@ -317,30 +326,41 @@ impl AcmeWorker {
     }
 
     /// The key's hosts (ports dropped: SCM knows names), and those of them now eligible.
-    fn eligible_hosts(
+    async fn eligible_hosts(
         &self,
         hash: &KeyHash,
         key: &KeyRecord,
     ) -> Result<(BTreeSet<String>, BTreeSet<String>), StoreError> {
         let mut hosts = BTreeSet::new();
         let mut desired = BTreeSet::new();
-        for name in self.store.key_domains(hash, 0) {
-            let Ok(domain) = crate::domain::normalize(&name?) else {
-                continue;
-            };
-            let host = domain.host().to_owned();
-            let bridge = self.store.bridge(&host)?;
-            let eligible = eligibility::check(
-                bridge.as_ref(),
-                key.confirmed_at.is_some(),
-                self.require_confirmed_key,
-            );
-            if eligible.is_ok() {
-                desired.insert(host.clone());
+        let mut offset = 0;
+        loop {
+            let names = self
+                .store
+                .key_domains(hash, offset, DOMAINS_PER_READ)
+                .await?;
+            offset += names.len();
+            let last_page = names.len() < DOMAINS_PER_READ;
+            for name in names {
+                let Ok(domain) = crate::domain::normalize(&name) else {
+                    continue;
+                };
+                let host = domain.host().to_owned();
+                let bridge = self.store.bridge(&host).await?;
+                let eligible = eligibility::check(
+                    bridge.as_ref(),
+                    key.confirmed_at.is_some(),
+                    self.require_confirmed_key,
+                );
+                if eligible.is_ok() {
+                    desired.insert(host.clone());
+                }
+                hosts.insert(host);
             }
-            hosts.insert(host);
+            if last_page {
+                return Ok((hosts, desired));
+            }
         }
-        Ok((hosts, desired))
     }
 
     /// The key's account id: stored, else found by name, else created. A found or created
@@ -375,13 +395,14 @@ impl AcmeWorker {
                     .create_account(&name, self.organization, server)
                     .await?;
                 tracing::info!(account = %name, id, "created a Sectigo ACME account for a key");
-                self.audit(&name, "acme-account-created", &id.to_string(), now());
+                self.audit(&name, "acme-account-created", &id.to_string(), now())
+                    .await;
                 id
             }
         };
         record.account_id = Some(id);
         record.account_deleted = false;
-        self.store.save_acme_key(hash, record, now())?;
+        self.store.save_acme_key(hash, record, now()).await?;
         self.store.commit().await?;
         Ok(id)
     }
@@ -407,7 +428,8 @@ impl AcmeWorker {
                 for id in ids {
                     self.api().delete_account(id).await?;
                     tracing::info!(account = %name, id, "deleted the ACME account of a revoked key");
-                    self.audit(&name, "acme-account-deleted", &id.to_string(), now());
+                    self.audit(&name, "acme-account-deleted", &id.to_string(), now())
+                        .await;
                 }
             }
             AccountModel::Shared => {
@@ -416,14 +438,15 @@ impl AcmeWorker {
                 };
                 let mut mine = Vec::new();
                 for (host, state) in &record.domains {
-                    if *state == AcmeMapping::Mapped && !self.held_elsewhere(hash, host)? {
+                    if *state == AcmeMapping::Mapped && !self.held_elsewhere(hash, host).await? {
                         mine.push(host.clone());
                     }
                 }
                 if !mine.is_empty() {
                     self.api().remove_domains(id, &mine).await?;
                     for name in &mine {
-                        self.audit(name, "acme-unmapped", &id.to_string(), now());
+                        self.audit(name, "acme-unmapped", &id.to_string(), now())
+                            .await;
                     }
                 }
             }
@@ -437,16 +460,16 @@ impl AcmeWorker {
 
     /// Does another live key hold `host` with it mapped (shared accounts only)? Asks the
     /// store's holder index, so it costs one lookup per holder of `host`, not a scan.
-    fn held_elsewhere(&self, hash: &KeyHash, host: &str) -> Result<bool, StoreError> {
-        for other in self.store.holders_of(host)? {
+    async fn held_elsewhere(&self, hash: &KeyHash, host: &str) -> Result<bool, StoreError> {
+        for other in self.store.holders_of(host).await? {
             if other == *hash {
                 continue;
             }
-            match self.store.key(&other)? {
+            match self.store.key(&other).await? {
                 Some(record) if record.revoked_at.is_none() => {}
                 _ => continue,
             }
-            if let Some(acme) = self.store.acme_key(&other)?
+            if let Some(acme) = self.store.acme_key(&other).await?
                 && acme.domains.get(host) == Some(&AcmeMapping::Mapped)
             {
                 return Ok(true);
@@ -456,13 +479,13 @@ impl AcmeWorker {
     }
 
     /// Audit-trail entry; a failure to write it is logged, not fatal.
-    fn audit(&self, subject: &str, step: &str, detail: &str, now: UnixTime) {
+    async fn audit(&self, subject: &str, step: &str, detail: &str, now: UnixTime) {
         let kind = AuditKind::Bridge {
             domain: subject.to_owned(),
             step: step.to_owned(),
             detail: detail.to_owned(),
         };
-        if let Err(e) = self.store.record_event(kind, now) {
+        if let Err(e) = self.store.record_event(kind, now).await {
             tracing::error!(error = %e, "writing the audit trail failed");
         }
     }

@@ -79,6 +79,7 @@ async fn follow(state: &AdminState, peer: SocketAddr, action: LinkAction, token:
     let outcome = match state
         .store
         .use_link(&token_hash(token), action, peer.ip(), now)
+        .await
     {
         Ok(o) => o,
         Err(e) => {

@@ -24,7 +24,7 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String
         Ok(()) => {
             let since = state.store.mark();
             let now = chrono::Utc::now().timestamp();
-            match state.store.probe_write(now) {
+            match state.store.probe_write(now).await {
                 Ok(()) => state.store.commit_since(since).await,
                 Err(e) => Err(e),
             }

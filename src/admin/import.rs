@@ -29,7 +29,7 @@ pub async fn import(
             format!("at most {MAX_BATCH} domains per request; split the list"),
         ));
     }
-    let hash = service::authorize_apikey(&state.store, &request.apikey)?;
+    let hash = service::authorize_apikey(&state.store, &request.apikey).await?;
     let ctx = Context::now(peer.ip());
     let mut results = Vec::with_capacity(request.domains.len());
     for input in request.domains {
@@ -41,7 +41,7 @@ pub async fn import(
             });
             continue;
         };
-        let outcome = match service::register(&state.store, &hash, &domain, ctx)? {
+        let outcome = match service::register(&state.store, &hash, &domain, ctx).await? {
             Registered::Added => "added",
             Registered::AlreadyRegistered => "already_registered",
         };

@@ -1,7 +1,8 @@
 //! `GET /api/domains`: the registered domains with their bridge state, the keys holding
 //! them, and why each needs an operator, if it does, a page at a time ([`super::paging`]).
-//! `GET /api/domains/count` answers how many match the same filters. Filters (query string,
-//! all optional), applied before paging:
+//! `GET /api/domains/count` answers how many match the same filters (reading the whole
+//! inventory, a page at a time). Filters (query string, all optional), applied before
+//! paging:
 //!
 //! * `state=S`: the bridge state as `command status` names it (`synced`, `failed`, …, `off`);
 //! * `suffix=X`: the domain is `X` or ends in `.X`;
@@ -118,23 +119,17 @@ pub async fn list(
 ) -> Result<Json<DomainList>, ApiError> {
     let limit = paging::limit(query.limit)?;
     let after = paging::resume_after(Listing::Domains, query.cursor.as_deref())?;
-    let after = after.map(|a| String::from_utf8_lossy(&a).into_owned());
     let filter = Filter::new(&state, query.state, query.suffix, query.needs_action);
-    let store = state.store.clone();
-    let page = super::blocking(move || {
-        let rows = store.inventory_after(after.as_deref());
-        let page = paging::collect(
-            rows,
-            limit,
-            |row| row.domain.as_bytes().to_vec(),
-            |row| filter.apply(row),
-        )?;
-        Ok((page, filter.bridge()))
-    })
+    let page = paging::collect(
+        after,
+        limit,
+        |after, n| rows_after(&state, after, n),
+        position,
+        |row| filter.apply(row),
+    )
     .await?;
-    let (page, bridge) = page;
     Ok(Json(DomainList {
-        bridge,
+        bridge: filter.bridge(),
         next_cursor: page.next_cursor(Listing::Domains),
         domains: page.items,
     }))
@@ -147,15 +142,31 @@ pub async fn count(
     ApiQuery(query): ApiQuery<CountQuery>,
 ) -> Result<Json<DomainCount>, ApiError> {
     let filter = Filter::new(&state, query.state, query.suffix, query.needs_action);
-    let store = state.store.clone();
-    let (count, bridge) = super::blocking(move || {
-        let n = paging::count(store.inventory_after(None), |row| {
-            filter.apply(row).is_some()
-        })?;
-        Ok((n, filter.bridge()))
-    })
+    let count = paging::count(
+        |after, n| rows_after(&state, after, n),
+        position,
+        |row| filter.apply(row).is_some(),
+    )
     .await?;
-    Ok(Json(DomainCount { bridge, count }))
+    Ok(Json(DomainCount {
+        bridge: filter.bridge(),
+        count,
+    }))
+}
+
+/// Up to `n` inventory rows after the position `after` (a domain name).
+async fn rows_after(
+    state: &AdminState,
+    after: Option<Vec<u8>>,
+    n: usize,
+) -> Result<Vec<InventoryRow>, crate::store::StoreError> {
+    let after = after.map(|a| String::from_utf8_lossy(&a).into_owned());
+    state.store.inventory_after(after.as_deref(), n).await
+}
+
+/// A row's place in the listing, for the next read and the cursor.
+fn position(row: &InventoryRow) -> Vec<u8> {
+    row.domain.as_bytes().to_vec()
 }
 
 fn view(

@@ -13,7 +13,7 @@ use super::paging::{self, Listing};
 use super::views::{KeyConfirmed, KeyCount, KeyList, KeyView, Revoked};
 use super::{AdminState, ApiError};
 use crate::apikey::KeyHash;
-use crate::store::{KeyRecord, OperatorConfirmOutcome, rfc3339};
+use crate::store::{KeyRecord, OperatorConfirmOutcome, StoreError, rfc3339};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -44,26 +44,24 @@ pub async fn list(
         Some(Ok(hash)) => Some(KeyHash(hash)),
         Some(Err(_)) => return Err(paging::bad_cursor()),
     };
-    let store = state.store.clone();
-    let page = super::blocking(move || {
-        paging::collect(
-            store.keys_after(after.as_ref()),
-            limit,
-            |(hash, _)| hash.0.to_vec(),
-            |(hash, r)| {
-                Some(KeyView {
-                    id: hash.id(),
-                    email: r.email,
-                    created: rfc3339(r.created_at),
-                    creator_ip: r.creator_ip.to_string(),
-                    claimed: r.claimed_at.map(rfc3339),
-                    confirmed: r.confirmed_at.map(rfc3339),
-                    revoked: r.revoked_at.map(rfc3339),
-                    domains: r.domain_count,
-                })
-            },
-        )
-    })
+    let page = paging::collect(
+        after.map(|hash| hash.0.to_vec()),
+        limit,
+        |after, n| keys_after(&state, after, n),
+        position,
+        |(hash, r)| {
+            Some(KeyView {
+                id: hash.id(),
+                email: r.email,
+                created: rfc3339(r.created_at),
+                creator_ip: r.creator_ip.to_string(),
+                claimed: r.claimed_at.map(rfc3339),
+                confirmed: r.confirmed_at.map(rfc3339),
+                revoked: r.revoked_at.map(rfc3339),
+                domains: r.domain_count,
+            })
+        },
+    )
     .await?;
     Ok(Json(KeyList {
         next_cursor: page.next_cursor(Listing::Keys),
@@ -73,9 +71,23 @@ pub async fn list(
 
 /// `GET /api/keys/count`.
 pub async fn count(State(state): State<Arc<AdminState>>) -> Result<Json<KeyCount>, ApiError> {
-    let store = state.store.clone();
-    let count = super::blocking(move || paging::count(store.keys_after(None), |_| true)).await?;
+    let count = paging::count(|after, n| keys_after(&state, after, n), position, |_| true).await?;
     Ok(Json(KeyCount { count }))
+}
+
+/// Up to `n` keys after the position `after` (a key hash).
+async fn keys_after(
+    state: &AdminState,
+    after: Option<Vec<u8>>,
+    n: usize,
+) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+    let after = after.and_then(|a| <[u8; 32]>::try_from(a.as_slice()).ok().map(KeyHash));
+    state.store.keys_after(after.as_ref(), n).await
+}
+
+/// A key's place in the listing, for the next read and the cursor.
+fn position((hash, _): &(KeyHash, KeyRecord)) -> Vec<u8> {
+    hash.0.to_vec()
 }
 
 /// `POST /api/keys/{prefix}/revoke`: 400 for a malformed prefix, 404 when no key matches,
@@ -85,10 +97,10 @@ pub async fn revoke(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(prefix): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
-    let (hash, record) = one_key(&state, &prefix)?;
+    let (hash, record) = one_key(&state, &prefix).await?;
     let now = chrono::Utc::now().timestamp();
     let already = record.revoked_at;
-    state.store.revoke_key(&hash, peer.ip(), now)?;
+    state.store.revoke_key(&hash, peer.ip(), now).await?;
     state.store.commit().await?;
     tracing::info!(key = %hash.id(), operator = %peer.ip(), "key revoked through the admin API");
     Ok(Json(Revoked {
@@ -107,9 +119,9 @@ pub async fn confirm(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(prefix): Path<String>,
 ) -> Result<Json<KeyConfirmed>, ApiError> {
-    let (hash, _) = one_key(&state, &prefix)?;
+    let (hash, _) = one_key(&state, &prefix).await?;
     let now = chrono::Utc::now().timestamp();
-    let outcome = state.store.confirm_key(&hash, peer.ip(), now)?;
+    let outcome = state.store.confirm_key(&hash, peer.ip(), now).await?;
     let (confirmed_at, already, requeued) = match outcome {
         OperatorConfirmOutcome::Confirmed {
             confirmed_at,
@@ -151,7 +163,7 @@ pub async fn confirm(
 
 /// The one key whose id starts with `prefix`: 400 for a malformed prefix, 404 when no key
 /// matches, 409 when several do.
-fn one_key(state: &AdminState, prefix: &str) -> Result<(KeyHash, KeyRecord), ApiError> {
+async fn one_key(state: &AdminState, prefix: &str) -> Result<(KeyHash, KeyRecord), ApiError> {
     let prefix = prefix.to_ascii_lowercase();
     if prefix.len() < MIN_PREFIX
         || prefix.len() > 64
@@ -164,7 +176,7 @@ fn one_key(state: &AdminState, prefix: &str) -> Result<(KeyHash, KeyRecord), Api
             ),
         ));
     }
-    let mut matches = state.store.keys_with_id_prefix(&prefix)?;
+    let mut matches = state.store.keys_with_id_prefix(&prefix).await?;
     match matches.len() {
         0 => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -6,8 +6,8 @@
 //! | `certline_requests_total` | counter | `command`, `code` | server/connection.rs |
 //! | `certline_open_connections` | gauge | | server/listener.rs |
 //! | `certline_rate_limited_total` | counter | `command` | service/rate_limit.rs |
-//! | `certline_flush_seconds` | histogram | | store/durable.rs (one flush + fsync round) |
-//! | `certline_storage_failures_total` | counter | `stage` (`log_write`, `recovery`, `checkpoint`, `database`) | store/durable.rs |
+//! | `certline_flush_seconds` | histogram | | store/sled/durable.rs (one flush + fsync round) |
+//! | `certline_storage_failures_total` | counter | `stage` (`log_write`, `recovery`, `checkpoint`, `database`) | store/sled/durable.rs |
 //! | `certline_store_writable` | gauge | | at scrape time |
 //! | `certline_outbox_depth` | gauge | | at scrape time |
 //! | `certline_bridge_steps_total` | counter | `step`, `result` (`ok`, `retry`, `failed`, `paused`) | bridge/worker.rs |
@@ -121,22 +121,19 @@ fn describe() {
 
 /// `GET /metrics`: refreshes the gauges computed from the store, then renders everything.
 pub async fn render(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let store = state.store.clone();
-    // Scans of the store: off the async threads.
-    let counts =
-        tokio::task::spawn_blocking(move || (store.outbox_len(), store.bridge_phase_counts()))
-            .await;
-    if let Ok((outbox, phases)) = counts {
-        metrics::gauge!("certline_outbox_depth").set(outbox as f64);
-        match phases {
-            Ok(phases) => {
-                for phase in PHASES {
-                    let n = phases.get(phase).copied().unwrap_or(0);
-                    metrics::gauge!("certline_domains", "state" => phase.name()).set(n as f64);
-                }
+    // Scans of the store (the store runs them off the async threads).
+    match state.store.outbox_len().await {
+        Ok(outbox) => metrics::gauge!("certline_outbox_depth").set(outbox as f64),
+        Err(e) => tracing::error!(error = %e, "metrics: counting the bridge outbox failed"),
+    }
+    match state.store.bridge_phase_counts().await {
+        Ok(phases) => {
+            for phase in PHASES {
+                let n = phases.get(phase).copied().unwrap_or(0);
+                metrics::gauge!("certline_domains", "state" => phase.name()).set(n as f64);
             }
-            Err(e) => tracing::error!(error = %e, "metrics: counting domains by state failed"),
         }
+        Err(e) => tracing::error!(error = %e, "metrics: counting domains by state failed"),
     }
     metrics::gauge!("certline_bridge_paused").set(if state.bridge_paused() { 1.0 } else { 0.0 });
     let writable = state.store.writable().is_ok();

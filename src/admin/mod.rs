@@ -212,17 +212,6 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Runs store reads on the blocking pool (sled may wait for its disk), so a long listing does
-/// not hold up the runtime's other tasks.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)
-}
-
 fn digest(token: &Secret) -> [u8; 32] {
     Sha256::digest(token.expose().as_bytes()).into()
 }

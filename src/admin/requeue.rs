@@ -20,7 +20,7 @@ pub async fn requeue(
     let domain = crate::service::parse_domain(&domain)?;
     let host = domain.host().to_owned();
     let now = chrono::Utc::now().timestamp();
-    match state.store.requeue_domain(&host, peer.ip(), now)? {
+    match state.store.requeue_domain(&host, peer.ip(), now).await? {
         RequeueOutcome::Requeued => {
             state.store.commit().await?;
             tracing::info!(domain = %host, operator = %peer.ip(), "domain requeued for the bridge");

@@ -286,14 +286,16 @@ impl App {
         }
         self.server.serve(&tracker).await;
         self.store.close().await?;
-        let stats = self.store.group_commit().stats();
-        tracing::info!(
-            acks = stats.commits.load(Ordering::Relaxed),
-            log_syncs = stats.flushes.load(Ordering::Relaxed),
-            sync_micros = stats.flush_micros.load(Ordering::Relaxed),
-            checkpoints = stats.checkpoints.load(Ordering::Relaxed),
-            "store closed; stopped"
-        );
+        match self.store.group_commit().map(|commits| commits.stats()) {
+            Some(stats) => tracing::info!(
+                acks = stats.commits.load(Ordering::Relaxed),
+                log_syncs = stats.flushes.load(Ordering::Relaxed),
+                sync_micros = stats.flush_micros.load(Ordering::Relaxed),
+                checkpoints = stats.checkpoints.load(Ordering::Relaxed),
+                "store closed; stopped"
+            ),
+            None => tracing::info!("store closed; stopped"),
+        }
         Ok(())
     }
 }

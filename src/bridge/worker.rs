@@ -179,6 +179,9 @@ impl Worker {
     ///
     /// Domains the old policy set aside (not forwarded, awaiting confirmation) wait for no
     /// timer; when the policy changed, they are queued again, as at start-up.
+    ///
+    /// Runs on a blocking thread (a reload reads its files on one) inside the runtime, and
+    /// waits there for the store's part, so the reload is done when this returns.
     pub fn reconfigure(&self, client: SectigoClient, config: &SectigoConfig) {
         let settings = Settings::new(client, config);
         // Policy has no PartialEq (it is the bridge's pure decision type); its Debug form
@@ -186,18 +189,20 @@ impl Worker {
         let policy_changed =
             format!("{:?}", self.settings().policy) != format!("{:?}", settings.policy);
         self.settings.store(Arc::new(settings));
-        if policy_changed {
-            match self.store.backfill_bridge(now()) {
-                Ok(n) => tracing::info!(
-                    domains = n,
-                    "policy changed: domains set aside are queued again"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "policy changed, but queueing the domains it set aside failed")
+        tokio::runtime::Handle::current().block_on(async {
+            if policy_changed {
+                match self.store.backfill_bridge(now()).await {
+                    Ok(n) => tracing::info!(
+                        domains = n,
+                        "policy changed: domains set aside are queued again"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "policy changed, but queueing the domains it set aside failed")
+                    }
                 }
             }
-        }
-        self.credentials_changed();
+            self.credentials_changed().await;
+        });
         // The idle loop sleeps until the next due domain under the old timings: look again.
         self.finished.notify_one();
     }
@@ -206,8 +211,8 @@ impl Worker {
     /// [`Self::reconfigure`] call it): every domain parked by a 401 is due at once, but while
     /// any waits on credentials the bridge stays `paused` and sends one probe first; when the
     /// probe succeeds, all of them go, not a request per `unauthorized_retry_secs`.
-    pub fn credentials_changed(&self) {
-        match self.store.release_credential_waiters(now()) {
+    pub async fn credentials_changed(&self) {
+        match self.store.release_credential_waiters(now()).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(
@@ -224,10 +229,10 @@ impl Worker {
 
     /// A call to Sectigo succeeded: if the bridge was paused, the credentials work again,
     /// so every domain parked by a 401 is due now.
-    fn resumed(&self) {
+    async fn resumed(&self) {
         if self.handle.paused.swap(false, Ordering::SeqCst) {
             tracing::warn!("Sectigo accepts certline's credentials again: bridge resumed");
-            if let Err(e) = self.store.release_credential_waiters(now()) {
+            if let Err(e) = self.store.release_credential_waiters(now()).await {
                 tracing::error!(error = %e, "could not requeue domains parked by a 401");
             }
         }
@@ -235,13 +240,13 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled; in-flight domains finish their current step.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        match self.store.backfill_bridge(now()) {
+        match self.store.backfill_bridge(now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(domains = n, "queued domains registered before the bridge"),
             Err(e) => tracing::error!(error = %e, "could not queue older domains for the bridge"),
         }
         // Domains parked by a 401 before this start are due now, behind one probe.
-        self.credentials_changed();
+        self.credentials_changed().await;
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_concurrency));
         while !shutdown.is_cancelled() {
@@ -258,16 +263,16 @@ impl Worker {
                     self.handle.probe_now.store(false, Ordering::SeqCst);
                 }
                 // The probe is due now by definition: it is the earliest domain waiting.
-                let probe = self.store.due_bridge_jobs(i64::MAX, 1);
+                let probe = self.store.due_bridge_jobs(i64::MAX, 1).await;
                 if let Ok(Some((domain, mut record))) = probe.map(|v| v.into_iter().next())
                     && self.lock_in_flight().insert(domain.clone())
                 {
                     record.next_attempt_at = Some(now());
-                    if self.store.save_bridge(&domain, &record).is_ok() {
+                    if self.store.save_bridge(&domain, &record).await.is_ok() {
                         self.clone().process(domain.clone(), &shutdown).await;
                     }
                     self.lock_in_flight().remove(&domain);
-                } else if let Ok(false) = self.store.has_credential_waiters() {
+                } else if let Ok(false) = self.store.has_credential_waiters().await {
                     // Nothing left waiting on credentials: nothing to probe with.
                     self.handle.paused.store(false, Ordering::SeqCst);
                 }
@@ -275,7 +280,7 @@ impl Worker {
             }
             let started = self.start_due(&tracker, &permits, &shutdown).await;
             if started == 0 {
-                let wait = self.time_to_next_due().min(IDLE_SCAN);
+                let wait = self.time_to_next_due().await.min(IDLE_SCAN);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.store.bridge_queued() => {}
@@ -296,7 +301,11 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> usize {
         let since = self.store.mark();
-        let due = match self.store.due_bridge_jobs(now(), self.max_concurrency + 64) {
+        let due = match self
+            .store
+            .due_bridge_jobs(now(), self.max_concurrency + 64)
+            .await
+        {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "reading the bridge outbox failed");
@@ -340,8 +349,8 @@ impl Worker {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn time_to_next_due(&self) -> Duration {
-        match self.store.next_bridge_due() {
+    async fn time_to_next_due(&self) -> Duration {
+        match self.store.next_bridge_due().await {
             Ok(Some(due)) => Duration::from_secs((due - now()).max(1) as u64),
             _ => IDLE_SCAN,
         }
@@ -357,7 +366,7 @@ impl Worker {
     /// `shutdown_grace_ms`); its record is not saved, so a restart repeats that step, which
     /// every step tolerates (a repeated create meets -700 and looks the domain up).
     async fn process(self: Arc<Self>, domain: String, shutdown: &CancellationToken) {
-        let mut record = match self.store.bridge(&domain) {
+        let mut record = match self.store.bridge(&domain).await {
             Ok(Some(r)) if r.next_attempt_at.is_some_and(|due| due <= now()) => r,
             Ok(_) => return,
             Err(e) => {
@@ -387,13 +396,13 @@ impl Worker {
                         cause if cause.is_retryable() => "retry",
                         _ => "failed",
                     };
-                    self.record_failure(&domain, &mut record, failure);
+                    self.record_failure(&domain, &mut record, failure).await;
                     (true, outcome)
                 }
             };
             metrics::counter!("certline_bridge_steps_total", "step" => before.name(), "result" => outcome)
                 .increment(1);
-            if let Err(e) = self.save(&domain, &record) {
+            if let Err(e) = self.save(&domain, &record).await {
                 tracing::error!(%domain, error = %e, "saving bridge state failed");
                 return;
             }
@@ -407,8 +416,8 @@ impl Worker {
         }
     }
 
-    fn save(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
-        self.store.save_bridge(domain, record)
+    async fn save(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+        self.store.save_bridge(domain, record).await
     }
 
     /// One step of the state machine: the function for the record's phase.
@@ -567,7 +576,7 @@ impl Worker {
             }
             Err(e) => return Err(Failure::sectigo(BridgePhase::Details, e)),
         };
-        self.resumed();
+        self.resumed().await;
         r.ct_monitoring = info.ct_log_monitoring.as_ref().map(|c| c.enabled);
         if matches!(info.state, Some(DomainState::Suspended)) {
             return Ok(self.rest_visibly(r, BridgePhase::Suspended, now));
@@ -597,7 +606,8 @@ impl Worker {
                     );
                     return Ok(step);
                 }
-                self.audit_id(id, "delegation-approved", &org_id.to_string(), now);
+                self.audit_id(id, "delegation-approved", &org_id.to_string(), now)
+                    .await;
             }
             // Read the details again: the approval should show.
             r.phase = BridgePhase::Details;
@@ -639,11 +649,13 @@ impl Worker {
         let validation_domain = s.validation_domains.for_domain(domain);
         r.dcv_domain = Some(validation_domain.clone());
         if validation_domain != domain && s.dcv.method != DcvMethod::None {
-            return self.follow_validation_domain(&validation_domain, r, now);
+            return self
+                .follow_validation_domain(&validation_domain, r, now)
+                .await;
         }
         match s.client.dcv_status(domain).await {
             Ok(dcv) => {
-                self.resumed();
+                self.resumed().await;
                 note_dcv(r, &dcv);
                 r.last_error = None;
                 if let Some(record_type) = self.dcv_due(r) {
@@ -652,7 +664,8 @@ impl Worker {
                         DcvRecordType::Cname => BridgePhase::DcvStart,
                         DcvRecordType::Txt => BridgePhase::DcvSubmit,
                     };
-                    self.audit(domain, "dcv-begin", record_type.as_str(), now);
+                    self.audit(domain, "dcv-begin", record_type.as_str(), now)
+                        .await;
                     return Ok(Step::Continue);
                 }
             }
@@ -672,7 +685,7 @@ impl Worker {
     /// A subdomain's DCV is its validation domain's: make sure that domain is on its way
     /// into SCM (under the same policy) and copy its DCV state. Until it is validated, look
     /// again every `dcv_max_poll_secs` (its validation wakes this record sooner).
-    fn follow_validation_domain(
+    async fn follow_validation_domain(
         &self,
         validation_domain: &str,
         r: &mut BridgeRecord,
@@ -686,11 +699,16 @@ impl Worker {
         if self
             .store
             .ensure_bridge_record(validation_domain, r.key_confirmed, now)
+            .await
             .map_err(store_failed)?
         {
             tracing::info!(domain = validation_domain, "queued as a validation domain");
         }
-        let parent = self.store.bridge(validation_domain).map_err(store_failed)?;
+        let parent = self
+            .store
+            .bridge(validation_domain)
+            .await
+            .map_err(store_failed)?;
         r.dcv_status = parent.as_ref().and_then(|p| p.dcv_status.clone());
         r.dcv_expires = parent.as_ref().and_then(|p| p.dcv_expires);
         r.last_error = None;
@@ -750,7 +768,8 @@ impl Worker {
                 r.phase = BridgePhase::DcvPublish;
             }
         }
-        self.audit(domain, "dcv-submit", progress.record_type.as_str(), now);
+        self.audit(domain, "dcv-submit", progress.record_type.as_str(), now)
+            .await;
         Ok(Step::Continue)
     }
 
@@ -788,7 +807,7 @@ impl Worker {
                 )
                 .await
                 .map_err(|e| Failure::hook(BridgePhase::DcvPublish, e))?;
-                self.audit(domain, "dcv-publish", host, now);
+                self.audit(domain, "dcv-publish", host, now).await;
                 progress.published = true;
             }
             Some(_) => {}
@@ -874,10 +893,11 @@ impl Worker {
             )
             .await
             {
-                Ok(()) => self.audit(domain, "dcv-cleanup", host, now),
+                Ok(()) => self.audit(domain, "dcv-cleanup", host, now).await,
                 Err(e) => {
                     tracing::warn!(%domain, error = %e, "DNS hook cleanup failed");
-                    self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now);
+                    self.audit(domain, "dcv-cleanup-failed", &e.to_string(), now)
+                        .await;
                 }
             }
         }
@@ -888,9 +908,10 @@ impl Worker {
             "dcv-validated",
             expires.as_deref().unwrap_or("-"),
             now,
-        );
+        )
+        .await;
         self.synced(r, now);
-        match self.store.wake_dcv_dependents(domain, now) {
+        match self.store.wake_dcv_dependents(domain, now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(%domain, subdomains = n, "DCV validated; subdomains follow"),
             Err(e) => tracing::error!(%domain, error = %e, "waking subdomains failed"),
@@ -932,20 +953,21 @@ impl Worker {
     }
 
     /// Audit-trail entry for a bridge action; a failure to write it is logged, not fatal.
-    fn audit(&self, domain: &str, step: &str, detail: &str, now: UnixTime) {
+    async fn audit(&self, domain: &str, step: &str, detail: &str, now: UnixTime) {
         let kind = AuditKind::Bridge {
             domain: domain.to_owned(),
             step: step.to_owned(),
             detail: detail.to_owned(),
         };
-        if let Err(e) = self.store.record_event(kind, now) {
+        if let Err(e) = self.store.record_event(kind, now).await {
             tracing::error!(%domain, error = %e, "writing the audit trail failed");
         }
     }
 
     /// Audit-trail entry for an action on a Sectigo id (the domain name is in the log).
-    fn audit_id(&self, id: u64, step: &str, detail: &str, now: UnixTime) {
-        self.audit(&format!("sectigo-id-{id}"), step, detail, now);
+    async fn audit_id(&self, id: u64, step: &str, detail: &str, now: UnixTime) {
+        self.audit(&format!("sectigo-id-{id}"), step, detail, now)
+            .await;
     }
 
     /// Awaits a Sectigo call, tagging its error with the step.
@@ -956,13 +978,13 @@ impl Worker {
     ) -> Result<T, Failure> {
         let result = call.await;
         if result.is_ok() {
-            self.resumed();
+            self.resumed().await;
         }
         result.map_err(|e| Failure::sectigo(step, e))
     }
 
     /// Applies a failed step to the record: when to try again, and what to show.
-    fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
+    async fn record_failure(&self, domain: &str, r: &mut BridgeRecord, failure: Failure) {
         let s = self.settings();
         let now = now();
         match &failure.cause {
@@ -989,14 +1011,16 @@ impl Worker {
                 tracing::info!(%domain, step = failure.step.name(), attempt = r.attempts,
                     retry_in_secs = delay.as_secs(), error = %cause, "bridge step failed; will retry");
                 if let Cause::Hook(e) = cause {
-                    self.audit(domain, "dns-hook-failed", &e.to_string(), now);
+                    self.audit(domain, "dns-hook-failed", &e.to_string(), now)
+                        .await;
                 }
             }
             cause => {
                 tracing::warn!(%domain, step = failure.step.name(), error = %cause,
                     "bridge step refused; kept as failed until the next recheck");
                 if r.dcv.is_some() {
-                    self.audit(domain, "dcv-failed", &cause.to_string(), now);
+                    self.audit(domain, "dcv-failed", &cause.to_string(), now)
+                        .await;
                 }
                 r.phase = BridgePhase::Failed;
                 r.attempts = 0;

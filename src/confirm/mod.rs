@@ -80,8 +80,14 @@ impl Confirmations {
             if let Err(e) = self.send_due().await {
                 tracing::error!(error = %e, "mail outbox: storage failure; retrying");
             }
-            metrics::gauge!("certline_confirmation_mail_outbox")
-                .set(self.store.mail_outbox_len() as f64);
+            match self.store.mail_outbox_len().await {
+                Ok(waiting) => {
+                    metrics::gauge!("certline_confirmation_mail_outbox").set(waiting as f64)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mail outbox: counting the waiting mails failed")
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wakeup.notified() => {}
@@ -93,7 +99,7 @@ impl Confirmations {
     /// Sends every due mail once; a failure moves its job to a later time.
     async fn send_due(&self) -> Result<(), StoreError> {
         let now = chrono::Utc::now().timestamp();
-        for mail in self.store.due_mail(now, 64)? {
+        for mail in self.store.due_mail(now, 64).await? {
             let key_id = mail.key.id();
             match self
                 .notify(mail.key, &mail.job.email, mail.job.ip, now)
@@ -102,12 +108,12 @@ impl Confirmations {
                 Ok(how) => {
                     metrics::counter!("certline_confirmation_mails_total", "result" => how)
                         .increment(1);
-                    self.store.finish_mail(&mail)?;
+                    self.store.finish_mail(&mail).await?;
                 }
                 Err(e) => {
                     metrics::counter!("certline_confirmation_mails_total", "result" => "failed")
                         .increment(1);
-                    self.failed(&mail, now, &key_id, &e)?;
+                    self.failed(&mail, now, &key_id, &e).await?;
                 }
             }
             self.store.commit().await?;
@@ -115,7 +121,7 @@ impl Confirmations {
         Ok(())
     }
 
-    fn failed(
+    async fn failed(
         &self,
         mail: &DueMail,
         now: UnixTime,
@@ -128,12 +134,12 @@ impl Confirmations {
                 "giving up on the claim confirmation e-mail; the key works unconfirmed (check [smtp])");
             metrics::counter!("certline_confirmation_mails_total", "result" => "abandoned")
                 .increment(1);
-            return self.store.finish_mail(mail);
+            return self.store.finish_mail(mail).await;
         }
         let wait = retry_delay(mail.job.attempts);
         tracing::warn!(key = %key_id, attempts, retry_in_secs = wait, error = %e,
             "could not send the claim confirmation e-mail; will retry (check [smtp])");
-        self.store.retry_mail(mail, now.saturating_add(wait))
+        self.store.retry_mail(mail, now.saturating_add(wait)).await
     }
 
     async fn notify(
@@ -153,10 +159,12 @@ impl Confirmations {
             expires_at,
             used_at: None,
         };
-        self.store.save_link_tokens(&[
-            (token_hash(&confirm), token(LinkAction::Confirm)),
-            (token_hash(&revoke), token(LinkAction::Revoke)),
-        ])?;
+        self.store
+            .save_link_tokens(&[
+                (token_hash(&confirm), token(LinkAction::Confirm)),
+                (token_hash(&revoke), token(LinkAction::Revoke)),
+            ])
+            .await?;
         self.store.commit().await?;
         let confirm_url = self.link(LinkAction::Confirm, &confirm);
         let revoke_url = self.link(LinkAction::Revoke, &revoke);

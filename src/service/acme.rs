@@ -18,9 +18,9 @@ pub struct AcmeHandOut {
     pub require_confirmed_key: bool,
 }
 
-pub(super) fn run(svc: &Service, apikey: &str) -> Result<Reply, ServiceError> {
+pub(super) async fn run(svc: &Service, apikey: &str) -> Result<Reply, ServiceError> {
     let key = Service::parse_key(apikey)?;
-    let (hash, record) = svc.authorize(&key)?;
+    let (hash, record) = svc.authorize(&key).await?;
     let Some(hand_out) = &svc.acme else {
         return Ok(Reply::error(
             ErrorCode::NotFound,
@@ -33,7 +33,7 @@ pub(super) fn run(svc: &Service, apikey: &str) -> Result<Reply, ServiceError> {
             "api key not confirmed; follow the link in the claim e-mail",
         ));
     }
-    let eab = svc.store.acme_key(&hash)?.and_then(|a| a.eab);
+    let eab = svc.store.acme_key(&hash).await?.and_then(|a| a.eab);
     let Some(eab) = eab else {
         return Ok(Reply::error(
             ErrorCode::Conflict,

@@ -9,8 +9,8 @@ pub(super) async fn run(
     domain: &str,
     ctx: Context,
 ) -> Result<Reply, ServiceError> {
-    let (hash, domain) = svc.key_and_domain(apikey, domain)?;
-    let outcome = register(&svc.store, &hash, &domain, ctx)?;
+    let (hash, domain) = svc.key_and_domain(apikey, domain).await?;
+    let outcome = register(&svc.store, &hash, &domain, ctx).await?;
     // Also for "already registered": another connection's add of the same domain may not be
     // on disk yet, and `ok` must mean durable.
     svc.store.commit().await?;

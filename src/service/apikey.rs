@@ -17,7 +17,8 @@ pub(super) async fn run(
     let key = ApiKey::generate();
     let outcome = svc
         .store
-        .create_key(&key.hash(), email, &svc.caps, ctx.peer, ctx.now)?;
+        .create_key(&key.hash(), email, &svc.caps, ctx.peer, ctx.now)
+        .await?;
     if let ClaimOutcome::Capped(cap) = outcome {
         return Err(cap.into());
     }

@@ -15,14 +15,17 @@ pub(super) async fn run(
     if !svc.limiters.allow_claim(ctx.peer) {
         return Err(ServiceError::RateLimited);
     }
-    let outcome = svc.store.claim_key(
-        &key.hash(),
-        key.is_long_enough_to_create(),
-        email,
-        &svc.caps,
-        ctx.peer,
-        ctx.now,
-    )?;
+    let outcome = svc
+        .store
+        .claim_key(
+            &key.hash(),
+            key.is_long_enough_to_create(),
+            email,
+            &svc.caps,
+            ctx.peer,
+            ctx.now,
+        )
+        .await?;
     match outcome {
         // Too short to be created by a client: say so rather than "unknown", since that is
         // what the client can fix.

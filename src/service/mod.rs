@@ -201,9 +201,9 @@ impl Service {
             Request::Claim { apikey, email } => claim::run(self, &apikey, &email, ctx).await,
             Request::Add { apikey, domain } => add::run(self, &apikey, &domain, ctx).await,
             Request::Status { apikey, domain } => status::run(self, &apikey, &domain).await,
-            Request::List { apikey, offset } => list::run(self, &apikey, offset.as_deref()),
+            Request::List { apikey, offset } => list::run(self, &apikey, offset.as_deref()).await,
             Request::Remove { apikey, domain } => remove::run(self, &apikey, &domain, ctx).await,
-            Request::Acme { apikey } => acme::run(self, &apikey),
+            Request::Acme { apikey } => acme::run(self, &apikey).await,
         };
         let reply = result.unwrap_or_else(ServiceError::into_reply);
         match self.store.commit_since(since).await {
@@ -218,29 +218,29 @@ impl Service {
     }
 
     /// Looks a key up: unknown is 401, revoked is 403.
-    fn authorize(&self, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
-        authorize(&self.store, key)
+    async fn authorize(&self, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
+        authorize(&self.store, key).await
     }
 
     /// What `add` and `remove` check first, in the order the wire answers: the key's format
     /// (422), the domain (406), then the key itself (401, 403).
-    fn key_and_domain(
+    async fn key_and_domain(
         &self,
         apikey: &str,
         domain: &str,
     ) -> Result<(KeyHash, crate::domain::Domain), ServiceError> {
         let key = Self::parse_key(apikey)?;
         let domain = parse_domain(domain)?;
-        let (hash, _) = self.authorize(&key)?;
+        let (hash, _) = self.authorize(&key).await?;
         Ok((hash, domain))
     }
 }
 
 /// Looks a key up: unknown is 401, revoked is 403. The line protocol's commands and the admin
 /// API's import both ask here, so they answer alike.
-pub fn authorize(store: &Store, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
+pub async fn authorize(store: &Store, key: &ApiKey) -> Result<(KeyHash, KeyRecord), ServiceError> {
     let hash = key.hash();
-    match store.key(&hash)? {
+    match store.key(&hash).await? {
         None => Err(ServiceError::UnknownKey),
         Some(r) if r.revoked_at.is_some() => Err(ServiceError::Revoked),
         Some(r) => Ok((hash, r)),
@@ -248,20 +248,20 @@ pub fn authorize(store: &Store, key: &ApiKey) -> Result<(KeyHash, KeyRecord), Se
 }
 
 /// Checks a key's format (422), then looks it up ([`authorize`]).
-pub fn authorize_apikey(store: &Store, apikey: &str) -> Result<KeyHash, ServiceError> {
+pub async fn authorize_apikey(store: &Store, apikey: &str) -> Result<KeyHash, ServiceError> {
     let key = Service::parse_key(apikey)?;
-    authorize(store, &key).map(|(hash, _)| hash)
+    authorize(store, &key).await.map(|(hash, _)| hash)
 }
 
 /// Registers `domain` under an authorized key, not yet committed (the caller commits once for
 /// everything it wrote). `command add` and the admin import both register through here.
-pub fn register(
+pub async fn register(
     store: &Store,
     hash: &KeyHash,
     domain: &crate::domain::Domain,
     ctx: Context,
 ) -> Result<Registered, ServiceError> {
-    match store.add_domain(hash, domain, ctx.peer, ctx.now)? {
+    match store.add_domain(hash, domain, ctx.peer, ctx.now).await? {
         AddOutcome::Added => Ok(Registered::Added),
         AddOutcome::AlreadyRegistered => Ok(Registered::AlreadyRegistered),
         // Revoked or gone between the lookup and the write.

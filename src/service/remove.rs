@@ -9,8 +9,11 @@ pub(super) async fn run(
     domain: &str,
     ctx: Context,
 ) -> Result<Reply, ServiceError> {
-    let (hash, domain) = svc.key_and_domain(apikey, domain)?;
-    let removed = svc.store.remove_domain(&hash, &domain, ctx.peer, ctx.now)?;
+    let (hash, domain) = svc.key_and_domain(apikey, domain).await?;
+    let removed = svc
+        .store
+        .remove_domain(&hash, &domain, ctx.peer, ctx.now)
+        .await?;
     svc.store.commit().await?;
     let text = if removed {
         "domain removed"

@@ -12,10 +12,11 @@ const MAX_ERROR_TEXT: usize = 300;
 pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Reply, ServiceError> {
     let key = Service::parse_key(apikey)?;
     let domain = parse_domain(domain)?;
-    let (hash, record) = svc.authorize(&key)?;
+    let (hash, record) = svc.authorize(&key).await?;
     let entry = svc
         .store
-        .key_domain(&hash, &domain)?
+        .key_domain(&hash, &domain)
+        .await?
         .ok_or(ServiceError::NotRegistered)?;
     let confirmed = if record.confirmed_at.is_some() {
         "confirmed"
@@ -30,14 +31,14 @@ pub(super) async fn run(svc: &Service, apikey: &str, domain: &str) -> Result<Rep
     match &svc.bridge {
         None => data.push_str(" sectigo=off"),
         Some(bridge) => {
-            let record = svc.store.bridge(domain.host())?;
+            let record = svc.store.bridge(domain.host()).await?;
             describe_bridge(&mut data, record.as_ref(), bridge.is_paused());
         }
     }
     if svc.store.acme_enabled() {
         describe_acme(
             &mut data,
-            svc.store.acme_key(&hash)?.as_ref(),
+            svc.store.acme_key(&hash).await?.as_ref(),
             domain.host(),
         );
     }

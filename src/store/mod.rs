@@ -1,322 +1,163 @@
 //! The durable store: API keys (by hash), the domains registered under each key, per-domain
-//! state, and an audit trail, in one embedded sled database.
+//! state, the outboxes the background workers drain, and an audit trail.
 //!
-//! # Layout
+//! # One facade, one backend per deployment
 //!
-//! Everything lives in sled's default tree, with a one-byte prefix per record kind:
+//! [`Store`] is what every layer above this module talks to; it hands each call to the
+//! backend the store was opened with (`enum Backend`), and nothing above `store/` knows which
+//! one that is. Today there is one, `sled/` (embedded: a sled database, a write-ahead log and
+//! group commit, in the data directory). A backend is one enum arm and one arm of the
+//! `dispatch!` macro; each backend implements every method below as an inherent method of
+//! the same name and signature (ARCHITECTURE.md §3).
 //!
-//! | prefix | key | value |
-//! |---|---|---|
-//! | `K` | key hash (32 bytes) | [`KeyRecord`] |
-//! | `D` | key hash + normalised domain | [`KeyDomain`] |
-//! | `N` | normalised domain | [`DomainRecord`] |
-//! | `A` | sequence (8 bytes, big-endian; nanoseconds since the epoch, kept increasing) | [`AuditEvent`] |
-//! | `S` | normalised domain | [`BridgeRecord`] (Sectigo bridge state) |
-//! | `O` | due time (8 bytes, big-endian) + domain | nothing: the bridge's outbox |
-//! | `E` | lower-cased e-mail + `0x00` + key hash | nothing: the keys claimed by an address |
-//! | `I` | day number (8 bytes, big-endian) + source address | new addresses claimed from it that day (u32, big-endian) |
-//! | `T` | SHA-256 of a link token | [`LinkToken`] (claim confirmation links) |
-//! | `M` | a name | store metadata (migrations done, the readiness probe) |
-//! | `H` | normalised domain + `0x00` + key hash | nothing: the keys holding a domain ([`holders`]) |
-//! | `Q` | due time (8 bytes, big-endian) + key hash | [`MailJob`]: the claim confirmation mail outbox |
-//! | `U` | key hash | [`AcmeKeyRecord`] (the key's SCM ACME account and its domains' mapping) |
-//! | `Y` | due time (8 bytes, big-endian) + key hash | nothing: the ACME worker's outbox |
+//! The types every backend shares live here, one concept per file: the records
+//! ([`records`], `acme_record.rs`), what the read-check-write operations did
+//! (`outcomes.rs`), the claim caps (`claim_caps.rs`), what listings return (`inventory.rs`,
+//! `due_mail.rs`) and [`StoreError`] (`error.rs`).
 //!
-//! One tree rather than one per kind because sled applies a batch atomically only within one
-//! tree: a registration (key-domain entry, domain record, the key's counter, the audit event)
-//! is a single batch, so a crash can never leave half of it; the write-ahead log records it
-//! as one record ([`wal`]). Read-check-write
-//! sequences (claim, add) run under one short write lock instead of sled transactions, which
-//! the sled docs warn make every later operation pay a global read lock. The lock is held for
-//! microseconds (in-memory sled work); the disk wait happens outside it, in [`Store::commit`].
+//! # What every backend promises
 //!
-//! # Durability
-//!
-//! Write methods change sled's in-memory state and queue a write-ahead log record; nothing is
-//! on disk yet. The caller must `commit().await` before acknowledging; see [`durable`].
+//! * **Committed before acknowledged.** A write method changes the store; the caller awaits
+//!   [`Store::commit`] (or [`Store::commit_since`] with the [`Mark`] it took first) before it
+//!   answers, and only then is the change durable.
+//! * **No reply shows what is not committed.** A request takes a [`Mark`] before it reads or
+//!   writes and awaits [`Store::commit_since`] before it answers; that fails if anything it
+//!   could have seen was lost.
+//! * **Side effects ride with their cause.** A registration queues its bridge job, a claim
+//!   its confirmation mail, an add or remove its ACME touch, in the same write.
+//! * add, remove and claim are idempotent; a key's `domain_count` equals its domains; the
+//!   claim caps hold across concurrent callers; audit events exist only for committed changes.
 
-mod acme_state;
-mod bridge_state;
-mod claims;
+mod acme_record;
+mod claim_caps;
 pub mod config;
-pub mod durable;
-mod holders;
+mod due_mail;
+mod error;
 mod inventory;
-mod key_index;
-mod mail_outbox;
+mod outcomes;
 pub mod postgres;
 pub mod records;
-pub mod wal;
+mod sled;
 
-use crate::apikey::KeyHash;
-use crate::domain::Domain;
-pub use acme_state::{AcmeKeyRecord, AcmeMapping, StoredEab};
-pub use claims::{CapExceeded, ClaimCaps, LinkOutcome, OperatorConfirmOutcome};
+use self::sled::SledStore;
+pub use self::sled::durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
+pub use acme_record::{AcmeKeyRecord, AcmeMapping, StoredEab};
+pub use claim_caps::{CapExceeded, ClaimCaps};
 pub use config::StoreConfig;
-pub use durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
-pub use inventory::{Holder, InventoryRow, RequeueOutcome};
-use key_index::KeyIndex;
-pub use mail_outbox::DueMail;
+pub use due_mail::DueMail;
+pub use error::StoreError;
+pub use inventory::{Holder, InventoryRow};
+pub use outcomes::{AddOutcome, ClaimOutcome, LinkOutcome, OperatorConfirmOutcome, RequeueOutcome};
 pub use records::{
     AuditEvent, AuditKind, BridgeError, BridgePhase, BridgeRecord, DcvProgress, DcvRecordType,
     DcvState, DomainRecord, KeyDomain, KeyRecord, LinkAction, LinkToken, MailJob, Record, UnixTime,
     rfc3339,
 };
+
+use crate::apikey::KeyHash;
+use crate::domain::Domain;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use thiserror::Error;
-pub use wal::WriteBatch;
 
-const KEY: u8 = b'K';
-const KEY_DOMAIN: u8 = b'D';
-const DOMAIN: u8 = b'N';
-const AUDIT: u8 = b'A';
-const BRIDGE: u8 = b'S';
-const OUTBOX: u8 = b'O';
-const EMAIL: u8 = b'E';
-const NEW_EMAILS: u8 = b'I';
-const LINK_TOKEN: u8 = b'T';
-const META: u8 = b'M';
-const HOLDER: u8 = b'H';
-const MAIL_OUTBOX: u8 = b'Q';
-const ACME_KEY: u8 = b'U';
-const ACME_OUTBOX: u8 = b'Y';
-
-/// Store failures. All of them become `500 storage failure` on the wire.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("opening the database at {path}: {source}")]
-    Open { path: String, source: sled::Error },
-    #[error("database error: {0}")]
-    Db(#[from] sled::Error),
-    #[error("a stored record is corrupt: {0}")]
-    Corrupt(#[from] postcard::Error),
-    #[error(transparent)]
-    Flush(#[from] FlushError),
-    #[error("opening {path} for fsync: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("PostgreSQL: {0}")]
-    Pool(String),
-}
-
-/// What `claim` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// The key is now bound to the e-mail (it may have been created by this claim).
-    Claimed,
-    /// The key does not exist, and the caller did not allow creating it.
-    Unknown,
-    /// The key was already bound to this e-mail.
-    AlreadyClaimed,
-    /// The key is bound to another e-mail.
-    ClaimedByOther,
-    /// The key was revoked.
-    Revoked,
-    /// A claim cap (KeyChest's abuse limits, `[claims]`) refused a new claim.
-    Capped(CapExceeded),
-}
-
-/// What `add` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddOutcome {
-    Added,
-    AlreadyRegistered,
-    /// The key does not exist (the caller checks first; this closes the gap between the
-    /// check and the write).
-    UnknownKey,
-}
-
-/// The embedded store. Share it behind an `Arc`.
+/// The store. Share it behind an `Arc`.
 pub struct Store {
-    db: sled::Db,
-    commits: GroupCommit,
-    bridge_enabled: AtomicBool,
-    /// Claims queue a confirmation e-mail (the admin listener that serves the links is on).
-    mail_enabled: AtomicBool,
-    /// The last audit sequence number handed out.
-    audit_seq: AtomicU64,
-    /// Woken when a domain is queued for the bridge, so the worker need not poll.
-    bridge_wakeup: tokio::sync::Notify,
-    /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
-    acme_enabled: AtomicBool,
-    acme_wakeup: tokio::sync::Notify,
-    /// Where `list` pages start deep into a key (see [`key_index`]).
-    key_index: KeyIndex,
+    backend: Backend,
+}
+
+/// The backend a store was opened with.
+enum Backend {
+    /// Embedded: sled, the write-ahead log and group commit, in the data directory.
+    Sled(SledStore),
+}
+
+/// Hands a call to the store's backend: `dispatch!(self, b => b.method(args).await)`. A new
+/// backend adds its arm here, and every method of [`Store`] serves it.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sled($backend) => $call,
+        }
+    };
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`, replays what its write-ahead log holds
-    /// beyond sled's last checkpoint, and starts the flusher. Must be called inside a tokio
-    /// runtime.
+    /// Opens (or creates) the embedded store in `dir`: replays what its write-ahead log holds
+    /// and starts the group-commit flusher. Must be called inside a tokio runtime.
     pub fn open(dir: &Path, mode: DurabilityMode, timing: Timing) -> Result<Self, StoreError> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| StoreError::Io { path, source }
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            // The write-ahead log makes writes durable; sled is flushed at checkpoints. sled's
-            // own background flush (every 500 ms by default) cost a quarter of the server's
-            // time in `sync_file_range` under load and competed with the log's syncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        let db_path = dir.join("db");
-        let db_file = std::fs::File::open(&db_path).map_err(io(&db_path))?;
-        let wal_dir = dir.join("wal");
-        std::fs::create_dir_all(&wal_dir).map_err(io(&wal_dir))?;
-        let clean = wal::take_clean_marker(&wal_dir).map_err(io(&wal_dir))?;
-        let segments = wal::segments(&wal_dir).map_err(io(&wal_dir))?;
-        let mut replayed = 0usize;
-        for (number, path) in &segments {
-            for batch in wal::read_segment(path, *number).map_err(io(path))? {
-                batch.apply_to(&db)?;
-                replayed += 1;
-            }
-        }
-        if !clean {
-            // After a crash sled may hold part of an unacknowledged registration; the one
-            // derived value that can then disagree is a key's domain count.
-            let recounted = recount_domains(&db)?;
-            if recounted > 0 {
-                tracing::warn!(
-                    keys = recounted,
-                    "recounted keys' domains after an unclean stop"
-                );
-            }
-        }
-        if !segments.is_empty() {
-            db.flush()?;
-            db_file.sync_data().map_err(io(&db_path))?;
-            wal::retire_segments(&wal_dir, &segments).map_err(io(&wal_dir))?;
-            if replayed > 0 {
-                tracing::info!(
-                    records = replayed,
-                    segments = segments.len(),
-                    "replayed the write-ahead log"
-                );
-            }
-        }
-        // The directory entries of sled's files must survive a power cut too.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        let next_segment = segments.last().map_or(1, |(n, _)| n + 1);
-        let commits = GroupCommit::start(
-            db.clone(),
-            db_file,
-            wal_dir.clone(),
-            next_segment,
-            mode,
-            timing,
-        )
-        .map_err(io(&wal_dir))?;
-        let last_audit = match db.scan_prefix([AUDIT]).next_back() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                u64::from_be_bytes(k[1..9].try_into().unwrap_or_default())
-            }
-            None => 0,
-        };
-        let store = Self {
-            db,
-            commits,
-            bridge_enabled: AtomicBool::new(false),
-            mail_enabled: AtomicBool::new(false),
-            audit_seq: AtomicU64::new(last_audit),
-            bridge_wakeup: tokio::sync::Notify::new(),
-            acme_enabled: AtomicBool::new(false),
-            acme_wakeup: tokio::sync::Notify::new(),
-            key_index: KeyIndex::default(),
-        };
-        store.migrate_email_index()?;
-        store.ensure_holder_index(clean)?;
-        Ok(store)
+        Ok(Self {
+            backend: Backend::Sled(SledStore::open(dir, mode, timing)?),
+        })
     }
 
-    /// Applies a batch: to sled, and to the write-ahead log in the same order. Refused while
-    /// the store does not take writes (see [`durable`]).
-    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        Ok(self.commits.apply(batch)?)
-    }
+    // ---- Durability and lifecycle ----
 
     /// The point in history a request starts from: take it before reading or writing, and
     /// pass it to [`Store::commit_since`] before answering.
     pub fn mark(&self) -> Mark {
-        self.commits.mark()
+        dispatch!(self, b => b.mark())
     }
 
-    /// Waits until everything applied so far is durable (durable mode; at once in relaxed
-    /// mode). An error if anything applied since `since` was undone because its log write
-    /// failed: then what the caller wrote or read was not stored, and the caller answers
-    /// `500` instead of showing it.
+    /// Waits until everything applied so far is committed. An error if anything applied since
+    /// `since` was lost instead (its log write failed): then what the caller wrote or read was
+    /// not stored, and the caller answers `500` instead of showing it.
     pub async fn commit_since(&self, since: Mark) -> Result<(), StoreError> {
-        Ok(self.commits.commit_since(since).await?)
+        dispatch!(self, b => b.commit_since(since).await)
     }
 
-    /// Waits until every change made before the call is durable (see [`durable`]), for
-    /// callers that took no [`Mark`] before writing. A change undone between the write and
-    /// this call leaves the log marked broken for at least a second, which this refuses;
-    /// [`Store::commit_since`] needs no such margin.
+    /// Waits until every change made before the call is committed, for callers that took no
+    /// [`Mark`] before writing.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        let since = self.commits.mark();
-        self.commits.log_intact()?;
-        Ok(self.commits.commit_since(since).await?)
+        dispatch!(self, b => b.commit().await)
     }
 
     /// `Ok` while the store takes writes; otherwise why not and what to do (for `/readyz`).
     pub fn writable(&self) -> Result<(), StoreError> {
-        Ok(self.commits.writable()?)
+        dispatch!(self, b => b.writable())
     }
 
     /// Cancelled when the store has failed in a way only a restart mends: the server exits.
     pub fn fatal(&self) -> &tokio_util::sync::CancellationToken {
-        self.commits.fatal()
+        dispatch!(self, b => b.fatal())
     }
 
-    /// Flushes and syncs now, whatever the mode.
+    /// Makes everything applied so far durable now, whatever the durability mode.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        Ok(self.commits.flush_now().await?)
+        dispatch!(self, b => b.flush().await)
     }
 
-    /// Flushes a last time and stops the background flusher (shutdown). Later commits fail;
-    /// the database closes when the last handle on the store is dropped.
+    /// Flushes a last time and stops the background work (shutdown). Later commits fail.
     pub async fn close(&self) -> Result<(), StoreError> {
-        Ok(self.commits.close().await?)
+        dispatch!(self, b => b.close().await)
     }
 
-    /// The group-commit machinery, for its counters and test fault injection.
-    pub fn group_commit(&self) -> &GroupCommit {
-        &self.commits
+    /// The group-commit machinery (counters, test fault injection), for a backend that has
+    /// one.
+    pub fn group_commit(&self) -> Option<&GroupCommit> {
+        dispatch!(self, b => b.group_commit())
     }
 
     /// Resolves when a domain has been queued for the bridge since the last call.
     pub async fn bridge_queued(&self) {
-        self.bridge_wakeup.notified().await
+        dispatch!(self, b => b.bridge_queued().await)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.commits.writers()
+    /// Resolves when a key has been touched for the ACME worker since the last call.
+    pub async fn acme_queued(&self) {
+        dispatch!(self, b => b.acme_queued().await)
     }
+
+    // ---- Keys, domains, audit ----
 
     /// The record of a key, if the key is known.
-    pub fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.get(&key_key(hash))
+    pub async fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        dispatch!(self, b => b.key(hash).await)
     }
 
     /// Records a freshly minted key, optionally already claimed by `email` (subject to the
     /// claim `caps`; then nothing is written and the outcome says which cap refused it).
     /// Returns [`ClaimOutcome::Claimed`] when the key was recorded.
-    pub fn create_key(
+    pub async fn create_key(
         &self,
         hash: &KeyHash,
         email: Option<&str>,
@@ -324,39 +165,13 @@ impl Store {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        let record = KeyRecord {
-            created_at: now,
-            creator_ip: ip,
-            email: email.map(str::to_owned),
-            claimed_at: email.map(|_| now),
-            confirmed_at: None,
-            revoked_at: None,
-            domain_count: 0,
-        };
-        let mut batch = WriteBatch::default();
-        let _guard = self.lock();
-        if let Some(email) = email
-            && let Err(cap) = self.claim_checks(&mut batch, hash, email, caps, ip, now)?
-        {
-            return Ok(ClaimOutcome::Capped(cap));
-        }
-        batch.insert(key_key(hash), record.encode());
-        self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
-        if let Some(email) = email {
-            let kind = AuditKind::KeyClaimed {
-                email: email.to_owned(),
-            };
-            self.audit(&mut batch, now, ip, hash, kind)?;
-            self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
-        }
-        self.write(batch)?;
-        Ok(ClaimOutcome::Claimed)
+        dispatch!(self, b => b.create_key(hash, email, caps, ip, now).await)
     }
 
     /// Binds a key to an e-mail address, creating the key (a client made it itself) when
     /// `may_create`. E-mail addresses are compared case-insensitively. A new claim is subject
-    /// to the claim `caps` ([`ClaimOutcome::Capped`]).
-    pub fn claim_key(
+    /// to the claim `caps` ([`ClaimOutcome::Capped`]) and queues its confirmation mail.
+    pub async fn claim_key(
         &self,
         hash: &KeyHash,
         may_create: bool,
@@ -365,546 +180,337 @@ impl Store {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        let _guard = self.lock();
-        let existing = self.key(hash)?;
-        let is_new = existing.is_none();
-        let record = match existing {
-            Some(r) if r.revoked_at.is_some() => return Ok(ClaimOutcome::Revoked),
-            Some(KeyRecord {
-                email: Some(ref owner),
-                ..
-            }) => {
-                return Ok(if owner.eq_ignore_ascii_case(email) {
-                    ClaimOutcome::AlreadyClaimed
-                } else {
-                    ClaimOutcome::ClaimedByOther
-                });
-            }
-            Some(r) => KeyRecord {
-                email: Some(email.to_owned()),
-                claimed_at: Some(now),
-                ..r
-            },
-            None if !may_create => return Ok(ClaimOutcome::Unknown),
-            None => KeyRecord {
-                created_at: now,
-                creator_ip: ip,
-                email: Some(email.to_owned()),
-                claimed_at: Some(now),
-                confirmed_at: None,
-                revoked_at: None,
-                domain_count: 0,
-            },
-        };
-        let mut batch = WriteBatch::default();
-        if let Err(cap) = self.claim_checks(&mut batch, hash, email, caps, ip, now)? {
-            return Ok(ClaimOutcome::Capped(cap));
-        }
-        batch.insert(key_key(hash), record.encode());
-        if is_new {
-            self.audit(&mut batch, now, ip, hash, AuditKind::KeyCreated)?;
-        }
-        let kind = AuditKind::KeyClaimed {
-            email: email.to_owned(),
-        };
-        self.audit(&mut batch, now, ip, hash, kind)?;
-        self.queue_confirmation_mail(&mut batch, hash, email, ip, now);
-        self.write(batch)?;
-        Ok(ClaimOutcome::Claimed)
+        dispatch!(self, b => b.claim_key(hash, may_create, email, caps, ip, now).await)
     }
 
     /// Marks a key revoked: it can no longer add, list or claim. Idempotent. Returns whether
     /// the key exists.
-    pub fn revoke_key(
+    pub async fn revoke_key(
         &self,
         hash: &KeyHash,
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let _guard = self.lock();
-        let Some(mut record) = self.key(hash)? else {
-            return Ok(false);
-        };
-        if record.revoked_at.is_none() {
-            record.revoked_at = Some(now);
-            let mut batch = WriteBatch::default();
-            batch.insert(key_key(hash), record.encode());
-            self.audit(&mut batch, now, ip, hash, AuditKind::KeyRevoked)?;
-            acme_state::touch_key(self, &mut batch, hash, now)?;
-            self.write(batch)?;
-            self.acme_wakeup.notify_one();
-        }
-        Ok(true)
+        dispatch!(self, b => b.revoke_key(hash, ip, now).await)
     }
 
-    /// Registers `domain` under a key the caller has checked exists and is not revoked.
-    pub fn add_domain(
+    /// Registers `domain` under a key the caller has checked exists and is not revoked,
+    /// queueing the bridge (when enabled) and touching the key for ACME in the same write.
+    pub async fn add_domain(
         &self,
         hash: &KeyHash,
         domain: &Domain,
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<AddOutcome, StoreError> {
-        let name = domain.to_string();
-        let kd_key = key_domain_key(hash, &name);
-        let _guard = self.lock();
-        if self.db.contains_key(&kd_key)? {
-            return Ok(AddOutcome::AlreadyRegistered);
-        }
-        let Some(mut key) = self.key(hash)? else {
-            return Ok(AddOutcome::UnknownKey);
-        };
-        key.domain_count += 1;
-        let mut batch = WriteBatch::default();
-        batch.insert(key_key(hash), key.encode());
-        batch.insert(kd_key, KeyDomain { added_at: now }.encode());
-        batch.insert(holders::holder_key(&name, hash), Vec::new());
-        let d_key = domain_key(&name);
-        let new_domain = !self.db.contains_key(&d_key)?;
-        // A domain is queued for the bridge in the same batch that registers it, so an
-        // acknowledged registration can never miss the bridge. Sectigo knows host names, not
-        // ports: `www.example.org:8443` is bridged as `www.example.org`.
-        let host = domain.host();
-        let existing = if self.bridge_enabled() {
-            self.bridge(host)?
-        } else {
-            None
-        };
-        let queued = self.bridge_enabled() && existing.is_none();
-        // A confirmed key adding a domain an unconfirmed key holds lifts the wait for it.
-        let released = match existing {
-            Some(record) if key.confirmed_at.is_some() => {
-                bridge_state::mark_key_confirmed(&mut batch, host, record, now)
-            }
-            _ => false,
-        };
-        if new_domain {
-            let record = DomainRecord {
-                first_added_at: now,
-            };
-            batch.insert(d_key, record.encode());
-        }
-        if queued {
-            bridge_state::queue_new_domain(&mut batch, host, now, key.confirmed_at.is_some());
-        }
-        let kind = AuditKind::DomainAdded {
-            domain: name.clone(),
-        };
-        self.audit(&mut batch, now, ip, hash, kind)?;
-        acme_state::touch_key(self, &mut batch, hash, now)?;
-        self.write(batch)?;
-        self.acme_wakeup.notify_one();
-        self.key_index.inserted(hash, name.as_bytes());
-        if queued || released {
-            self.bridge_wakeup.notify_one();
-        }
-        Ok(AddOutcome::Added)
+        dispatch!(self, b => b.add_domain(hash, domain, ip, now).await)
     }
 
     /// Unregisters `domain` from a key. Returns whether it was registered. The domain's own
     /// record (and its Sectigo state) stays: other keys may hold it, and certline never
     /// deletes from Sectigo.
-    pub fn remove_domain(
+    pub async fn remove_domain(
         &self,
         hash: &KeyHash,
         domain: &Domain,
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let name = domain.to_string();
-        let kd_key = key_domain_key(hash, &name);
-        let _guard = self.lock();
-        if !self.db.contains_key(&kd_key)? {
-            return Ok(false);
-        }
-        let mut batch = WriteBatch::default();
-        if let Some(mut key) = self.key(hash)? {
-            key.domain_count = key.domain_count.saturating_sub(1);
-            batch.insert(key_key(hash), key.encode());
-        }
-        batch.remove(kd_key);
-        batch.remove(holders::holder_key(&name, hash));
-        let kind = AuditKind::DomainRemoved {
-            domain: name.clone(),
-        };
-        self.audit(&mut batch, now, ip, hash, kind)?;
-        acme_state::touch_key(self, &mut batch, hash, now)?;
-        self.write(batch)?;
-        self.acme_wakeup.notify_one();
-        self.key_index.removed(hash, name.as_bytes());
-        Ok(true)
+        dispatch!(self, b => b.remove_domain(hash, domain, ip, now).await)
     }
 
     /// When `domain` was registered under the key, if it is.
-    pub fn key_domain(
+    pub async fn key_domain(
         &self,
         hash: &KeyHash,
         domain: &Domain,
     ) -> Result<Option<KeyDomain>, StoreError> {
-        self.get(&key_domain_key(hash, &domain.to_string()))
+        dispatch!(self, b => b.key_domain(hash, domain).await)
     }
 
-    /// The domains registered under a key, in lexicographic order, skipping `offset`. Deep
-    /// offsets start from the key's rank index ([`key_index`]) instead of reading every
-    /// entry before them.
-    pub fn key_domains(
+    /// Up to `limit` of the domains registered under a key, in lexicographic order, skipping
+    /// the first `offset`.
+    pub async fn key_domains(
         &self,
         hash: &KeyHash,
         offset: usize,
-    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        let prefix = key_domain_key(hash, "");
-        let skip = prefix.len();
-        let start = self.page_start(hash, &prefix, offset as u64);
-        let mut from = prefix.clone();
-        from.extend_from_slice(start.from.as_deref().unwrap_or_default());
-        self.db
-            .range(from..)
-            .take_while(move |entry| match entry {
-                Ok((k, _)) => k.starts_with(&prefix),
-                Err(_) => true,
-            })
-            .skip(start.skip as usize)
-            .map(move |entry| {
-                let (k, _) = entry?;
-                Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
-            })
-    }
-
-    /// Where the page at `offset` of a key starts; builds the key's rank index (one scan of
-    /// its domains) when a deep page finds none.
-    fn page_start(&self, hash: &KeyHash, prefix: &[u8], offset: u64) -> key_index::Start {
-        if let Some(start) = self.key_index.start(hash, offset, self.commits.losses()) {
-            return start;
-        }
-        let from_first = key_index::Start {
-            from: None,
-            skip: offset,
-        };
-        let ticket = self.key_index.begin_build(hash, self.commits.losses());
-        let mut posts = Vec::new();
-        for (rank, entry) in self.db.scan_prefix(prefix).keys().enumerate() {
-            let Ok(k) = entry else {
-                return from_first; // the scan that follows reports the error
-            };
-            if (rank as u64).is_multiple_of(key_index::SPACING) {
-                posts.push(Box::<[u8]>::from(&k[prefix.len()..]));
-            }
-        }
-        let post = ((offset / key_index::SPACING) as usize).min(posts.len().saturating_sub(1));
-        let start = match posts.get(post) {
-            Some(name) => key_index::Start {
-                from: Some(name.clone()),
-                skip: offset - post as u64 * key_index::SPACING,
-            },
-            None => from_first,
-        };
-        self.key_index
-            .finish_build(hash, ticket, posts, self.commits.losses());
-        start
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, b => b.key_domains(hash, offset, limit).await)
     }
 
     /// The shared record of a domain, if any key registered it.
-    pub fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
-        self.get(&domain_key(name))
+    pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
+        dispatch!(self, b => b.domain(name).await)
+    }
+
+    /// The keys that hold `domain` now, in the order of their hashes.
+    pub async fn holders_of(&self, domain: &str) -> Result<Vec<KeyHash>, StoreError> {
+        dispatch!(self, b => b.holders_of(domain).await)
     }
 
     /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
     /// The source address is unspecified and the key id is `-`.
-    pub fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        self.audit_raw(
-            &mut batch,
-            now,
-            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            "-".to_owned(),
-            kind,
-        )?;
-        self.write(batch)
+    pub async fn record_event(&self, kind: AuditKind, now: UnixTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.record_event(kind, now).await)
     }
 
-    /// The audit trail, oldest first.
-    pub fn audit_events(&self) -> impl Iterator<Item = Result<AuditEvent, StoreError>> + '_ {
-        self.db.scan_prefix([AUDIT]).map(|entry| {
-            let (_, v) = entry?;
-            Ok(AuditEvent::decode(&v)?)
-        })
-    }
-
-    /// Audit keys: nanoseconds since the epoch, forced to increase, so the trail sorts by
-    /// time and a key is never reused (not even after a restart or a clock step back).
-    fn next_audit_seq(&self, at: UnixTime) -> u64 {
-        let now = chrono::Utc::now()
-            .timestamp_nanos_opt()
-            .unwrap_or(at.saturating_mul(1_000_000_000)) as u64;
-        let mut previous = self.audit_seq.load(Ordering::SeqCst);
-        loop {
-            let next = now.max(previous + 1);
-            match self.audit_seq.compare_exchange(
-                previous,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => previous = actual,
-            }
-        }
-    }
-
-    fn get<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
-        match self.db.get(key)? {
-            Some(bytes) => Ok(Some(R::decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn audit(
+    /// Up to `limit` events of the audit trail after sequence number `after` (`None`: from
+    /// the first), oldest first, each with its sequence number.
+    pub async fn audit_events(
         &self,
-        batch: &mut WriteBatch,
-        at: UnixTime,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+        dispatch!(self, b => b.audit_events(after, limit).await)
+    }
+
+    // ---- Claims, links, mail ----
+
+    /// Stores link tokens under their hashes.
+    pub async fn save_link_tokens(
+        &self,
+        tokens: &[([u8; 32], LinkToken)],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.save_link_tokens(tokens).await)
+    }
+
+    /// Follows a link: checks the token (known, meant for `action`, unused, not expired at
+    /// `now`), uses it up, and confirms or revokes its key, in one write. Confirming also
+    /// releases the key's domains waiting for it in the bridge. Commit before telling the
+    /// user.
+    pub async fn use_link(
+        &self,
+        token_hash: &[u8; 32],
+        action: LinkAction,
         ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<LinkOutcome, StoreError> {
+        dispatch!(self, b => b.use_link(token_hash, action, ip, now).await)
+    }
+
+    /// An operator confirms a key by hand (`certline confirm`): what the confirm link does,
+    /// audited the same way. A revoked key stays revoked. Commit before telling the operator.
+    pub async fn confirm_key(
+        &self,
         hash: &KeyHash,
-        kind: AuditKind,
-    ) -> Result<(), StoreError> {
-        self.audit_raw(batch, at, ip, hash.id(), kind)
-    }
-
-    fn audit_raw(
-        &self,
-        batch: &mut WriteBatch,
-        at: UnixTime,
         ip: IpAddr,
-        key_id: String,
-        kind: AuditKind,
+        now: UnixTime,
+    ) -> Result<OperatorConfirmOutcome, StoreError> {
+        dispatch!(self, b => b.confirm_key(hash, ip, now).await)
+    }
+
+    /// From now on, claims queue a confirmation e-mail. Called once at start-up when the
+    /// admin listener (which serves the links) is configured.
+    pub fn enable_confirmation_mail(&self) {
+        dispatch!(self, b => b.enable_confirmation_mail())
+    }
+
+    /// Up to `limit` mail jobs due at or before `now`, earliest first.
+    pub async fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
+        dispatch!(self, b => b.due_mail(now, limit).await)
+    }
+
+    /// The mail is out (or given up on): the job leaves the outbox. Commit afterwards.
+    pub async fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
+        dispatch!(self, b => b.finish_mail(mail).await)
+    }
+
+    /// The send failed: the job, with its attempt counted, moves to `due`. Commit afterwards.
+    pub async fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.retry_mail(mail, due).await)
+    }
+
+    /// How many mails are waiting (for metrics). A scan: call rarely.
+    pub async fn mail_outbox_len(&self) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.mail_outbox_len().await)
+    }
+
+    // ---- Sectigo bridge state ----
+
+    /// Turns bridge bookkeeping on: from now on, new domains are queued for the bridge.
+    /// Called once at start-up when a `[sectigo]` section is configured.
+    pub fn enable_bridge(&self) {
+        dispatch!(self, b => b.enable_bridge())
+    }
+
+    /// Is the bridge bookkeeping on?
+    pub fn bridge_enabled(&self) -> bool {
+        dispatch!(self, b => b.bridge_enabled())
+    }
+
+    /// The bridge record of a host name.
+    pub async fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+        dispatch!(self, b => b.bridge(domain).await)
+    }
+
+    /// Up to `limit` host names due at or before `now`, earliest first, with their records.
+    pub async fn due_bridge_jobs(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
+        dispatch!(self, b => b.due_bridge_jobs(now, limit).await)
+    }
+
+    /// The earliest due time in the bridge's outbox, if any.
+    pub async fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
+        dispatch!(self, b => b.next_bridge_due().await)
+    }
+
+    /// How many host names are waiting in the bridge's outbox (for metrics). A scan: call
+    /// rarely.
+    pub async fn outbox_len(&self) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.outbox_len().await)
+    }
+
+    /// Replaces a host's bridge record and moves its outbox entry to the new due time.
+    /// `key_confirmed` only ever goes from false to true (a confirmation that raced with the
+    /// worker's step is kept, and a record parked awaiting confirmation meanwhile requeued).
+    pub async fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+        dispatch!(self, b => b.save_bridge(domain, record).await)
+    }
+
+    /// Makes every record parked by a 401 due at `now` (new credentials arrived). Returns how
+    /// many there are.
+    pub async fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.release_credential_waiters(now).await)
+    }
+
+    /// Does any record wait on credentials (parked by a 401)?
+    pub async fn has_credential_waiters(&self) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.has_credential_waiters().await)
+    }
+
+    /// Makes every synced host that validates at `dcv_domain` (but is not it) due at `now`.
+    /// Returns how many.
+    pub async fn wake_dcv_dependents(
+        &self,
+        dcv_domain: &str,
+        now: UnixTime,
+    ) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.wake_dcv_dependents(dcv_domain, now).await)
+    }
+
+    /// Gives `domain` a bridge record, queued and due at `now`, unless it has one. Returns
+    /// whether one was created.
+    pub async fn ensure_bridge_record(
+        &self,
+        domain: &str,
+        key_confirmed: bool,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.ensure_bridge_record(domain, key_confirmed, now).await)
+    }
+
+    /// Run when the bridge starts: queues every registered host without a bridge record, and
+    /// requeues the ones whose rest depends on the configuration. Returns how many.
+    pub async fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.backfill_bridge(now).await)
+    }
+
+    // ---- ACME state ----
+
+    /// Turns ACME bookkeeping on (at start-up, when `[sectigo.acme]` is configured).
+    pub fn enable_acme(&self) {
+        dispatch!(self, b => b.enable_acme())
+    }
+
+    /// Is ACME bookkeeping on?
+    pub fn acme_enabled(&self) -> bool {
+        dispatch!(self, b => b.acme_enabled())
+    }
+
+    /// A key's ACME record.
+    pub async fn acme_key(&self, hash: &KeyHash) -> Result<Option<AcmeKeyRecord>, StoreError> {
+        dispatch!(self, b => b.acme_key(hash).await)
+    }
+
+    /// Up to `limit` keys due at or before `now`, earliest first.
+    pub async fn due_acme_keys(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<KeyHash>, StoreError> {
+        dispatch!(self, b => b.due_acme_keys(now, limit).await)
+    }
+
+    /// The earliest due time in the ACME outbox.
+    pub async fn next_acme_due(&self) -> Result<Option<UnixTime>, StoreError> {
+        dispatch!(self, b => b.next_acme_due().await)
+    }
+
+    /// Saves the worker's view of a key. If the key was touched since the worker read it,
+    /// the key stays due now and the newer touch count is kept.
+    pub async fn save_acme_key(
+        &self,
+        hash: &KeyHash,
+        record: &AcmeKeyRecord,
+        now: UnixTime,
     ) -> Result<(), StoreError> {
-        let mut key = vec![AUDIT];
-        key.extend_from_slice(&self.next_audit_seq(at).to_be_bytes());
-        let event = AuditEvent {
-            at,
-            ip,
-            key_id,
-            kind,
-        };
-        // Its log line is written once the batch is on disk (see `durable`).
-        batch.audit(key, event);
-        Ok(())
-    }
-}
-
-/// After a crash, sled may hold changes it wrote out on its own that never reached the log
-/// (so were never acknowledged), while replaying the log restores the last logged version of
-/// each key record. A key's `domain_count` can then disagree with its domain entries (found
-/// by tests/crash.rs: `list` showed `total=` below the number of domains it listed). The
-/// entries are what `list` shows, so the count is made to match them. Returns how many keys
-/// were corrected.
-fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
-    let mut corrected = 0;
-    for entry in db.scan_prefix([KEY]) {
-        let (k, v) = entry?;
-        let mut record = KeyRecord::decode(&v)?;
-        let mut prefix = Vec::with_capacity(k.len());
-        prefix.push(KEY_DOMAIN);
-        prefix.extend_from_slice(&k[1..]);
-        let mut count = 0u64;
-        for entry in db.scan_prefix(prefix) {
-            entry?;
-            count += 1;
-        }
-        if record.domain_count != count {
-            record.domain_count = count;
-            db.insert(k, record.encode())?;
-            corrected += 1;
-        }
-    }
-    Ok(corrected)
-}
-
-fn key_key(hash: &KeyHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(KEY);
-    k.extend_from_slice(&hash.0);
-    k
-}
-
-fn key_domain_key(hash: &KeyHash, domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33 + domain.len());
-    k.push(KEY_DOMAIN);
-    k.extend_from_slice(&hash.0);
-    k.extend_from_slice(domain.as_bytes());
-    k
-}
-
-fn domain_key(domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + domain.len());
-    k.push(DOMAIN);
-    k.extend_from_slice(domain.as_bytes());
-    k
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn open(dir: &Path) -> Store {
-        open_in(dir, DurabilityMode::Durable)
+        dispatch!(self, b => b.save_acme_key(hash, record, now).await)
     }
 
-    fn open_in(dir: &Path, mode: DurabilityMode) -> Store {
-        let timing = Timing {
-            relaxed_flush: Duration::from_secs(1),
-            // No checkpoint during the test: the log segments stay and are replayed.
-            checkpoint: Duration::from_secs(3600),
-        };
-        // sled's background threads let go of the previous handle's file lock a moment
-        // after it is dropped; a real restart is another process and does not wait.
-        let mut attempts = 0;
-        loop {
-            match Store::open(dir, mode, timing) {
-                Ok(store) => return store,
-                Err(StoreError::Open { .. }) if attempts < 200 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(e) => panic!("opening the store: {e}"),
-            }
-        }
+    /// Queues `hash` for the ACME worker now (a write of its own).
+    pub async fn touch_acme_key(&self, hash: &KeyHash, now: UnixTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.touch_acme_key(hash, now).await)
     }
 
-    /// Regression: the state kill -9 can leave. sled wrote out a registration on its own
-    /// (the key record with the new count and the domain entry) that never reached the log;
-    /// replaying the log then restored the older key record, so `domain_count` said 1 while
-    /// two domains were listed.
-    #[test]
-    fn replay_recounts_domains_that_sled_kept_beyond_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = crate::apikey::ApiKey::generate().hash();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let first: Domain = "a.example.org".parse().unwrap();
-        {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let store = open(dir.path());
-                store
-                    .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
-                    .unwrap();
-                store.add_domain(&hash, &first, ip, 0).unwrap();
-                store.commit().await.unwrap();
-                // Straight to sled, bypassing the log: an unacknowledged add that sled
-                // persisted by itself before the crash.
-                let mut key = store.key(&hash).unwrap().unwrap();
-                key.domain_count += 1;
-                let mut batch = sled::Batch::default();
-                batch.insert(key_key(&hash), key.encode());
-                batch.insert(
-                    key_domain_key(&hash, "b.example.org"),
-                    KeyDomain { added_at: 0 }.encode(),
-                );
-                store.db.apply_batch(batch).unwrap();
-                store.db.flush().unwrap();
-                assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2);
-            });
-            // The runtime and the store go away without `close`: no checkpoint, as at a crash.
-        }
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let store = open(dir.path());
-            let listed = store.key_domains(&hash, 0).count() as u64;
-            assert_eq!(listed, 2);
-            assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, listed);
-            store.close().await.unwrap();
-        });
+    /// Run when the ACME worker starts: queues every key that holds domains or has an ACME
+    /// record. Returns how many.
+    pub async fn backfill_acme(&self, now: UnixTime) -> Result<usize, StoreError> {
+        dispatch!(self, b => b.backfill_acme(now).await)
     }
 
-    async fn wait_until_writable(store: &Store) {
-        let started = std::time::Instant::now();
-        while store.writable().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "never writable again"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    // ---- Operator (admin API) ----
+
+    /// Up to `limit` registered domains after `after` (exclusive; `None`: from the first), in
+    /// lexicographic order, each with its bridge record and holders.
+    pub async fn inventory_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<InventoryRow>, StoreError> {
+        dispatch!(self, b => b.inventory_after(after, limit).await)
     }
 
-    fn domain_added(store: &Store, name: &str) -> bool {
-        store
-            .audit_events()
-            .map(Result::unwrap)
-            .any(|e| matches!(&e.kind, AuditKind::DomainAdded { domain } if domain == name))
+    /// Up to `limit` keys after `after` (exclusive; `None`: from the first), in the order of
+    /// their hashes.
+    pub async fn keys_after(
+        &self,
+        after: Option<&KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+        dispatch!(self, b => b.keys_after(after, limit).await)
     }
 
-    /// Durable mode: a change whose log write failed is undone in memory (the key's count,
-    /// the domain entry, its audit event), the request that made it learns so, and it is not
-    /// there after a restart either; the store takes writes again by itself.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_failed_log_write_is_undone_and_writes_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = crate::apikey::ApiKey::generate().hash();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let (kept, refused, later): (Domain, Domain, Domain) = (
-            "kept.example.org".parse().unwrap(),
-            "refused.example.org".parse().unwrap(),
-            "later.example.org".parse().unwrap(),
-        );
-        let store = open(dir.path());
-        store
-            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
-            .unwrap();
-        store.add_domain(&hash, &kept, ip, 0).unwrap();
-        store.commit().await.unwrap();
-
-        let since = store.mark();
-        store.group_commit().inject_flush_failures(1);
-        store.add_domain(&hash, &refused, ip, 0).unwrap();
-        assert!(store.commit_since(since).await.is_err());
-        assert_eq!(store.key_domain(&hash, &refused).unwrap(), None);
-        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 1);
-        assert!(!domain_added(&store, "refused.example.org"));
-        // Refused up front until the log is mended, without touching the database.
-        let refusal = store.add_domain(&hash, &later, ip, 0).unwrap_err();
-        assert!(refusal.to_string().contains("free space"), "{refusal}");
-        assert_eq!(store.key_domain(&hash, &later).unwrap(), None);
-
-        wait_until_writable(&store).await;
-        let since = store.mark();
-        store.add_domain(&hash, &later, ip, 0).unwrap();
-        store.commit_since(since).await.unwrap();
-        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2);
-        store.close().await.unwrap();
-        drop(store);
-
-        let store = open(dir.path());
-        assert_eq!(store.key_domain(&hash, &refused).unwrap(), None);
-        assert!(store.key_domain(&hash, &later).unwrap().is_some());
-        assert_eq!(store.key(&hash).unwrap().unwrap().domain_count, 2);
-        store.close().await.unwrap();
+    /// The keys whose id (the lower-case hex of their hash) starts with `prefix`.
+    pub async fn keys_with_id_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+        dispatch!(self, b => b.keys_with_id_prefix(prefix).await)
     }
 
-    /// Relaxed mode acknowledged the change already: a failed log write keeps it, and it is
-    /// written once the log works again.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn relaxed_mode_keeps_an_acknowledged_change_through_a_failed_log_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = crate::apikey::ApiKey::generate().hash();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let domain: Domain = "relaxed.example.org".parse().unwrap();
-        let store = open_in(dir.path(), DurabilityMode::Relaxed);
-        store
-            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
-            .unwrap();
-        store.group_commit().inject_flush_failures(1);
-        store.add_domain(&hash, &domain, ip, 0).unwrap();
-        store.commit().await.unwrap();
-        assert!(store.flush().await.is_err());
-        assert!(store.key_domain(&hash, &domain).unwrap().is_some());
-        wait_until_writable(&store).await;
-        store.flush().await.unwrap();
-        store.close().await.unwrap();
-        drop(store);
-        let store = open_in(dir.path(), DurabilityMode::Relaxed);
-        assert!(store.key_domain(&hash, &domain).unwrap().is_some());
-        assert!(domain_added(&store, "relaxed.example.org"));
-        store.close().await.unwrap();
+    /// Sends a host's bridge record back to `queued`, due now, keeping what is known about it
+    /// for display; a domain registered while the bridge was off gets its first record.
+    pub async fn requeue_domain(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<RequeueOutcome, StoreError> {
+        dispatch!(self, b => b.requeue_domain(host, ip, now).await)
+    }
+
+    /// How many bridge records are in each phase (for the metrics).
+    pub async fn bridge_phase_counts(&self) -> Result<HashMap<BridgePhase, u64>, StoreError> {
+        dispatch!(self, b => b.bridge_phase_counts().await)
+    }
+
+    /// A tiny write for the readiness check; the caller commits it to prove the store takes
+    /// writes.
+    pub async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.probe_write(now).await)
     }
 }

@@ -1,7 +1,7 @@
 //! The one test kit: a server harness (in-process, or the binary as a child process with a
 //! start-up timeout), one line client with [`client::list_all`], [`wait::wait_until`] for
-//! polling with a deadline, simulators of Sectigo and an SMTP relay, and the shell-script
-//! helpers.
+//! polling with a deadline, simulators of Sectigo and an SMTP relay, the shell-script
+//! helpers, and whole listings of the store ([`store`]).
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
 pub mod acme_setup;
@@ -14,4 +14,5 @@ pub mod scm_sim;
 pub mod scripts;
 pub mod server;
 pub mod smtp_sink;
+pub mod store;
 pub mod wait;

@@ -1,7 +1,7 @@
 //! Rows ↔ the store's records.
 
 use crate::apikey::KeyHash;
-use crate::store::acme_state::StoredAcmeKeyRecord;
+use crate::store::acme_record::StoredAcmeKeyRecord;
 use crate::store::records::StoredBridgeRecord;
 use crate::store::{AcmeKeyRecord, BridgePhase, BridgeRecord, KeyRecord, Record, StoreError};
 use tokio_postgres::Row;

@@ -1,18 +1,19 @@
-//! The bridge's durable queue: one [`BridgeRecord`] per domain (prefix `S`) and an index of
-//! due times (prefix `O`, key = due time (8 bytes, big-endian) + domain), which is the outbox
-//! the worker consumes in time order.
+//! The bridge's durable queue: one [`BridgeRecord`] per host name (`S`) and an index of due
+//! times (`O`), which is the outbox the worker consumes in time order (keys:
+//! [`super::keyspace`]).
 //!
 //! A domain's first registration writes its record and outbox entry in the same batch as the
 //! registration itself, so no acknowledged domain can miss the bridge. Every later change
-//! moves the outbox entry together with the record, atomically.
+//! moves the outbox entry in the same batch as the record (one log record: see
+//! [`super::wal::WriteBatch`]).
 
-use super::{
-    BRIDGE, DOMAIN, OUTBOX, Store, StoreError, WriteBatch,
-    records::{BridgePhase, BridgeRecord, Record, UnixTime},
-};
+use super::keyspace::{bridge, bridge_outbox, domain as domain_record};
+use super::{SledStore, WriteBatch, count_prefix};
+use crate::store::StoreError;
+use crate::store::records::{BridgePhase, BridgeRecord, Record, UnixTime};
 use std::sync::atomic::Ordering;
 
-impl Store {
+impl SledStore {
     /// Turns bridge bookkeeping on: from now on, new domains are queued for the bridge.
     /// Called once at start-up when a `[sectigo]` section is configured.
     pub fn enable_bridge(&self) {
@@ -25,25 +26,29 @@ impl Store {
     }
 
     /// The bridge record of a domain.
-    pub fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
-        self.get(&bridge_key(domain))
+    pub async fn bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+        self.read_bridge(domain)
+    }
+
+    /// [`SledStore::bridge`], for code that holds the writers' lock.
+    pub(super) fn read_bridge(&self, domain: &str) -> Result<Option<BridgeRecord>, StoreError> {
+        self.get(&bridge::encode(domain))
     }
 
     /// Up to `limit` domains due at or before `now`, earliest first.
-    pub fn due_bridge_jobs(
+    pub async fn due_bridge_jobs(
         &self,
         now: UnixTime,
         limit: usize,
     ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([OUTBOX]) {
+        for entry in self.db.scan_prefix([bridge_outbox::PREFIX]) {
             let (k, _) = entry?;
-            let due = i64::from_be_bytes(k[1..9].try_into().expect("outbox key has a time"));
+            let (due, domain) = bridge_outbox::decode(&k);
             if due > now || out.len() >= limit {
                 break;
             }
-            let domain = String::from_utf8_lossy(&k[9..]).into_owned();
-            if let Some(record) = self.bridge(&domain)? {
+            if let Some(record) = self.read_bridge(&domain)? {
                 out.push((domain, record));
             }
         }
@@ -51,21 +56,18 @@ impl Store {
     }
 
     /// The earliest due time in the outbox, if any.
-    pub fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
-        match self.db.scan_prefix([OUTBOX]).next() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                Ok(Some(i64::from_be_bytes(
-                    k[1..9].try_into().expect("outbox key has a time"),
-                )))
-            }
+    pub async fn next_bridge_due(&self) -> Result<Option<UnixTime>, StoreError> {
+        match self.db.scan_prefix([bridge_outbox::PREFIX]).next() {
+            Some(entry) => Ok(Some(bridge_outbox::due(&entry?.0))),
             None => Ok(None),
         }
     }
 
-    /// How many domains are waiting in the outbox (for metrics). A scan: call rarely.
-    pub fn outbox_len(&self) -> usize {
-        self.db.scan_prefix([OUTBOX]).count()
+    /// How many domains are waiting in the outbox (for metrics). A scan, off the runtime:
+    /// call rarely.
+    pub async fn outbox_len(&self) -> Result<usize, StoreError> {
+        self.off_runtime(|db| count_prefix(db, bridge_outbox::PREFIX))
+            .await
     }
 
     /// Replaces a domain's bridge record and moves its outbox entry to the new due time.
@@ -73,14 +75,14 @@ impl Store {
     /// `key_confirmed` only ever goes from false to true: a key confirmed while the worker
     /// held an older copy of the record must not be undone by the worker's save, and a
     /// record the worker parks in `awaiting_confirmation` meanwhile is requeued at once.
-    pub fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
+    pub async fn save_bridge(&self, domain: &str, record: &BridgeRecord) -> Result<(), StoreError> {
         let _guard = self.lock();
         let mut batch = WriteBatch::default();
         let mut record = record.clone();
         let mut requeued = false;
-        if let Some(old) = self.bridge(domain)? {
+        if let Some(old) = self.read_bridge(domain)? {
             if let Some(due) = old.next_attempt_at {
-                batch.remove(outbox_key(due, domain));
+                batch.remove(bridge_outbox::encode(due, domain));
             }
             if old.key_confirmed && !record.key_confirmed {
                 record.key_confirmed = true;
@@ -91,9 +93,9 @@ impl Store {
                 }
             }
         }
-        batch.insert(bridge_key(domain), record.encode());
+        batch.insert(bridge::encode(domain), record.encode());
         if let Some(due) = record.next_attempt_at {
-            batch.insert(outbox_key(due, domain), Vec::new());
+            batch.insert(bridge_outbox::encode(due, domain), Vec::new());
         }
         self.write(batch)?;
         if requeued {
@@ -105,11 +107,11 @@ impl Store {
     /// Makes every record parked by a 401 due at `now` (new credentials arrived: a restart
     /// or a reload). The records keep `waiting_on_credentials` until a step succeeds, so the
     /// bridge shows `paused` until the credentials are proven. Returns how many there are.
-    pub fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
+    pub async fn release_credential_waiters(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut released = 0;
         for (domain, mut record) in self.bridge_records_where(|r| r.waiting_on_credentials)? {
             record.next_attempt_at = Some(now);
-            self.save_bridge(&domain, &record)?;
+            self.save_bridge(&domain, &record).await?;
             released += 1;
         }
         if released > 0 {
@@ -119,7 +121,7 @@ impl Store {
     }
 
     /// Does any record wait on credentials (parked by a 401)?
-    pub fn has_credential_waiters(&self) -> Result<bool, StoreError> {
+    pub async fn has_credential_waiters(&self) -> Result<bool, StoreError> {
         Ok(!self
             .bridge_records_where(|r| r.waiting_on_credentials)?
             .is_empty())
@@ -127,7 +129,7 @@ impl Store {
 
     /// Makes every domain that validates at `dcv_domain` (but is not it) due at `now`, so
     /// its DCV state follows its validation domain's at once.
-    pub fn wake_dcv_dependents(
+    pub async fn wake_dcv_dependents(
         &self,
         dcv_domain: &str,
         now: UnixTime,
@@ -141,7 +143,7 @@ impl Store {
                 continue;
             }
             record.next_attempt_at = Some(now);
-            self.save_bridge(&domain, &record)?;
+            self.save_bridge(&domain, &record).await?;
             woken += 1;
         }
         if woken > 0 {
@@ -153,7 +155,7 @@ impl Store {
     /// Gives `domain` a bridge record, queued and due at `now`, unless it has one: a
     /// validation domain the bridge must bring into SCM for its subdomains' DCV. Returns
     /// whether one was created.
-    pub fn ensure_bridge_record(
+    pub async fn ensure_bridge_record(
         &self,
         domain: &str,
         key_confirmed: bool,
@@ -161,7 +163,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         {
             let _guard = self.lock();
-            if self.db.contains_key(bridge_key(domain))? {
+            if self.db.contains_key(bridge::encode(domain))? {
                 return Ok(false);
             }
             let mut batch = WriteBatch::default();
@@ -178,11 +180,11 @@ impl Store {
         keep: impl Fn(&BridgeRecord) -> bool,
     ) -> Result<Vec<(String, BridgeRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([BRIDGE]) {
+        for entry in self.db.scan_prefix([bridge::PREFIX]) {
             let (k, v) = entry?;
             let record = BridgeRecord::decode(&v)?;
             if keep(&record) {
-                out.push((String::from_utf8_lossy(&k[1..]).into_owned(), record));
+                out.push((bridge::decode(&k), record));
             }
         }
         Ok(out)
@@ -192,17 +194,17 @@ impl Store {
     /// yet (registered while the bridge was not configured), and requeues the domains whose
     /// rest depends on the configuration (outside the allowed suffixes, awaiting a confirmed
     /// key), since the configuration may have changed. Returns how many were queued.
-    pub fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
+    pub async fn backfill_bridge(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut queued = 0;
         let confirmed = self.hosts_of_confirmed_keys()?;
-        for entry in self.db.scan_prefix([DOMAIN]) {
+        for entry in self.db.scan_prefix([domain_record::PREFIX]) {
             let (k, _) = entry?;
-            let Ok(domain) = crate::domain::normalize(&String::from_utf8_lossy(&k[1..])) else {
+            let Ok(domain) = crate::domain::normalize(&domain_record::decode(&k)) else {
                 continue;
             };
             let host = domain.host();
             let _guard = self.lock();
-            if self.db.contains_key(bridge_key(host))? {
+            if self.db.contains_key(bridge::encode(host))? {
                 continue;
             }
             let mut batch = WriteBatch::default();
@@ -210,18 +212,18 @@ impl Store {
             self.write(batch)?;
             queued += 1;
         }
-        for entry in self.db.scan_prefix([BRIDGE]) {
+        for entry in self.db.scan_prefix([bridge::PREFIX]) {
             let (k, v) = entry?;
             let mut record = BridgeRecord::decode(&v)?;
             if matches!(
                 record.phase,
                 BridgePhase::NotForwarded | BridgePhase::AwaitingConfirmation
             ) {
-                let host = String::from_utf8_lossy(&k[1..]).into_owned();
+                let host = bridge::decode(&k);
                 record.phase = BridgePhase::Queued;
                 record.next_attempt_at = Some(now);
                 record.key_confirmed |= confirmed.contains(&host);
-                self.save_bridge(&host, &record)?;
+                self.save_bridge(&host, &record).await?;
                 queued += 1;
             }
         }
@@ -237,10 +239,10 @@ pub(super) fn queue_new_domain(
     key_confirmed: bool,
 ) {
     batch.insert(
-        bridge_key(domain),
+        bridge::encode(domain),
         BridgeRecord::queued(now, key_confirmed).encode(),
     );
-    batch.insert(outbox_key(now, domain), Vec::new());
+    batch.insert(bridge_outbox::encode(now, domain), Vec::new());
 }
 
 /// Adds to `batch` the change that a confirmed key now holds `domain`: `key_confirmed` is
@@ -260,29 +262,13 @@ pub(super) fn mark_key_confirmed(
     record.key_confirmed = true;
     if waiting {
         if let Some(old) = record.next_attempt_at {
-            batch.remove(outbox_key(old, domain));
+            batch.remove(bridge_outbox::encode(old, domain));
         }
         record.phase = BridgePhase::Queued;
         record.attempts = 0;
         record.next_attempt_at = Some(now);
-        batch.insert(outbox_key(now, domain), Vec::new());
+        batch.insert(bridge_outbox::encode(now, domain), Vec::new());
     }
-    batch.insert(bridge_key(domain), record.encode());
+    batch.insert(bridge::encode(domain), record.encode());
     waiting
-}
-
-pub(super) fn bridge_key(domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + domain.len());
-    k.push(BRIDGE);
-    k.extend_from_slice(domain.as_bytes());
-    k
-}
-
-pub(super) fn outbox_key(due: UnixTime, domain: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + domain.len());
-    k.push(OUTBOX);
-    // Times before 1970 do not occur; clamping keeps the byte order equal to time order.
-    k.extend_from_slice(&due.max(0).to_be_bytes());
-    k.extend_from_slice(domain.as_bytes());
-    k
 }

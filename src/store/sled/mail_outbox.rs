@@ -1,25 +1,18 @@
-//! The mail outbox (prefix `Q`, key = due time (8 bytes, big-endian) + key hash): claim
-//! confirmation e-mails still to be sent. A claim writes its job in the same batch as the
+//! The mail outbox (`Q`, in due order; keys: [`super::keyspace`]): claim confirmation
+//! e-mails still to be sent. A claim writes its job in the same batch as the
 //! claim itself (ARCHITECTURE.md §4), so once a claim is acknowledged its mail survives a
 //! crash; the sender (`confirm::Confirmations::run`) takes due jobs in time order, and either
 //! deletes a job once its mail is out or moves it to a later due time.
 
-use super::{MAIL_OUTBOX, Store, StoreError, WriteBatch, records::MailJob, records::Record};
+use super::keyspace::mail_outbox;
+use super::{SledStore, WriteBatch, count_prefix};
 use crate::apikey::KeyHash;
-use crate::store::UnixTime;
+use crate::store::records::{MailJob, Record, UnixTime};
+use crate::store::{DueMail, StoreError};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-/// One job taken from the outbox.
-#[derive(Debug, Clone)]
-pub struct DueMail {
-    /// Its key in the outbox (to delete or move it).
-    pub outbox_key: Vec<u8>,
-    pub key: KeyHash,
-    pub job: MailJob,
-}
-
-impl Store {
+impl SledStore {
     /// From now on, claims queue a confirmation e-mail. Called once at start-up when the
     /// admin listener (which serves the links) is configured.
     pub fn enable_confirmation_mail(&self) {
@@ -44,19 +37,18 @@ impl Store {
             claimed_at: now,
             attempts: 0,
         };
-        batch.insert(mail_key(now, key), job.encode());
+        batch.insert(mail_outbox::encode(now, key), job.encode());
     }
 
     /// Up to `limit` jobs due at or before `now`, earliest first.
-    pub fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
+    pub async fn due_mail(&self, now: UnixTime, limit: usize) -> Result<Vec<DueMail>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([MAIL_OUTBOX]) {
+        for entry in self.db.scan_prefix([mail_outbox::PREFIX]) {
             let (k, v) = entry?;
-            let due = i64::from_be_bytes(k[1..9].try_into().expect("mail key has a time"));
+            let (due, key) = mail_outbox::decode(&k);
             if due > now || out.len() >= limit {
                 break;
             }
-            let key = KeyHash(k[9..41].try_into().expect("mail key has a key hash"));
             out.push(DueMail {
                 outbox_key: k.to_vec(),
                 key,
@@ -67,32 +59,25 @@ impl Store {
     }
 
     /// The mail is out (or given up on): the job leaves the outbox. Commit afterwards.
-    pub fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
+    pub async fn finish_mail(&self, mail: &DueMail) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.remove(mail.outbox_key.clone());
         self.write(batch)
     }
 
     /// The send failed: the job, with its attempt counted, moves to `due`. Commit afterwards.
-    pub fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
+    pub async fn retry_mail(&self, mail: &DueMail, due: UnixTime) -> Result<(), StoreError> {
         let mut job = mail.job.clone();
         job.attempts += 1;
         let mut batch = WriteBatch::default();
         batch.remove(mail.outbox_key.clone());
-        batch.insert(mail_key(due, &mail.key), job.encode());
+        batch.insert(mail_outbox::encode(due, &mail.key), job.encode());
         self.write(batch)
     }
 
-    /// How many mails are waiting (for metrics). A scan: call rarely.
-    pub fn mail_outbox_len(&self) -> usize {
-        self.db.scan_prefix([MAIL_OUTBOX]).count()
+    /// How many mails are waiting (for metrics). A scan, off the runtime: call rarely.
+    pub async fn mail_outbox_len(&self) -> Result<usize, StoreError> {
+        self.off_runtime(|db| count_prefix(db, mail_outbox::PREFIX))
+            .await
     }
-}
-
-fn mail_key(due: UnixTime, key: &KeyHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(MAIL_OUTBOX);
-    k.extend_from_slice(&due.to_be_bytes());
-    k.extend_from_slice(&key.0);
-    k
 }

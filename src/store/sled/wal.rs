@@ -28,8 +28,14 @@
 //! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert) and for inserts `value_len: u32`,
 //! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
 //! torn tail left by a crash in the middle of a write, never acknowledged.
+//!
+//! At start-up [`replay_into`] applies what the remaining segments hold to sled, makes sled
+//! hold it on disk, and retires the segments; the store then knows from its
+//! [`ReplayReport`] whether the last stop was clean (what needs checking after a crash is the
+//! store's business, not the log's).
 
-use super::records::{AuditEvent, Record};
+use crate::store::StoreError;
+use crate::store::records::{AuditEvent, Record};
 use smallvec::SmallVec;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -48,7 +54,30 @@ pub(super) const NO_BLOCK: [u8; BLOCK_HEADER] = [0; BLOCK_HEADER];
 /// One change: a key and its new value, or `None` to delete it.
 pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 
-/// A set of changes applied atomically: to sled as one batch, to the log as one record.
+/// A set of changes that stands or falls together: one log record, applied to sled in order.
+///
+/// What that promises, precisely (sled's own `apply_batch`, which would make sled's view of a
+/// batch atomic, is not used: see [`WriteBatch::apply_to`]):
+///
+/// * **On disk, all or nothing.** The batch is one log record with its own checksum; replay
+///   applies it whole, or not at all if it never reached the disk intact. Before a crash
+///   sled may have written part of an unacknowledged batch out by itself; the derived values
+///   that could then disagree (a key's domain count, the holder index) are rebuilt at
+///   start-up after an unclean stop.
+/// * **In memory, key by key.** [`GroupCommit::apply`](super::durable::GroupCommit::apply)
+///   inserts the changes into sled one at a time, in order. Read-check-write sequences hold
+///   the writers' lock across their reads and their apply, so none sees half of another's
+///   batch (the writes that check nothing, such as an audit event or link tokens, take no
+///   lock). A reader that takes no lock can see part of a batch, for the microseconds the
+///   apply takes; the batch's sequence number is published before sled shows any of it, so
+///   that reader then waits for the batch's commit round and answers `500` if it failed.
+/// * **Undone whole.** When a log write fails in durable mode, every key of every batch not
+///   yet on disk gets back the value its apply replaced, newest first, and the undo is logged
+///   as a record of its own (see [`super::durable`]). Relaxed mode acknowledged the batch
+///   already and keeps it.
+/// * **Not across a sled failure.** sled failing in the middle of an apply leaves part of the
+///   batch in memory; the store turns fatal and the process exits, and the restart replays a
+///   log that does not hold the batch (then the unclean-stop repairs above apply).
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
@@ -75,25 +104,19 @@ impl WriteBatch {
         self.audit.push(event);
     }
 
-    /// No changes?
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
     /// The changes and the audit events, for the store to apply.
     pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[AuditEvent; 2]>) {
         (self.ops, self.audit)
     }
 
-    /// Applies the changes to sled one by one, in order.
+    /// Applies the changes to sled one by one, in order (replay; the write path does the same
+    /// in `GroupCommit::apply`, keeping each replaced value for an undo).
     ///
     /// Not with `sled::Tree::apply_batch`: in sled 0.34 that writes and `sync_file_range`s
     /// its log twice per batch (measured: two waits on the disk per acknowledged write, on
-    /// the request path, serialising every writer). Atomicity comes from the log instead: a
-    /// batch is one log record, replayed whole after a crash; sled may hold a prefix of an
-    /// unacknowledged batch, which replay completes or which was never acknowledged, and the
-    /// one derived value that could disagree (a key's domain count) is recounted at start-up
-    /// after an unclean stop.
+    /// the request path, serialising every writer). All-or-nothing comes from the log instead
+    /// (see [`WriteBatch`]): sled may hold a prefix of an unacknowledged batch, which replay
+    /// completes or which was never acknowledged.
     pub(super) fn apply_to(&self, db: &sled::Db) -> Result<(), sled::Error> {
         for (k, v) in &self.ops {
             match v {
@@ -191,7 +214,7 @@ pub(super) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// The path of segment `number`.
-pub(super) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("wal-{number:016}.log"))
 }
 
@@ -211,7 +234,7 @@ pub(super) fn block(number: u64, data: &[u8]) -> Vec<u8> {
 
 /// Reads every record of segment `number` up to the first block that is short, stale (from
 /// the file's previous life) or corrupt.
-pub(super) fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatch>> {
+fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatch>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut out = Vec::new();
@@ -341,7 +364,7 @@ pub(super) fn mark_clean(dir: &Path) -> io::Result<()> {
 }
 
 /// Was the store closed cleanly last time? Removes the marker: from now on it is open.
-pub(super) fn take_clean_marker(dir: &Path) -> io::Result<bool> {
+fn take_clean_marker(dir: &Path) -> io::Result<bool> {
     match fs::remove_file(dir.join(CLEAN_MARKER)) {
         Ok(()) => {
             File::open(dir)?.sync_all()?;
@@ -350,6 +373,67 @@ pub(super) fn take_clean_marker(dir: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// What [`replay_into`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReplayReport {
+    /// The store was closed cleanly last time (a final checkpoint, nothing unacknowledged in
+    /// sled). When not, sled may hold part of a batch that never reached the log.
+    pub clean: bool,
+    /// Batches (log records) applied.
+    pub batches: usize,
+    /// Segments read, now retired.
+    pub segments: usize,
+    /// The number the next segment gets.
+    pub next_segment: u64,
+}
+
+/// Replays the log in `dir` (created if missing) into `db` at start-up: every record of every
+/// segment, oldest first, up to each segment's first torn or stale block. Then, if there was
+/// anything to replay, flushes sled and syncs its `db` file (`db_file`, opened from
+/// `db_path`), so that the segments can be retired. Takes the clean-shutdown marker: from now on the store is open.
+///
+/// Replaying a record twice is harmless (records hold whole values), and a record is applied
+/// whole or, if it never reached the disk intact, not at all.
+pub(super) fn replay_into(
+    db: &sled::Db,
+    db_file: &File,
+    db_path: &Path,
+    dir: &Path,
+) -> Result<ReplayReport, StoreError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let clean = take_clean_marker(dir).map_err(io(dir))?;
+    let segments = segments(dir).map_err(io(dir))?;
+    let mut batches = 0usize;
+    for (number, path) in &segments {
+        for batch in read_segment(path, *number).map_err(io(path))? {
+            batch.apply_to(db)?;
+            batches += 1;
+        }
+    }
+    if !segments.is_empty() {
+        db.flush()?;
+        db_file.sync_data().map_err(io(db_path))?;
+        retire_segments(dir, &segments).map_err(io(dir))?;
+        if batches > 0 {
+            tracing::info!(
+                records = batches,
+                segments = segments.len(),
+                "replayed the write-ahead log"
+            );
+        }
+    }
+    Ok(ReplayReport {
+        clean,
+        batches,
+        segments: segments.len(),
+        next_segment: segments.last().map_or(1, |(n, _)| n + 1),
+    })
 }
 
 /// Writes `bytes` at `offset` of a segment and makes them durable.
@@ -418,6 +502,50 @@ mod tests {
         let read = read_segment(&segment_path(dir.path(), 2), 2).unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].ops, batch(5).ops);
+    }
+
+    #[test]
+    fn replay_applies_every_record_retires_the_segments_and_takes_the_clean_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        let first = create_segment(&wal_dir, 1).unwrap();
+        write_durably(&first, 0, &round(1, &[batch(1), batch(2)])).unwrap();
+        let second = create_segment(&wal_dir, 2).unwrap();
+        let block = round(2, &[batch(3), batch(4)]);
+        // The second round was torn by a crash: only the first one counts.
+        write_durably(&second, 0, &round(2, &[batch(3)])).unwrap();
+        let at = round(2, &[batch(3)]).len() as u64;
+        write_durably(&second, at, &block[..block.len() / 2]).unwrap();
+
+        let sled_dir = dir.path().join("db");
+        let db = sled::Config::new().path(&sled_dir).open().unwrap();
+        let db_path = sled_dir.join("db");
+        let db_file = File::open(&db_path).unwrap();
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        assert_eq!(
+            report,
+            ReplayReport {
+                clean: false,
+                batches: 3,
+                segments: 2,
+                next_segment: 3
+            }
+        );
+        assert_eq!(db.get([b'k', 3]).unwrap().as_deref(), Some(&[3u8; 3][..]));
+        assert_eq!(
+            db.get([b'k', 4]).unwrap(),
+            None,
+            "the torn round is not replayed"
+        );
+        assert!(segments(&wal_dir).unwrap().is_empty(), "retired");
+
+        mark_clean(&wal_dir).unwrap();
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        assert!(report.clean);
+        assert_eq!((report.batches, report.next_segment), (0, 1));
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        assert!(!report.clean, "the marker is taken: the store is open now");
     }
 
     #[test]

@@ -47,8 +47,8 @@
 //!   request is answered `500`, and the server exits non-zero for its supervisor to restart
 //!   it, which replays the log (see README, "Durability").
 
-use super::records::AuditEvent;
 use super::wal::{self, WriteBatch};
+use crate::store::records::AuditEvent;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
@@ -122,8 +122,10 @@ pub struct Timing {
 }
 
 /// A point in the store's history, taken before a request reads or writes: everything up to
-/// `settled` was on disk (or undone) then, and `losses` failures had happened.
-#[derive(Debug, Clone, Copy)]
+/// `settled` was on disk (or undone) then, and `losses` failures had happened. Opaque to the
+/// layers above the store. `Mark::default()` is the start of history: what a backend that
+/// commits every write before it returns (nothing to wait for) hands out.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Mark {
     settled: u64,
     losses: u64,
