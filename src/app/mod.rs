@@ -105,11 +105,16 @@ impl App {
     pub async fn start_activated(config: Config, activated: Activated) -> Result<Self, StartError> {
         requirements::check(&config)?;
         let running = config.clone();
-        let store = Arc::new(Store::open(
-            &config.data_dir,
-            config.durability.mode,
-            config.durability.timing(),
-        )?);
+        let store = Arc::new(
+            Store::open_configured(
+                &config.store,
+                &config.data_dir,
+                config.durability.mode,
+                config.durability.timing(),
+            )
+            .await?,
+        );
+        tracing::info!(backend = store.backend_name(), "store open");
         let shutdown = CancellationToken::new();
         let mut acme_worker = None;
         let worker = match &config.sectigo {

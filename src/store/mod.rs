@@ -69,6 +69,8 @@ pub struct Store {
 enum Backend {
     /// Embedded: sled, the write-ahead log and group commit, in the data directory.
     Sled(SledStore),
+    /// PostgreSQL: several instances share one database.
+    Postgres(postgres::PgStore),
 }
 
 /// Hands a call to the store's backend: `dispatch!(self, b => b.method(args).await)`. A new
@@ -77,6 +79,7 @@ macro_rules! dispatch {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sled($backend) => $call,
+            Backend::Postgres($backend) => $call,
         }
     };
 }
@@ -88,6 +91,36 @@ impl Store {
         Ok(Self {
             backend: Backend::Sled(SledStore::open(dir, mode, timing)?),
         })
+    }
+
+    /// Connects to PostgreSQL and applies the schema migrations this binary knows (under an
+    /// advisory lock, so instances starting together do not race).
+    pub async fn open_postgres(config: &postgres::PostgresConfig) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(postgres::PgStore::connect(config).await?),
+        })
+    }
+
+    /// Opens the backend `[store]` chooses: sled in `dir` (with the durability settings), or
+    /// PostgreSQL. Must be called inside a tokio runtime.
+    pub async fn open_configured(
+        config: &StoreConfig,
+        dir: &Path,
+        mode: DurabilityMode,
+        timing: Timing,
+    ) -> Result<Self, StoreError> {
+        match config.postgres() {
+            Some(pg) => Self::open_postgres(pg).await,
+            None => Self::open(dir, mode, timing),
+        }
+    }
+
+    /// Which backend this is, for the start-up log line and metrics: `sled` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sled(_) => "sled",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     // ---- Durability and lifecycle ----

@@ -56,6 +56,8 @@ mod wakeups;
 
 pub use config::PostgresConfig;
 
+use crate::store::Mark;
+
 /// Runs `$body` (a block evaluating to `Result<T, StoreError>`, with `$w: &mut Work` in
 /// scope; `return` leaves the block) in a transaction of `$store` and commits it; then
 /// writes the audit log lines and wakes the workers. A deadlock or serialisation failure
@@ -129,11 +131,6 @@ const RETRIES: usize = 5;
 
 /// How often the running instance checks that no newer certline migrated the schema.
 const SCHEMA_CHECK: Duration = Duration::from_secs(10);
-
-/// The point in history a request starts from. Nothing to record on PostgreSQL: every write
-/// committed before it returned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PgMark;
 
 /// The PostgreSQL store. Share it behind an `Arc`.
 pub struct PgStore {
@@ -288,12 +285,13 @@ impl PgStore {
     }
 
     /// Nothing to record: every write committed before it returned.
-    pub fn mark(&self) -> PgMark {
-        PgMark
+    pub fn mark(&self) -> Mark {
+        // Nothing to record: every write committed before it returned.
+        Mark::default()
     }
 
     /// Every write committed before it returned; `Ok` unless the store is closed.
-    pub async fn commit_since(&self, _since: PgMark) -> Result<(), StoreError> {
+    pub async fn commit_since(&self, _since: Mark) -> Result<(), StoreError> {
         self.open()
     }
 
