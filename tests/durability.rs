@@ -4,7 +4,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use support::client::{call, list_all, new_key};
-use support::server::Binary;
+use support::server::{Binary, Launch};
 
 /// Every domain registered under `key`.
 async fn all_domains(addr: SocketAddr, key: &str) -> BTreeSet<String> {
@@ -109,7 +109,7 @@ async fn kill_9_after_the_log_spans_several_segments_replays_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = config_file(dir.path());
-    let server = Binary::start(&data, Some(&config));
+    let server = Launch::new(&data).config(&config).sled().start();
     let addr = server.addr;
     let key = new_key(addr).await;
     // About 300 bytes of log per registration: 36,000 of them make about 10 MiB.
@@ -147,7 +147,7 @@ async fn kill_9_after_the_log_spans_several_segments_replays_them_all() {
     );
     server.kill9();
 
-    let server = Binary::start(&data, Some(&config));
+    let server = Launch::new(&data).config(&config).sled().start();
     let stored = all_domains(server.addr, &key).await;
     assert_eq!(stored.len(), 36_000);
     for conn in 0..8 {

@@ -114,7 +114,7 @@ async fn apikey_with_email_claims_at_once_and_the_audit_trail_records_it() {
 
 #[tokio::test]
 async fn keys_are_stored_only_as_hashes() {
-    let s = InProcess::start().await;
+    let s = InProcess::start_sled().await;
     let key = new_key(s.addr).await;
     call(
         s.addr,
@@ -408,7 +408,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn a_pipelined_burst_of_writes_shares_commit_rounds_and_keeps_its_order() {
     const ADDS: usize = 300;
-    let s = InProcess::start().await;
+    let s = InProcess::start_sled().await;
     let key = new_key(s.addr).await;
     let mut burst = String::new();
     let mut want = String::new();
@@ -509,7 +509,7 @@ async fn deep_list_pages_stay_exact_as_domains_come_and_go() {
 /// order; nothing of it is stored, and the connection goes on.
 #[tokio::test]
 async fn a_failed_round_fails_every_write_of_a_pipelined_batch() {
-    let s = InProcess::start().await;
+    let s = InProcess::start_sled().await;
     let key = new_key(s.addr).await;
     s.store
         .group_commit()
@@ -697,7 +697,7 @@ async fn apikey_and_claim_are_rate_limited_per_address() {
 
 #[tokio::test]
 async fn a_failed_flush_is_answered_500_and_nothing_is_acknowledged() {
-    let s = InProcess::start().await;
+    let s = InProcess::start_sled().await;
     let key = new_key(s.addr).await;
     s.store
         .group_commit()

@@ -37,6 +37,14 @@ pub fn test_config(data_dir: &Path) -> Config {
     config
 }
 
+/// [`test_config`] on the embedded store whatever `CERTLINE_TEST_STORE` says: for tests of
+/// what only the embedded store has (its write-ahead log, group commit, files on disk).
+pub fn test_config_sled(data_dir: &Path) -> Config {
+    let mut config = test_config(data_dir);
+    config.store = Default::default();
+    config
+}
+
 /// A server running inside the test process.
 pub struct InProcess {
     pub addr: SocketAddr,
@@ -53,6 +61,15 @@ impl InProcess {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(&dir.path().join("data"));
+        let mut s = Self::start_with(config).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// [`InProcess::start`] on the embedded store ([`test_config_sled`]).
+    pub async fn start_sled() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config_sled(&dir.path().join("data"));
         let mut s = Self::start_with(config).await;
         s._dir = Some(dir);
         s
@@ -100,6 +117,8 @@ pub struct Launch<'a> {
     pub log_file: Option<&'a Path>,
     /// More environment variables (the secrets a configuration names).
     pub envs: Vec<(String, String)>,
+    /// Stay on the embedded store whatever `CERTLINE_TEST_STORE` says ([`Launch::sled`]).
+    pub sled_only: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -112,7 +131,14 @@ impl<'a> Launch<'a> {
             rust_log: "warn",
             log_file: None,
             envs: Vec::new(),
+            sled_only: false,
         }
+    }
+
+    /// For tests of what only the embedded store has (its log segments, files on disk).
+    pub fn sled(mut self) -> Self {
+        self.sled_only = true;
+        self
     }
 
     pub fn envs(mut self, envs: &[(String, String)]) -> Self {
@@ -170,7 +196,7 @@ impl<'a> Launch<'a> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        match (self.config, super::postgres::selected()) {
+        match (self.config, super::postgres::selected() && !self.sled_only) {
             // CERTLINE_TEST_STORE=postgres: the same file plus a [store] section, unless the
             // test chose a store itself.
             (config, true) => {

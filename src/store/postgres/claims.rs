@@ -204,6 +204,8 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<OperatorConfirmOutcome, StoreError> {
+        // Queue behind this key's other writes here, not holding a connection (key_queue.rs).
+        let _turn = self.key_queue.turn(hash).await;
         in_tx!(self, w, {
             let Some(key) = lock_key(w, hash).await? else {
                 return Ok(OperatorConfirmOutcome::Unknown);

@@ -1,5 +1,6 @@
 //! Keys, their domains, domains and the audit trail.
 
+use super::key_queue::{KeyWrite, KeyWriteOutcome};
 use super::rows::{KEY_COLUMNS, key_hash, key_record};
 use super::{PgStore, Work, acme, bridge, claims, sql};
 use crate::apikey::KeyHash;
@@ -56,6 +57,8 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
+        // Queue behind this key's other writes here, not holding a connection (key_queue.rs).
+        let _turn = self.key_queue.turn(hash).await;
         in_tx!(self, w, {
             if let Some(email) = email
                 && let Err(cap) = claims::claim_checks(w, email, caps, ip, now).await?
@@ -101,6 +104,8 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<ClaimOutcome, StoreError> {
+        // Queue behind this key's other writes here, not holding a connection (key_queue.rs).
+        let _turn = self.key_queue.turn(hash).await;
         in_tx!(self, w, {
             let existing = lock_key(w, hash).await?;
             match &existing {
@@ -159,6 +164,8 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
+        // Queue behind this key's other writes here, not holding a connection (key_queue.rs).
+        let _turn = self.key_queue.turn(hash).await;
         in_tx!(self, w, {
             let Some(record) = lock_key(w, hash).await? else {
                 return Ok(false);
@@ -178,7 +185,8 @@ impl PgStore {
     }
 
     /// Registers `domain` under a key the caller has checked exists and is not revoked; with
-    /// the bridge on, a new host is queued for it in the same transaction.
+    /// the bridge on, a new host is queued for it in the same transaction. Concurrent writes
+    /// of one key commit together ([`super::key_queue`]).
     pub async fn add_domain(
         &self,
         hash: &KeyHash,
@@ -186,61 +194,15 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<AddOutcome, StoreError> {
-        let name = domain.to_string();
-        let host = domain.host();
-        in_tx!(self, w, {
-            // The key's lock serialises its adds and removes: the count stays exact.
-            let Some(key) = lock_key(w, hash).await? else {
-                return Ok(AddOutcome::UnknownKey);
-            };
-            let added = sql::execute(
-                &w.tx,
-                "INSERT INTO key_domains (key_hash, domain, added_at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                &[&hash.0.as_slice(), &name, &now],
-            )
-            .await?;
-            if added == 0 {
-                return Ok(AddOutcome::AlreadyRegistered);
-            }
-            sql::execute(
-                &w.tx,
-                "UPDATE keys SET domain_count = domain_count + 1 WHERE hash = $1",
-                &[&hash.0.as_slice()],
-            )
-            .await?;
-            sql::execute(
-                &w.tx,
-                "INSERT INTO domains (name, first_added_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&name, &now],
-            )
-            .await?;
-            if self.bridge_enabled() {
-                // Sectigo knows host names, not ports: `www.example.org:8443` is bridged as
-                // `www.example.org`.
-                let confirmed = key.confirmed_at.is_some();
-                let fresh = BridgeRecord::queued(now, confirmed);
-                if bridge::insert_bridge(w, host, &fresh).await? {
-                    w.wake_bridge();
-                } else if confirmed
-                    && let Some(record) = bridge::lock_bridge(w, host).await?
-                    && let Some((record, released)) = bridge::mark_key_confirmed(record, now)
-                {
-                    // A confirmed key adding a domain an unconfirmed key holds lifts the
-                    // wait for it.
-                    bridge::write_bridge(w, host, &record).await?;
-                    if released {
-                        w.wake_bridge();
-                    }
-                }
-            }
-            let kind = AuditKind::DomainAdded {
-                domain: name.clone(),
-            };
-            w.audit(now, ip, hash.id(), kind).await?;
-            acme::touch_key(self, w, hash, now).await?;
-            Ok(AddOutcome::Added)
-        })
+        let write = KeyWrite::Add {
+            domain: domain.clone(),
+            ip,
+            now,
+        };
+        match self.key_queue.write(self, hash, write).await? {
+            KeyWriteOutcome::Added(outcome) => Ok(outcome),
+            KeyWriteOutcome::Removed(_) => unreachable!("an add answered as a remove"),
+        }
     }
 
     /// Unregisters `domain` from a key. Returns whether it was registered. The domain's own
@@ -252,33 +214,137 @@ impl PgStore {
         ip: IpAddr,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let name = domain.to_string();
+        let write = KeyWrite::Remove {
+            domain: domain.clone(),
+            ip,
+            now,
+        };
+        match self.key_queue.write(self, hash, write).await? {
+            KeyWriteOutcome::Removed(removed) => Ok(removed),
+            KeyWriteOutcome::Added(_) => unreachable!("a remove answered as an add"),
+        }
+    }
+
+    /// Runs a batch of adds and removes in one transaction, in order (see
+    /// [`super::key_queue`]).
+    pub(super) async fn run_key_writes(
+        &self,
+        writes: &[(KeyHash, KeyWrite)],
+    ) -> Result<Vec<KeyWriteOutcome>, StoreError> {
         in_tx!(self, w, {
-            if lock_key(w, hash).await?.is_none() {
-                return Ok(false);
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for (hash, write) in writes {
+                outcomes.push(match write {
+                    KeyWrite::Add { domain, ip, now } => {
+                        KeyWriteOutcome::Added(self.add_in(w, hash, domain, *ip, *now).await?)
+                    }
+                    KeyWrite::Remove { domain, ip, now } => {
+                        KeyWriteOutcome::Removed(self.remove_in(w, hash, domain, *ip, *now).await?)
+                    }
+                });
             }
-            let removed = sql::execute(
-                &w.tx,
-                "DELETE FROM key_domains WHERE key_hash = $1 AND domain = $2",
-                &[&hash.0.as_slice(), &name],
-            )
-            .await?;
-            if removed == 0 {
-                return Ok(false);
-            }
-            sql::execute(
-                &w.tx,
-                "UPDATE keys SET domain_count = greatest(domain_count - 1, 0) WHERE hash = $1",
-                &[&hash.0.as_slice()],
-            )
-            .await?;
-            let kind = AuditKind::DomainRemoved {
-                domain: name.clone(),
-            };
-            w.audit(now, ip, hash.id(), kind).await?;
-            acme::touch_key(self, w, hash, now).await?;
-            Ok(true)
+            Ok(outcomes)
         })
+    }
+
+    /// One registration inside a batch's transaction.
+    async fn add_in(
+        &self,
+        w: &mut Work<'_>,
+        hash: &KeyHash,
+        domain: &Domain,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<AddOutcome, StoreError> {
+        let name = domain.to_string();
+        let host = domain.host();
+        // The key's lock serialises its adds and removes: the count stays exact.
+        let Some(key) = lock_key(w, hash).await? else {
+            return Ok(AddOutcome::UnknownKey);
+        };
+        let added = sql::execute(
+            &w.tx,
+            "INSERT INTO key_domains (key_hash, domain, added_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&hash.0.as_slice(), &name, &now],
+        )
+        .await?;
+        if added == 0 {
+            return Ok(AddOutcome::AlreadyRegistered);
+        }
+        sql::execute(
+            &w.tx,
+            "UPDATE keys SET domain_count = domain_count + 1 WHERE hash = $1",
+            &[&hash.0.as_slice()],
+        )
+        .await?;
+        sql::execute(
+            &w.tx,
+            "INSERT INTO domains (name, first_added_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&name, &now],
+        )
+        .await?;
+        if self.bridge_enabled() {
+            // Sectigo knows host names, not ports: `www.example.org:8443` is bridged as
+            // `www.example.org`.
+            let confirmed = key.confirmed_at.is_some();
+            let fresh = BridgeRecord::queued(now, confirmed);
+            if bridge::insert_bridge(w, host, &fresh).await? {
+                w.wake_bridge();
+            } else if confirmed
+                && let Some(record) = bridge::lock_bridge(w, host).await?
+                && let Some((record, released)) = bridge::mark_key_confirmed(record, now)
+            {
+                // A confirmed key adding a domain an unconfirmed key holds lifts the
+                // wait for it.
+                bridge::write_bridge(w, host, &record).await?;
+                if released {
+                    w.wake_bridge();
+                }
+            }
+        }
+        let kind = AuditKind::DomainAdded {
+            domain: name.clone(),
+        };
+        w.audit(now, ip, hash.id(), kind).await?;
+        acme::touch_key(self, w, hash, now).await?;
+        Ok(AddOutcome::Added)
+    }
+
+    /// One removal inside a batch's transaction.
+    async fn remove_in(
+        &self,
+        w: &mut Work<'_>,
+        hash: &KeyHash,
+        domain: &Domain,
+        ip: IpAddr,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let name = domain.to_string();
+        if lock_key(w, hash).await?.is_none() {
+            return Ok(false);
+        }
+        let removed = sql::execute(
+            &w.tx,
+            "DELETE FROM key_domains WHERE key_hash = $1 AND domain = $2",
+            &[&hash.0.as_slice(), &name],
+        )
+        .await?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        sql::execute(
+            &w.tx,
+            "UPDATE keys SET domain_count = greatest(domain_count - 1, 0) WHERE hash = $1",
+            &[&hash.0.as_slice()],
+        )
+        .await?;
+        let kind = AuditKind::DomainRemoved {
+            domain: name.clone(),
+        };
+        w.audit(now, ip, hash.id(), kind).await?;
+        acme::touch_key(self, w, hash, now).await?;
+        Ok(true)
     }
 
     /// When `domain` was registered under the key, if it is.

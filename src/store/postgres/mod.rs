@@ -50,6 +50,7 @@
 
 pub mod config;
 mod health;
+mod key_queue;
 mod migrations;
 mod sql;
 mod wakeups;
@@ -148,6 +149,8 @@ pub struct PgStore {
     /// Stops the listener and the probe.
     stop: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One key's writes queue here before they take a connection ([`key_queue`]).
+    key_queue: key_queue::KeyQueue,
 }
 
 /// What a committed transaction leaves to do.
@@ -276,6 +279,7 @@ impl PgStore {
             closed: AtomicBool::new(false),
             stop,
             tasks: Mutex::new(vec![listener, probe]),
+            key_queue: key_queue::KeyQueue::new(),
         })
     }
 
