@@ -47,6 +47,7 @@ mod link_tokens;
 mod mail_outbox;
 #[cfg(test)]
 mod test_support;
+mod transfer;
 pub mod wal;
 
 use crate::store::StoreError;
