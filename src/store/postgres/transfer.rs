@@ -65,7 +65,7 @@ fn query(section: Section) -> &'static str {
         ),
         Section::NewEmails => concat!(
             "SELECT day, ip, count FROM claim_new_emails ",
-            "WHERE $1::bytea IS NULL OR (day, ip) > (('x' || encode($1, 'hex'))::bit(64)::bigint, $2::inet) ",
+            "WHERE $1::bytea IS NULL OR (day, ip) > (('x' || encode($1, 'hex'))::bit(64)::bigint, $2::text::inet) ",
             "ORDER BY day, ip LIMIT $3"
         ),
         Section::LinkTokens => concat!(
