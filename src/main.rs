@@ -97,6 +97,21 @@ enum Command {
         #[arg(long, env = "CERTLINE_APIKEY", hide_env_values = true)]
         apikey: String,
     },
+    /// Copy every record between a data directory and PostgreSQL, with no server running on
+    /// either: `--from DIR --to postgres`, or `--from postgres --to DIR`. The target must be
+    /// empty.
+    Migrate {
+        /// Where to copy from: a data directory, or `postgres`.
+        #[arg(long)]
+        from: String,
+        /// Where to copy to: `postgres`, or a new (or empty) data directory.
+        #[arg(long)]
+        to: String,
+        /// The configuration file whose [store.postgres] names the database (read whatever
+        /// [store] backend says).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Where the admin API is (flags, then environment, then `--config`'s `[admin]`).
@@ -222,6 +237,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{invalid} line(s) were not valid domain names; fix them and import the file again (registered domains are skipped)"
                 );
             }
+            Ok(())
+        }
+        Command::Migrate { from, to, config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let (from, to) = (
+                cli::migrate::Place::parse(&from),
+                cli::migrate::Place::parse(&to),
+            );
+            let summary = runtime.block_on(cli::migrate::migrate(&from, &to, &config))?;
+            print!("{summary}");
             Ok(())
         }
     }

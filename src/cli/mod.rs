@@ -1,5 +1,6 @@
 //! The operator's command-line client for the admin API (`certline domains`, `keys`,
-//! `revoke`, `confirm`, `requeue`, `import`). `main.rs` only parses arguments and calls in here.
+//! `revoke`, `confirm`, `requeue`, `import`), and `migrate`, which opens the stores itself
+//! (no server may run on them). `main.rs` only parses arguments and calls in here.
 //!
 //! Where the admin API is and its token come from, first found wins: the flags
 //! (`--admin-url`, `--admin-token`), the environment (`CERTLINE_ADMIN_URL`,
@@ -9,6 +10,7 @@
 pub mod check;
 mod client;
 mod commands;
+pub mod migrate;
 mod table;
 
 pub use client::{AdminClient, CliError, Endpoint};

@@ -23,4 +23,7 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL: {0}")]
     Pool(String),
+    /// A record that cannot be copied (`certline migrate`, backups): what and where.
+    #[error("{0}")]
+    Transfer(String),
 }

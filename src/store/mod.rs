@@ -38,6 +38,7 @@ mod outcomes;
 pub mod postgres;
 pub mod records;
 mod sled;
+pub mod transfer;
 
 use self::sled::SledStore;
 pub use self::sled::durable::{DurabilityMode, FlushError, FlushStats, GroupCommit, Mark, Timing};
@@ -545,5 +546,28 @@ impl Store {
     /// writes.
     pub async fn probe_write(&self, now: UnixTime) -> Result<(), StoreError> {
         dispatch!(self, b => b.probe_write(now).await)
+    }
+
+    // ---- Moving a store (`certline migrate`; see [`transfer`]) ----
+
+    /// Up to `limit` records from `cursor` on, as backend-neutral items, and where the next
+    /// page starts (`None`: that was the last).
+    pub async fn export(
+        &self,
+        cursor: &transfer::ExportCursor,
+        limit: usize,
+    ) -> Result<(Vec<transfer::Item>, Option<transfer::ExportCursor>), StoreError> {
+        dispatch!(self, b => b.export(cursor, limit).await)
+    }
+
+    /// Writes exported items into this store, which must have been empty when the copy
+    /// began (nothing is checked or merged). Commit afterwards.
+    pub async fn import(&self, items: &[transfer::Item]) -> Result<(), StoreError> {
+        dispatch!(self, b => b.import(items).await)
+    }
+
+    /// Does the store hold no record (a target a copy may write into)?
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.is_empty().await)
     }
 }

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 const SECONDS_PER_DAY: i64 = 86_400;
 
-fn action_name(action: LinkAction) -> &'static str {
+pub(super) fn action_name(action: LinkAction) -> &'static str {
     match action {
         LinkAction::Confirm => "confirm",
         LinkAction::Revoke => "revoke",

@@ -115,6 +115,7 @@ mod keys;
 mod mail;
 mod operator;
 mod rows;
+mod transfer;
 
 use super::records::AuditEvent;
 use super::{AuditKind, GroupCommit, StoreError, UnixTime};

@@ -299,6 +299,13 @@ pub mod new_emails {
     pub fn before(day: i64) -> std::ops::Range<Vec<u8>> {
         vec![PREFIX]..build(PREFIX, &[&day.max(0).to_be_bytes()])
     }
+
+    /// The day and source address of a counter; `None` for a malformed key.
+    pub fn decode(k: &[u8]) -> Option<(i64, IpAddr)> {
+        let day = i64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+        let ip = std::str::from_utf8(k.get(9..)?).ok()?.parse().ok()?;
+        Some((day, ip))
+    }
 }
 
 /// `T`: the single-use confirm/revoke link tokens, by the SHA-256 of the token.
@@ -309,6 +316,11 @@ pub mod link_token {
 
     pub fn encode(token_hash: &[u8; 32]) -> Vec<u8> {
         build(PREFIX, &[token_hash])
+    }
+
+    /// The token hash of a key; `None` for a malformed one.
+    pub fn decode(k: &[u8]) -> Option<[u8; 32]> {
+        k.get(1..)?.try_into().ok()
     }
 }
 
@@ -358,6 +370,11 @@ pub mod acme_key {
 
     pub fn encode(hash: &KeyHash) -> Vec<u8> {
         build(PREFIX, &[&hash.0])
+    }
+
+    /// The key hash of a record's key; `None` for a malformed key.
+    pub fn decode(k: &[u8]) -> Option<KeyHash> {
+        hash_of(&k[1..])
     }
 }
 
@@ -467,6 +484,16 @@ mod tests {
         assert_eq!(
             mail_outbox::decode(&mail_outbox::encode(77, &hash)),
             (77, hash)
+        );
+        assert_eq!(acme_key::decode(&acme_key::encode(&hash)), Some(hash));
+        assert_eq!(
+            link_token::decode(&link_token::encode(&[3; 32])),
+            Some([3; 32])
+        );
+        let ip: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            new_emails::decode(&new_emails::encode(9, ip)),
+            Some((9, ip))
         );
         let due = acme_outbox::encode(77, &hash);
         assert_eq!(

@@ -10,8 +10,9 @@
 //! pages ([`domains`], with [`key_index`] for deep pages and [`holders`] for who holds a
 //! domain), the audit trail ([`audit`]), the claim caps ([`claim_caps`]), the mailed links
 //! ([`link_tokens`]), confirming a key ([`confirmation`]), the mail outbox ([`mail_outbox`]),
-//! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`])
-//! and the operator's reads ([`inventory`]). Start-up is [`SledStore::open`]: it replays the
+//! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`]),
+//! the operator's reads ([`inventory`]) and moving the store to another backend
+//! ([`transfer`]). Start-up is [`SledStore::open`]: it replays the
 //! log ([`wal::replay_into`]) and, after an unclean stop, recounts the keys' domains and
 //! rebuilds the holder index.
 //!
@@ -47,6 +48,7 @@ mod link_tokens;
 mod mail_outbox;
 #[cfg(test)]
 mod test_support;
+mod transfer;
 pub mod wal;
 
 use crate::store::StoreError;
