@@ -147,7 +147,7 @@ mod tests {
         let queue = KeyQueue::new();
         let a = crate::apikey::ApiKey::generate().hash();
         let mut b = crate::apikey::ApiKey::generate().hash();
-        while queue.stripe(&b) as *const _ == queue.stripe(&a) as *const _ {
+        while std::ptr::eq(queue.stripe(&b), queue.stripe(&a)) {
             b = crate::apikey::ApiKey::generate().hash();
         }
         let held = queue.turn(&a).await;
