@@ -12,11 +12,11 @@
 //! ([`link_tokens`]), confirming a key ([`confirmation`]), the mail outbox ([`mail_outbox`]),
 //! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`])
 //! and the operator's reads ([`inventory`]). Start-up is [`SledStore::open`]: it replays the
-//! log ([`wal::replay_into`]) and, after an unclean stop, recounts the keys' domains and
-//! rebuilds the holder index.
+//! log ([`wal::replay_into`]) and, after an unclean stop, rebuilds the holder index. A key's
+//! domain count is not stored: it is derived from its domain entries ([`domain_counts`]).
 //!
-//! A registration (key-domain entry, holder entry, domain record, the key's counter, the
-//! audit event, the bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
+//! A registration (key-domain entry, holder entry, domain record, the audit event, the
+//! bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
 //! never leaves half of it on disk, while sled itself takes the batch key by key
 //! ([`WriteBatch`] says precisely what a batch promises and what it does not). Read-check-write
 //! sequences (claim, add) run under one short write lock instead of sled transactions, which
@@ -36,6 +36,7 @@ mod audit;
 mod bridge_state;
 mod claim_caps;
 mod confirmation;
+mod domain_counts;
 mod domains;
 pub mod durable;
 mod holders;
@@ -51,7 +52,7 @@ pub mod wal;
 
 use crate::store::StoreError;
 use crate::store::records::Record;
-use domains::recount_domains;
+use domain_counts::DomainCounts;
 use durable::{DurabilityMode, FlushError, GroupCommit, Mark, Timing};
 use key_index::KeyIndex;
 use std::path::Path;
@@ -74,6 +75,8 @@ pub struct SledStore {
     acme_wakeup: tokio::sync::Notify,
     /// Where `list` pages start deep into a key (see [`key_index`]).
     key_index: KeyIndex,
+    /// How many domains each key holds (see [`domain_counts`]).
+    domain_counts: DomainCounts,
 }
 
 impl SledStore {
@@ -99,18 +102,10 @@ impl SledStore {
         let db_path = dir.join("db");
         let db_file = std::fs::File::open(&db_path).map_err(io(&db_path))?;
         let wal_dir = dir.join("wal");
+        // After a crash sled may hold part of an unacknowledged registration. Keys' domain
+        // counts are derived from their entries ([`domain_counts`]), so they cannot disagree;
+        // the holder index is checked below.
         let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir)?;
-        if !replay.clean {
-            // After a crash sled may hold part of an unacknowledged registration; the one
-            // derived value that can then disagree is a key's domain count.
-            let recounted = recount_domains(&db)?;
-            if recounted > 0 {
-                tracing::warn!(
-                    keys = recounted,
-                    "recounted keys' domains after an unclean stop"
-                );
-            }
-        }
         // The directory entries of sled's files must survive a power cut too.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -138,6 +133,7 @@ impl SledStore {
             acme_enabled: AtomicBool::new(false),
             acme_wakeup: tokio::sync::Notify::new(),
             key_index: KeyIndex::default(),
+            domain_counts: DomainCounts::default(),
         };
         store.migrate_email_index()?;
         store.ensure_holder_index(replay.clean)?;
@@ -262,11 +258,12 @@ mod tests {
     use std::time::Duration;
 
     /// Regression: the state kill -9 can leave. sled wrote out a registration on its own
-    /// (the key record with the new count and the domain entry) that never reached the log;
-    /// replaying the log then restored the older key record, so `domain_count` said 1 while
-    /// two domains were listed.
+    /// (the domain entry, and in the layout before derived counts the key record with the
+    /// new count) that never reached the log; replaying the log then restored the older key
+    /// record, so `domain_count` said 1 while two domains were listed. The count is now the
+    /// entries', whatever a key record written by an older version says.
     #[test]
-    fn replay_recounts_domains_that_sled_kept_beyond_the_log() {
+    fn a_keys_count_is_its_entries_after_a_crash_and_whatever_its_record_says() {
         let dir = tempfile::tempdir().unwrap();
         let hash = crate::apikey::ApiKey::generate().hash();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -282,9 +279,10 @@ mod tests {
                 store.add_domain(&hash, &first, ip, 0).await.unwrap();
                 store.commit().await.unwrap();
                 // Straight to sled, bypassing the log: an unacknowledged add that sled
-                // persisted by itself before the crash.
+                // persisted by itself before the crash, with a key record whose stored count
+                // (as older versions kept it) is wrong.
                 let mut key = store.key(&hash).await.unwrap().unwrap();
-                key.domain_count += 1;
+                key.domain_count = 7;
                 let mut batch = sled::Batch::default();
                 batch.insert(api_key::encode(&hash), key.encode());
                 batch.insert(
@@ -293,7 +291,6 @@ mod tests {
                 );
                 store.db.apply_batch(batch).unwrap();
                 store.db.flush().unwrap();
-                assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 2);
             });
             // The runtime and the store go away without `close`: no checkpoint, as at a crash.
         }
@@ -306,6 +303,11 @@ mod tests {
                 store.key(&hash).await.unwrap().unwrap().domain_count,
                 listed
             );
+            let page = store.keys_after(None, 10).await.unwrap();
+            assert_eq!(page[0].1.domain_count, listed, "the admin listing too");
+            store.remove_domain(&hash, &first, ip, 0).await.unwrap();
+            store.commit().await.unwrap();
+            assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 1);
             store.close().await.unwrap();
         });
     }
