@@ -33,6 +33,7 @@
 
 mod acme_state;
 mod audit;
+mod audit_trail;
 mod bridge_state;
 mod claim_caps;
 mod confirmation;
@@ -52,11 +53,12 @@ pub mod wal;
 
 use crate::store::StoreError;
 use crate::store::records::Record;
+use audit_trail::AuditTrail;
 use domain_counts::DomainCounts;
 use durable::{DurabilityMode, FlushError, GroupCommit, Mark, Timing};
 use key_index::KeyIndex;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use wal::WriteBatch;
 
 /// The embedded store. Share it behind an `Arc`.
@@ -66,8 +68,6 @@ pub struct SledStore {
     bridge_enabled: AtomicBool,
     /// Claims queue a confirmation e-mail (the admin listener that serves the links is on).
     mail_enabled: AtomicBool,
-    /// The last audit sequence number handed out.
-    audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
     /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
@@ -105,7 +105,17 @@ impl SledStore {
         // After a crash sled may hold part of an unacknowledged registration. Keys' domain
         // counts are derived from their entries ([`domain_counts`]), so they cannot disagree;
         // the holder index is checked below.
-        let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir)?;
+        let trail = std::sync::Arc::new(AuditTrail::open(dir)?);
+        let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir, &trail)?;
+        // A database from before the trail had its own file keeps it in sled: moved once.
+        let moved = trail.migrate_from(&db)?;
+        if moved > 0 {
+            tracing::info!(
+                events = moved,
+                "moved the audit trail out of the database into {}",
+                audit_trail::FILE_NAME
+            );
+        }
         // The directory entries of sled's files must survive a power cut too.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -115,20 +125,16 @@ impl SledStore {
             db_file,
             wal_dir.clone(),
             replay.next_segment,
+            trail,
             mode,
             timing,
         )
         .map_err(io(&wal_dir))?;
-        let last_audit = match db.scan_prefix([keyspace::audit::PREFIX]).next_back() {
-            Some(entry) => keyspace::audit::decode(&entry?.0),
-            None => 0,
-        };
         let store = Self {
             db,
             commits,
             bridge_enabled: AtomicBool::new(false),
             mail_enabled: AtomicBool::new(false),
-            audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
             acme_enabled: AtomicBool::new(false),
             acme_wakeup: tokio::sync::Notify::new(),
@@ -253,6 +259,7 @@ mod tests {
     use super::test_support::{audit_trail, open, open_in};
     use super::*;
     use crate::domain::Domain;
+    use crate::store::records::AuditEvent;
     use crate::store::{AuditKind, ClaimCaps, KeyDomain};
     use std::net::IpAddr;
     use std::time::Duration;
@@ -310,6 +317,59 @@ mod tests {
             assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 1);
             store.close().await.unwrap();
         });
+    }
+
+    /// A data directory from before the audit trail had its own file (events as sled
+    /// records under `A`) opens: its events are moved into the file, in order, sled forgets
+    /// them, and new events are numbered after them. An unclean stop after the move (sled
+    /// still holding copies) moves nothing twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_older_database_has_its_audit_trail_moved_into_the_file() {
+        use super::keyspace::audit;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let old: Vec<(u64, AuditEvent)> = (1..=3u64)
+            .map(|i| {
+                let event = AuditEvent {
+                    at: i as i64,
+                    ip,
+                    key_id: "-".into(),
+                    kind: AuditKind::DomainAdded {
+                        domain: format!("old{i}.example.org"),
+                    },
+                };
+                (i * 1000, event)
+            })
+            .collect();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            for (seq, event) in &old {
+                db.insert(audit::encode(*seq), event.encode()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.audit_events(None, 10).await.unwrap(), old);
+        assert_eq!(store.db.scan_prefix([audit::PREFIX]).count(), 0);
+        let hash = crate::apikey::ApiKey::generate().hash();
+        store
+            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .await
+            .unwrap();
+        store.commit().await.unwrap();
+        let all = store.audit_events(None, 10).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert!(all[3].0 > old[2].0);
+        // As if sled had kept a copy through a crash after the move.
+        store
+            .db
+            .insert(audit::encode(old[0].0), old[0].1.encode())
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.audit_events(None, 10).await.unwrap(), all);
+        store.close().await.unwrap();
     }
 
     async fn wait_until_writable(store: &SledStore) {
