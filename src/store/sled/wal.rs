@@ -25,9 +25,11 @@
 //! `crc32(segment, len, data): u32`, then `data`, the round's records. The segment number in
 //! the checksum makes stale blocks in a recycled file invalid. A record is `len: u32`,
 //! `crc32(payload): u32`, `payload`; the payload is `count: u32`, then per operation
-//! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert) and for inserts `value_len: u32`,
-//! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
-//! torn tail left by a crash in the middle of a write, never acknowledged.
+//! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert, 2 audit event: the key is its
+//! sequence number, the value the event, which goes to the audit trail's file instead of
+//! sled) and for inserts and events `value_len: u32`, `value`. Replay of a segment stops at
+//! the first block that is short, stale or corrupt: a torn tail left by a crash in the
+//! middle of a write, never acknowledged.
 //!
 //! At start-up [`replay_into`] applies what the remaining segments hold to sled, makes sled
 //! hold it on disk, and retires the segments; the store then knows from its
