@@ -122,7 +122,7 @@ impl SledStore {
             let record = KeyRecord::decode(&v)?;
             let acme = self.read_acme_key(&hash)?;
             let done = acme.as_ref().is_some_and(|a| a.account_deleted);
-            let idle = record.domain_count == 0 || record.revoked_at.is_some();
+            let idle = record.revoked_at.is_some() || !self.holds_domains(&hash)?;
             if done || (idle && acme.is_none()) {
                 continue;
             }

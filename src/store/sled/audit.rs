@@ -1,13 +1,11 @@
-//! The audit trail (`A`): one event per change, in the same batch as the change, keyed by a
-//! sequence number that only ever grows.
+//! The audit trail: one event per change, in the same batch (log record) as the change, with
+//! a sequence number that only ever grows; kept in a file of its own ([`super::audit_trail`]).
 
-use super::keyspace::audit;
 use super::{SledStore, WriteBatch};
 use crate::apikey::KeyHash;
 use crate::store::StoreError;
-use crate::store::records::{AuditEvent, AuditKind, Record, UnixTime};
+use crate::store::records::{AuditEvent, AuditKind, UnixTime};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 
 impl SledStore {
     /// Appends an event that no client caused (the bridge's own actions) to the audit trail.
@@ -26,41 +24,13 @@ impl SledStore {
 
     /// Up to `limit` events of the audit trail after sequence number `after` (`None`: from
     /// the first), oldest first, each with its sequence number (pass the last one back as
-    /// `after` for the next page).
+    /// `after` for the next page). Read from the trail's file ([`super::audit_trail`]).
     pub async fn audit_events(
         &self,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-        self.db
-            .range::<Vec<u8>, _>(audit::after(after))
-            .take(limit)
-            .map(|entry| {
-                let (k, v) = entry?;
-                Ok((audit::decode(&k), AuditEvent::decode(&v)?))
-            })
-            .collect()
-    }
-
-    /// Audit keys: nanoseconds since the epoch, forced to increase, so the trail sorts by
-    /// time and a key is never reused (not even after a restart or a clock step back).
-    fn next_audit_seq(&self, at: UnixTime) -> u64 {
-        let now = chrono::Utc::now()
-            .timestamp_nanos_opt()
-            .unwrap_or(at.saturating_mul(1_000_000_000)) as u64;
-        let mut previous = self.audit_seq.load(Ordering::SeqCst);
-        loop {
-            let next = now.max(previous + 1);
-            match self.audit_seq.compare_exchange(
-                previous,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => previous = actual,
-            }
-        }
+        self.commits.audit_trail().events(after, limit)
     }
 
     pub(super) fn audit(
@@ -82,15 +52,15 @@ impl SledStore {
         key_id: String,
         kind: AuditKind,
     ) -> Result<(), StoreError> {
-        let key = audit::encode(self.next_audit_seq(at));
         let event = AuditEvent {
             at,
             ip,
             key_id,
             kind,
         };
-        // Its log line is written once the batch is on disk (see `durable`).
-        batch.audit(key, event);
+        // Numbered when the batch is applied; in the trail's file and the log once the
+        // batch is on disk (see `audit_trail`).
+        batch.audit(event);
         Ok(())
     }
 }

@@ -29,12 +29,12 @@ impl SledStore {
         if self.db.contains_key(&kd_key)? {
             return Ok(AddOutcome::AlreadyRegistered);
         }
-        let Some(mut key) = self.read_key(hash)? else {
+        // The key's domain count is derived from its entries ([`super::domain_counts`]): the
+        // key record is read here, not rewritten.
+        let Some(key) = self.get::<KeyRecord>(&api_key::encode(hash))? else {
             return Ok(AddOutcome::UnknownKey);
         };
-        key.domain_count += 1;
         let mut batch = WriteBatch::default();
-        batch.insert(api_key::encode(hash), key.encode());
         batch.insert(kd_key, KeyDomain { added_at: now }.encode());
         batch.insert(holder::encode(&name, hash), Vec::new());
         let d_key = domain_record::encode(&name);
@@ -72,6 +72,7 @@ impl SledStore {
         acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
         self.acme_wakeup.notify_one();
+        self.domain_counts.added(hash);
         self.key_index.inserted(hash, name.as_bytes());
         if queued || released {
             self.bridge_wakeup.notify_one();
@@ -96,10 +97,6 @@ impl SledStore {
             return Ok(false);
         }
         let mut batch = WriteBatch::default();
-        if let Some(mut key) = self.read_key(hash)? {
-            key.domain_count = key.domain_count.saturating_sub(1);
-            batch.insert(api_key::encode(hash), key.encode());
-        }
         batch.remove(kd_key);
         batch.remove(holder::encode(&name, hash));
         let kind = AuditKind::DomainRemoved {
@@ -109,6 +106,7 @@ impl SledStore {
         acme_state::touch_key(self, &mut batch, hash, now)?;
         self.write(batch)?;
         self.acme_wakeup.notify_one();
+        self.domain_counts.removed(hash);
         self.key_index.removed(hash, name.as_bytes());
         Ok(true)
     }
@@ -187,34 +185,6 @@ impl SledStore {
     pub async fn domain(&self, name: &str) -> Result<Option<DomainRecord>, StoreError> {
         self.get(&domain_record::encode(name))
     }
-}
-
-/// After a crash, sled may hold changes it wrote out on its own that never reached the log
-/// (so were never acknowledged), while replaying the log ([`wal::replay_into`]) restores the
-/// last logged version of each key record. A key's `domain_count` can then disagree with its domain entries (found
-/// by tests/crash.rs: `list` showed `total=` below the number of domains it listed). The
-/// entries are what `list` shows, so the count is made to match them. Returns how many keys
-/// were corrected.
-pub(super) fn recount_domains(db: &sled::Db) -> Result<usize, StoreError> {
-    let mut corrected = 0;
-    for entry in db.scan_prefix([api_key::PREFIX]) {
-        let (k, v) = entry?;
-        let Some(hash) = api_key::decode(&k) else {
-            continue;
-        };
-        let mut record = KeyRecord::decode(&v)?;
-        let mut count = 0u64;
-        for entry in db.scan_prefix(key_domain::prefix(&hash)) {
-            entry?;
-            count += 1;
-        }
-        if record.domain_count != count {
-            record.domain_count = count;
-            db.insert(k, record.encode())?;
-            corrected += 1;
-        }
-    }
-    Ok(corrected)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@
 //!   request is answered `500`, and the server exits non-zero for its supervisor to restart
 //!   it, which replays the log (see README, "Durability").
 
+use super::audit_trail::AuditTrail;
 use super::wal::{self, WriteBatch};
 use crate::store::records::AuditEvent;
 use std::collections::VecDeque;
@@ -163,8 +164,9 @@ struct Pending {
     records: Vec<u8>,
     /// Each key changed and the value it had before (durable mode only), to undo a failed round.
     undo: Vec<(Vec<u8>, Option<sled::IVec>)>,
-    /// Audit events, logged once their round is on disk.
-    audit: Vec<AuditEvent>,
+    /// How many audit events these records hold (staged in the trail, see
+    /// [`super::audit_trail`]); they reach its file and the log once their round is on disk.
+    audit: usize,
     /// The sequence number of the last batch applied.
     last: u64,
 }
@@ -173,7 +175,7 @@ struct Pending {
 struct Round {
     records: Vec<u8>,
     undo: Vec<(Vec<u8>, Option<sled::IVec>)>,
-    audit: Vec<AuditEvent>,
+    audit: usize,
     last: u64,
 }
 
@@ -252,6 +254,8 @@ struct Log {
     /// The undo of lost changes, to be logged before the next write (durable mode).
     compensation: Mutex<Vec<u8>>,
     kick: Notify,
+    /// The audit trail: events wait there for their round, then go to its file.
+    trail: Arc<AuditTrail>,
     /// To the thread that writes the audit log lines, in order (see [`AuditLines`]).
     audit_lines: Mutex<Option<std::sync::mpsc::Sender<Vec<AuditEvent>>>>,
     progress: Progress,
@@ -297,6 +301,7 @@ impl Log {
             return Err(self.round_failed(round, e));
         }
         let elapsed = started.elapsed();
+        self.audit_committed(round.audit);
         let batches = round
             .last
             .saturating_sub(self.progress.settled.load(Ordering::Acquire));
@@ -307,14 +312,25 @@ impl Log {
             .flush_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         metrics::histogram!("certline_flush_seconds").record(elapsed.as_secs_f64());
-        // The audit trail's log lines say what was stored, so they come only now; written by
-        // their own thread, so that formatting them does not delay the next round.
-        if !round.audit.is_empty()
+        Ok(())
+    }
+
+    /// The audit events of `n` more events' rounds are on disk: to the trail's file, then
+    /// their log lines, which say what was stored; written by their own thread, so that
+    /// formatting them does not delay the next round. Called before the round is settled,
+    /// so an acknowledged change's event is in the file (or, if that append failed, still
+    /// staged and readable) when its writer hears of it.
+    fn audit_committed(&self, n: usize) {
+        let events = self.trail.committed(n);
+        self.audit_lines_out(events);
+    }
+
+    fn audit_lines_out(&self, events: Vec<AuditEvent>) {
+        if !events.is_empty()
             && let Some(lines) = lock(&self.audit_lines).as_ref()
         {
-            let _ = lines.send(round.audit);
+            let _ = lines.send(events);
         }
-        Ok(())
     }
 
     /// Appends one block holding `records` to the log and syncs it.
@@ -370,8 +386,8 @@ impl Log {
                 self.stop_writes(&error);
                 let newer = std::mem::replace(&mut pending.records, round.records);
                 pending.records.extend_from_slice(&newer);
-                let newer = std::mem::replace(&mut pending.audit, round.audit);
-                pending.audit.extend(newer);
+                // Their audit events stay staged, first in line.
+                pending.audit += round.audit;
             }
         }
         // Best effort now; recovery insists.
@@ -405,7 +421,8 @@ impl Log {
             undone += 1;
         }
         pending.records.clear();
-        pending.audit.clear();
+        pending.audit = 0;
+        self.trail.discard_undurable();
         let after = self.progress.settled.load(Ordering::Acquire);
         let upto = pending.last;
         compensation.encode_into(&mut lock(&self.compensation));
@@ -563,13 +580,20 @@ impl Log {
         }
         if lock(&self.segment).len == 0 {
             if always {
+                self.sync_trail()?;
                 self.sync_database()?;
             }
             return Ok(());
         }
         // Every record in a segment up to `covered` was applied to sled before it was
-        // written, so before this rotation, so before the flush below begins.
-        let covered = self.rotate().map_err(io)?;
+        // written, so before this rotation, so before the flush below begins. The rotation
+        // waits for a round in progress, so that the audit events of every round written to
+        // a covered segment are in the trail's file before it is synced.
+        let covered = {
+            let _round = lock(&self.rounds);
+            self.rotate().map_err(io)?
+        };
+        self.sync_trail()?;
         self.sync_database()?;
         let covered: Vec<_> = wal::segments(&self.dir)
             .map_err(io)?
@@ -579,6 +603,20 @@ impl Log {
         wal::retire_segments(&self.dir, &covered).map_err(io)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Makes the audit trail's file hold every event the log holds (before segments go).
+    fn sync_trail(&self) -> Result<(), FlushError> {
+        match self.trail.sync() {
+            Ok(events) => {
+                self.audit_lines_out(events);
+                Ok(())
+            }
+            Err(e) => Err(FlushError::new(format!(
+                "checkpoint: syncing the audit trail in {} failed: {e}",
+                self.dir.display()
+            ))),
+        }
     }
 
     /// Flushes sled and syncs its file. A failure here is fatal (see the module docs).
@@ -638,6 +676,7 @@ impl GroupCommit {
         db_file: File,
         dir: PathBuf,
         next_segment: u64,
+        trail: Arc<AuditTrail>,
         mode: DurabilityMode,
         timing: Timing,
     ) -> std::io::Result<Self> {
@@ -656,6 +695,7 @@ impl GroupCommit {
             rounds: Mutex::new(()),
             compensation: Mutex::new(Vec::new()),
             kick: Notify::new(),
+            trail,
             audit_lines: Mutex::new(Some(audit_lines.sender)),
             progress: Progress {
                 applied: AtomicU64::new(0),
@@ -700,13 +740,15 @@ impl GroupCommit {
 
     /// Applies a batch to sled and queues its log record, in one order for both. Refused,
     /// without touching sled, while the store does not take writes.
-    pub(super) fn apply(&self, batch: WriteBatch) -> Result<(), FlushError> {
+    pub(super) fn apply(&self, mut batch: WriteBatch) -> Result<(), FlushError> {
         let log = &*self.log;
         let mut pending = lock(&log.pending);
         // Checked under the lock: an undo stops writes under it too.
         if !log.health.writable.load(Ordering::Acquire) {
             return Err(log.health.refusal());
         }
+        // Numbered under the lock: sequence order is log order.
+        batch.number_audit_events(|| log.trail.next_seq());
         let start = pending.records.len();
         batch.encode_into(&mut pending.records);
         let (ops, audit) = batch.into_parts();
@@ -735,7 +777,8 @@ impl GroupCommit {
                 }
             }
         }
-        pending.audit.extend(audit);
+        pending.audit += audit.len();
+        log.trail.stage(audit);
         Ok(())
     }
 
@@ -852,6 +895,11 @@ impl GroupCommit {
     #[cfg(feature = "fault-injection")]
     pub fn inject_flush_failures(&self, n: u32) {
         self.log.injected_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// The audit trail (for the store's reads of it).
+    pub(super) fn audit_trail(&self) -> &AuditTrail {
+        &self.log.trail
     }
 
     /// Flush counters.

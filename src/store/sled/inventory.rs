@@ -44,20 +44,32 @@ impl SledStore {
         limit: usize,
     ) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
         let range = api_key::after(after);
-        self.off_runtime(move |db| {
-            db.range::<Vec<u8>, _>(range)
-                .filter_map(|entry| {
-                    let (k, v) = match entry {
-                        Ok(kv) => kv,
-                        Err(e) => return Some(Err(e.into())),
-                    };
-                    let hash = api_key::decode(&k)?;
-                    Some(KeyRecord::decode(&v).map(|r| (hash, r)).map_err(Into::into))
-                })
-                .take(limit)
-                .collect()
-        })
-        .await
+        let mut page: Vec<(KeyHash, KeyRecord)> = self
+            .off_runtime(move |db| {
+                db.range::<Vec<u8>, _>(range)
+                    .filter_map(|entry| {
+                        let (k, v) = match entry {
+                            Ok(kv) => kv,
+                            Err(e) => return Some(Err(e.into())),
+                        };
+                        let hash = api_key::decode(&k)?;
+                        Some(KeyRecord::decode(&v).map(|r| (hash, r)).map_err(Into::into))
+                    })
+                    .take(limit)
+                    .collect::<Result<_, StoreError>>()
+            })
+            .await?;
+        self.fill_domain_counts(&mut page)?;
+        Ok(page)
+    }
+
+    /// Puts each key's count of domains into its record (the stored field is not kept up to
+    /// date: [`super::domain_counts`]).
+    fn fill_domain_counts(&self, keys: &mut [(KeyHash, KeyRecord)]) -> Result<(), StoreError> {
+        for (hash, record) in keys {
+            record.domain_count = self.domain_count(hash)?;
+        }
+        Ok(())
     }
 
     /// The keys whose id (the lower-case hex of their hash) starts with `prefix`.
@@ -78,6 +90,7 @@ impl SledStore {
                 out.push((hash, KeyRecord::decode(&v)?));
             }
         }
+        self.fill_domain_counts(&mut out)?;
         Ok(out)
     }
 

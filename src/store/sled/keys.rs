@@ -9,13 +9,22 @@ use std::net::IpAddr;
 
 impl SledStore {
     /// The record of a key, if the key is known.
+    /// Its `domain_count` is the number of its domain entries ([`super::domain_counts`]).
     pub async fn key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.read_key(hash)
+        let Some(mut record) = self.get::<KeyRecord>(&api_key::encode(hash))? else {
+            return Ok(None);
+        };
+        record.domain_count = self.domain_count(hash)?;
+        Ok(Some(record))
     }
 
     /// [`SledStore::key`], for code that holds the writers' lock.
     pub(super) fn read_key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.get(&api_key::encode(hash))
+        let Some(mut record) = self.get::<KeyRecord>(&api_key::encode(hash))? else {
+            return Ok(None);
+        };
+        record.domain_count = self.domain_count_locked(hash)?;
+        Ok(Some(record))
     }
 
     /// Records a freshly minted key, optionally already claimed by `email` (subject to the

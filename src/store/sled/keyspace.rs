@@ -12,7 +12,7 @@
 //! | `D` | [`key_domain`] | key hash + normalised domain | [`KeyDomain`](crate::store::KeyDomain) |
 //! | `N` | [`domain`] | normalised domain | [`DomainRecord`](crate::store::DomainRecord) |
 //! | `H` | [`holder`] | normalised domain + `0x00` + key hash | nothing: the keys holding a domain |
-//! | `A` | [`audit`] | sequence (8 bytes; nanoseconds since the epoch, kept increasing) | [`AuditEvent`](crate::store::AuditEvent) |
+//! | `A` | [`audit`] | sequence (8 bytes; nanoseconds since the epoch, kept increasing) | [`AuditEvent`](crate::store::AuditEvent): only in databases from before the audit trail's own file, moved there at open |
 //! | `S` | [`bridge`] | host name | [`BridgeRecord`](crate::store::BridgeRecord) (Sectigo bridge state) |
 //! | `O` | [`bridge_outbox`] | due time (clamped at 0) + host name | nothing: the bridge's outbox, in due order |
 //! | `E` | [`email_index`] | lower-cased e-mail + `0x00` + key hash | nothing: the keys claimed by an address |
@@ -186,24 +186,15 @@ pub mod holder {
     }
 }
 
-/// `A`: the audit trail, in sequence order.
+/// `A`: the audit trail of databases from before it had a file of its own
+/// ([`super::audit_trail`]), in sequence order: moved to that file at open, never written now.
 pub mod audit {
-    use super::*;
-    use std::ops::Bound;
-
     pub const PREFIX: u8 = b'A';
 
+    /// The key of event `seq` (what older versions wrote; tests build such databases).
+    #[cfg(test)]
     pub fn encode(seq: u64) -> Vec<u8> {
-        build(PREFIX, &[&seq.to_be_bytes()])
-    }
-
-    /// The events after `after` (exclusive; `None`: from the first).
-    pub fn after(after: Option<u64>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-        let start = match after {
-            Some(seq) => Bound::Excluded(encode(seq)),
-            None => Bound::Included(vec![PREFIX]),
-        };
-        (start, Bound::Excluded(vec![PREFIX + 1]))
+        super::build(PREFIX, &[&seq.to_be_bytes()])
     }
 
     /// The sequence number of an event's key (0 for a malformed one).

@@ -12,12 +12,12 @@
 //! ([`link_tokens`]), confirming a key ([`confirmation`]), the mail outbox ([`mail_outbox`]),
 //! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`]),
 //! the operator's reads ([`inventory`]) and moving the store to another backend
-//! ([`transfer`]). Start-up is [`SledStore::open`]: it replays the
-//! log ([`wal::replay_into`]) and, after an unclean stop, recounts the keys' domains and
-//! rebuilds the holder index.
+//! ([`transfer`]). Start-up is [`SledStore::open`]: it replays the log
+//! ([`wal::replay_into`]) and, after an unclean stop, rebuilds the holder index. A key's
+//! domain count is not stored: it is derived from its domain entries ([`domain_counts`]).
 //!
-//! A registration (key-domain entry, holder entry, domain record, the key's counter, the
-//! audit event, the bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
+//! A registration (key-domain entry, holder entry, domain record, the audit event, the
+//! bridge job) is one [`WriteBatch`]: one write-ahead log record, so a crash
 //! never leaves half of it on disk, while sled itself takes the batch key by key
 //! ([`WriteBatch`] says precisely what a batch promises and what it does not). Read-check-write
 //! sequences (claim, add) run under one short write lock instead of sled transactions, which
@@ -34,9 +34,11 @@
 
 mod acme_state;
 mod audit;
+mod audit_trail;
 mod bridge_state;
 mod claim_caps;
 mod confirmation;
+mod domain_counts;
 mod domains;
 pub mod durable;
 mod holders;
@@ -53,11 +55,12 @@ pub mod wal;
 
 use crate::store::StoreError;
 use crate::store::records::Record;
-use domains::recount_domains;
+use audit_trail::AuditTrail;
+use domain_counts::DomainCounts;
 use durable::{DurabilityMode, FlushError, GroupCommit, Mark, Timing};
 use key_index::KeyIndex;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use wal::WriteBatch;
 
 /// The embedded store. Share it behind an `Arc`.
@@ -67,8 +70,6 @@ pub struct SledStore {
     bridge_enabled: AtomicBool,
     /// Claims queue a confirmation e-mail (the admin listener that serves the links is on).
     mail_enabled: AtomicBool,
-    /// The last audit sequence number handed out.
-    audit_seq: AtomicU64,
     /// Woken when a domain is queued for the bridge, so the worker need not poll.
     bridge_wakeup: tokio::sync::Notify,
     /// ACME bookkeeping on (`[sectigo.acme]`), and its worker's wake-up.
@@ -76,6 +77,8 @@ pub struct SledStore {
     acme_wakeup: tokio::sync::Notify,
     /// Where `list` pages start deep into a key (see [`key_index`]).
     key_index: KeyIndex,
+    /// How many domains each key holds (see [`domain_counts`]).
+    domain_counts: DomainCounts,
 }
 
 impl SledStore {
@@ -101,17 +104,19 @@ impl SledStore {
         let db_path = dir.join("db");
         let db_file = std::fs::File::open(&db_path).map_err(io(&db_path))?;
         let wal_dir = dir.join("wal");
-        let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir)?;
-        if !replay.clean {
-            // After a crash sled may hold part of an unacknowledged registration; the one
-            // derived value that can then disagree is a key's domain count.
-            let recounted = recount_domains(&db)?;
-            if recounted > 0 {
-                tracing::warn!(
-                    keys = recounted,
-                    "recounted keys' domains after an unclean stop"
-                );
-            }
+        // After a crash sled may hold part of an unacknowledged registration. Keys' domain
+        // counts are derived from their entries ([`domain_counts`]), so they cannot disagree;
+        // the holder index is checked below.
+        let trail = std::sync::Arc::new(AuditTrail::open(dir)?);
+        let replay = wal::replay_into(&db, &db_file, &db_path, &wal_dir, &trail)?;
+        // A database from before the trail had its own file keeps it in sled: moved once.
+        let moved = trail.migrate_from(&db)?;
+        if moved > 0 {
+            tracing::info!(
+                events = moved,
+                "moved the audit trail out of the database into {}",
+                audit_trail::FILE_NAME
+            );
         }
         // The directory entries of sled's files must survive a power cut too.
         std::fs::File::open(dir)
@@ -122,24 +127,21 @@ impl SledStore {
             db_file,
             wal_dir.clone(),
             replay.next_segment,
+            trail,
             mode,
             timing,
         )
         .map_err(io(&wal_dir))?;
-        let last_audit = match db.scan_prefix([keyspace::audit::PREFIX]).next_back() {
-            Some(entry) => keyspace::audit::decode(&entry?.0),
-            None => 0,
-        };
         let store = Self {
             db,
             commits,
             bridge_enabled: AtomicBool::new(false),
             mail_enabled: AtomicBool::new(false),
-            audit_seq: AtomicU64::new(last_audit),
             bridge_wakeup: tokio::sync::Notify::new(),
             acme_enabled: AtomicBool::new(false),
             acme_wakeup: tokio::sync::Notify::new(),
             key_index: KeyIndex::default(),
+            domain_counts: DomainCounts::default(),
         };
         store.migrate_email_index()?;
         store.ensure_holder_index(replay.clean)?;
@@ -259,16 +261,18 @@ mod tests {
     use super::test_support::{audit_trail, open, open_in};
     use super::*;
     use crate::domain::Domain;
+    use crate::store::records::AuditEvent;
     use crate::store::{AuditKind, ClaimCaps, KeyDomain};
     use std::net::IpAddr;
     use std::time::Duration;
 
     /// Regression: the state kill -9 can leave. sled wrote out a registration on its own
-    /// (the key record with the new count and the domain entry) that never reached the log;
-    /// replaying the log then restored the older key record, so `domain_count` said 1 while
-    /// two domains were listed.
+    /// (the domain entry, and in the layout before derived counts the key record with the
+    /// new count) that never reached the log; replaying the log then restored the older key
+    /// record, so `domain_count` said 1 while two domains were listed. The count is now the
+    /// entries', whatever a key record written by an older version says.
     #[test]
-    fn replay_recounts_domains_that_sled_kept_beyond_the_log() {
+    fn a_keys_count_is_its_entries_after_a_crash_and_whatever_its_record_says() {
         let dir = tempfile::tempdir().unwrap();
         let hash = crate::apikey::ApiKey::generate().hash();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -284,9 +288,10 @@ mod tests {
                 store.add_domain(&hash, &first, ip, 0).await.unwrap();
                 store.commit().await.unwrap();
                 // Straight to sled, bypassing the log: an unacknowledged add that sled
-                // persisted by itself before the crash.
+                // persisted by itself before the crash, with a key record whose stored count
+                // (as older versions kept it) is wrong.
                 let mut key = store.key(&hash).await.unwrap().unwrap();
-                key.domain_count += 1;
+                key.domain_count = 7;
                 let mut batch = sled::Batch::default();
                 batch.insert(api_key::encode(&hash), key.encode());
                 batch.insert(
@@ -295,7 +300,6 @@ mod tests {
                 );
                 store.db.apply_batch(batch).unwrap();
                 store.db.flush().unwrap();
-                assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 2);
             });
             // The runtime and the store go away without `close`: no checkpoint, as at a crash.
         }
@@ -308,8 +312,66 @@ mod tests {
                 store.key(&hash).await.unwrap().unwrap().domain_count,
                 listed
             );
+            let page = store.keys_after(None, 10).await.unwrap();
+            assert_eq!(page[0].1.domain_count, listed, "the admin listing too");
+            store.remove_domain(&hash, &first, ip, 0).await.unwrap();
+            store.commit().await.unwrap();
+            assert_eq!(store.key(&hash).await.unwrap().unwrap().domain_count, 1);
             store.close().await.unwrap();
         });
+    }
+
+    /// A data directory from before the audit trail had its own file (events as sled
+    /// records under `A`) opens: its events are moved into the file, in order, sled forgets
+    /// them, and new events are numbered after them. An unclean stop after the move (sled
+    /// still holding copies) moves nothing twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_older_database_has_its_audit_trail_moved_into_the_file() {
+        use super::keyspace::audit;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let old: Vec<(u64, AuditEvent)> = (1..=3u64)
+            .map(|i| {
+                let event = AuditEvent {
+                    at: i as i64,
+                    ip,
+                    key_id: "-".into(),
+                    kind: AuditKind::DomainAdded {
+                        domain: format!("old{i}.example.org"),
+                    },
+                };
+                (i * 1000, event)
+            })
+            .collect();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            for (seq, event) in &old {
+                db.insert(audit::encode(*seq), event.encode()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.audit_events(None, 10).await.unwrap(), old);
+        assert_eq!(store.db.scan_prefix([audit::PREFIX]).count(), 0);
+        let hash = crate::apikey::ApiKey::generate().hash();
+        store
+            .create_key(&hash, None, &ClaimCaps::default(), ip, 0)
+            .await
+            .unwrap();
+        store.commit().await.unwrap();
+        let all = store.audit_events(None, 10).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert!(all[3].0 > old[2].0);
+        // As if sled had kept a copy through a crash after the move.
+        store
+            .db
+            .insert(audit::encode(old[0].0), old[0].1.encode())
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.audit_events(None, 10).await.unwrap(), all);
+        store.close().await.unwrap();
     }
 
     async fn wait_until_writable(store: &SledStore) {

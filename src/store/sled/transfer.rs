@@ -14,7 +14,6 @@ use crate::store::{
     MailJob, StoreError,
 };
 use std::ops::Bound;
-use std::sync::atomic::Ordering;
 
 /// The keyspace prefix a section's records have.
 fn prefix_of(section: Section) -> u8 {
@@ -102,6 +101,11 @@ pub(super) fn export_page(
 ) -> Result<(Vec<Item>, Option<ExportCursor>), StoreError> {
     let mut items = Vec::with_capacity(limit.min(4096));
     loop {
+        if cursor.section == Section::Audit {
+            // The audit trail is a file of its own (`audit_trail`): `SledStore::export`
+            // reads that section; this page ends before it.
+            return Ok((items, Some(cursor)));
+        }
         let prefix = prefix_of(cursor.section);
         let start = match cursor.after.clone() {
             Some(after) => Bound::Excluded(after),
@@ -114,7 +118,13 @@ pub(super) fn export_page(
             .take(wanted)
         {
             let (k, v) = entry?;
-            items.push(item_of(cursor.section, &k, &v)?);
+            let mut item = item_of(cursor.section, &k, &v)?;
+            if let Item::Key { hash, record } = &mut item {
+                // The stored count is not kept up to date (`domain_counts`): a key's count is
+                // its entries, which the target backend may store.
+                record.domain_count = db.scan_prefix(key_domain::prefix(hash)).count() as u64;
+            }
+            items.push(item);
             last = Some(k.to_vec());
         }
         if items.len() == limit {
@@ -143,9 +153,43 @@ impl SledStore {
         cursor: &ExportCursor,
         limit: usize,
     ) -> Result<(Vec<Item>, Option<ExportCursor>), StoreError> {
+        if cursor.section == Section::Audit {
+            return self.export_audit(cursor, limit);
+        }
         let cursor = cursor.clone();
         self.off_runtime(move |db| export_page(db, cursor, limit))
             .await
+    }
+
+    /// A page of the audit section, from the trail's file; the cursor's `after` is the last
+    /// sequence number exported (8 bytes, big-endian).
+    fn export_audit(
+        &self,
+        cursor: &ExportCursor,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<ExportCursor>), StoreError> {
+        let after = match cursor.after.as_deref() {
+            None => None,
+            Some(bytes) => Some(u64::from_be_bytes(bytes.try_into().map_err(|_| {
+                StoreError::Transfer("an audit export cursor is not a sequence number".into())
+            })?)),
+        };
+        let events = self.commits.audit_trail().events(after, limit)?;
+        let full = events.len() == limit;
+        let last = events.last().map(|(seq, _)| seq.to_be_bytes().to_vec());
+        let items = events
+            .into_iter()
+            .map(|(seq, event)| Item::Audit { seq, event })
+            .collect();
+        let next = if full {
+            Some(ExportCursor {
+                section: Section::Audit,
+                after: last.or_else(|| cursor.after.clone()),
+            })
+        } else {
+            cursor.next_section()
+        };
+        Ok((items, next))
     }
 
     /// Does the store hold no record? (Metadata, which every opened store writes, does not
@@ -165,7 +209,7 @@ impl SledStore {
     /// writing: it checks nothing and overwrites what is there. The caller commits.
     pub async fn import(&self, items: &[Item]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        let mut last_audit = 0;
+        let mut audit_events = Vec::new();
         for item in items {
             match item {
                 Item::Key { hash, record } => {
@@ -197,10 +241,7 @@ impl SledStore {
                         batch.insert(acme_outbox::encode(due, hash), Vec::new());
                     }
                 }
-                Item::Audit { seq, event } => {
-                    batch.insert(audit::encode(*seq), event.encode());
-                    last_audit = last_audit.max(*seq);
-                }
+                Item::Audit { seq, event } => audit_events.push((*seq, event.encode())),
                 Item::NewEmails { day, ip, count } => {
                     batch.insert(new_emails::encode(*day, *ip), &count.to_be_bytes()[..]);
                 }
@@ -213,8 +254,17 @@ impl SledStore {
             }
         }
         self.write(batch)?;
-        // New events continue after the imported ones.
-        self.audit_seq.fetch_max(last_audit, Ordering::SeqCst);
+        // The audit trail is a file of its own: the imported events go there, synced now
+        // (they are in no log record), and new events continue after them.
+        if !audit_events.is_empty() {
+            let trail = self.commits.audit_trail();
+            for (seq, event) in &audit_events {
+                trail.append_replayed(*seq, event)?;
+            }
+            trail.sync().map_err(|e| {
+                StoreError::Transfer(format!("syncing the imported audit trail: {e}"))
+            })?;
+        }
         Ok(())
     }
 }
@@ -225,6 +275,19 @@ mod tests {
     use super::*;
     use crate::apikey::ApiKey;
     use crate::store::ClaimCaps;
+
+    /// Every item of `store`, exported in pages of `limit`.
+    async fn everything(store: &SledStore, limit: usize) -> Vec<Item> {
+        let mut out = Vec::new();
+        let mut cursor = Some(ExportCursor::start());
+        while let Some(at) = cursor {
+            let (items, next) = store.export(&at, limit).await.unwrap();
+            assert!(items.len() <= limit);
+            out.extend(items);
+            cursor = next;
+        }
+        out
+    }
 
     /// Pages of any size cover every record once, across sections, and an import into a new
     /// store exports the same items again.
@@ -247,33 +310,19 @@ mod tests {
             }
         }
         source.commit().await.unwrap();
-        let everything = |store: &SledStore, limit: usize| {
-            let db = store.db.clone();
-            move || {
-                let mut out = Vec::new();
-                let mut cursor = Some(ExportCursor::start());
-                while let Some(at) = cursor {
-                    let (items, next) = export_page(&db, at, limit).unwrap();
-                    assert!(items.len() <= limit);
-                    out.extend(items);
-                    cursor = next;
-                }
-                out
-            }
-        };
-        let whole = everything(&source, 10_000)();
+        let whole = everything(&source, 10_000).await;
         // 5 keys, 15 entries, 15 domains, 5 created + 5 claimed + 15 added events, 1 day
         // counter.
         assert_eq!(whole.len(), 5 + 15 + 15 + 25 + 1, "{whole:#?}");
         for limit in [1, 2, 7] {
-            assert_eq!(everything(&source, limit)(), whole, "pages of {limit}");
+            assert_eq!(everything(&source, limit).await, whole, "pages of {limit}");
         }
         let target = open(b.path());
         assert!(target.is_empty().await.unwrap());
         target.import(&whole).await.unwrap();
         target.commit().await.unwrap();
         assert!(!target.is_empty().await.unwrap());
-        assert_eq!(everything(&target, 3)(), whole);
+        assert_eq!(everything(&target, 3).await, whole);
         // The derived indexes came along: holders, and the e-mail index the cap counts.
         let Item::KeyDomain { hash, domain, .. } = &whole[5] else {
             panic!("{:?}", whole[5])

@@ -25,15 +25,18 @@
 //! `crc32(segment, len, data): u32`, then `data`, the round's records. The segment number in
 //! the checksum makes stale blocks in a recycled file invalid. A record is `len: u32`,
 //! `crc32(payload): u32`, `payload`; the payload is `count: u32`, then per operation
-//! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert) and for inserts `value_len: u32`,
-//! `value`. Replay of a segment stops at the first block that is short, stale or corrupt: a
-//! torn tail left by a crash in the middle of a write, never acknowledged.
+//! `key_len: u32`, `key`, `tag: u8` (0 remove, 1 insert, 2 audit event: the key is its
+//! sequence number, the value the event, which goes to the audit trail's file instead of
+//! sled) and for inserts and events `value_len: u32`, `value`. Replay of a segment stops at
+//! the first block that is short, stale or corrupt: a torn tail left by a crash in the
+//! middle of a write, never acknowledged.
 //!
 //! At start-up [`replay_into`] applies what the remaining segments hold to sled, makes sled
 //! hold it on disk, and retires the segments; the store then knows from its
 //! [`ReplayReport`] whether the last stop was clean (what needs checking after a crash is the
 //! store's business, not the log's).
 
+use super::audit_trail::AuditTrail;
 use crate::store::StoreError;
 use crate::store::records::{AuditEvent, Record};
 use smallvec::SmallVec;
@@ -81,9 +84,22 @@ pub(super) type Op = (Vec<u8>, Option<Vec<u8>>);
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<Op>,
-    /// The audit events among the changes, logged once they are on disk. Inline: a batch
-    /// has one or two, and a write should not cost an allocation for them.
-    audit: SmallVec<[AuditEvent; 2]>,
+    /// The audit events of the changes, with their sequence numbers (given when the batch is
+    /// applied): part of the log record, appended to the audit trail's file once on disk
+    /// ([`super::audit_trail`]), never to sled. Inline: a batch has one or two, and a write
+    /// should not cost an allocation for them.
+    audit: SmallVec<[(u64, AuditEvent); 2]>,
+}
+
+/// An audit operation in a log record (operation tags: 0 remove, 1 insert, 2 audit event).
+const AUDIT_TAG: u8 = 2;
+
+/// A log record read back at replay: the changes for sled and the audit events (sequence
+/// number, encoded event) for the trail's file.
+#[derive(Debug, Default)]
+pub(super) struct Replayed {
+    pub ops: Vec<Op>,
+    pub audit: Vec<(u64, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -97,41 +113,31 @@ impl WriteBatch {
         self.ops.push((key.into(), None));
     }
 
-    /// Records an audit event stored under `key`: its log line is written once the batch is
-    /// on disk, never for a change that was refused.
-    pub(super) fn audit(&mut self, key: Vec<u8>, event: AuditEvent) {
-        self.insert(key, event.encode());
-        self.audit.push(event);
+    /// Records an audit event: it reaches the trail's file and its log line is written once
+    /// the batch is on disk, never for a change that was refused or undone.
+    pub(super) fn audit(&mut self, event: AuditEvent) {
+        self.audit.push((0, event));
     }
 
-    /// The changes and the audit events, for the store to apply.
-    pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[AuditEvent; 2]>) {
-        (self.ops, self.audit)
-    }
-
-    /// Applies the changes to sled one by one, in order (replay; the write path does the same
-    /// in `GroupCommit::apply`, keeping each replaced value for an undo).
-    ///
-    /// Not with `sled::Tree::apply_batch`: in sled 0.34 that writes and `sync_file_range`s
-    /// its log twice per batch (measured: two waits on the disk per acknowledged write, on
-    /// the request path, serialising every writer). All-or-nothing comes from the log instead
-    /// (see [`WriteBatch`]): sled may hold a prefix of an unacknowledged batch, which replay
-    /// completes or which was never acknowledged.
-    pub(super) fn apply_to(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        for (k, v) in &self.ops {
-            match v {
-                Some(v) => db.insert(k.as_slice(), v.as_slice())?,
-                None => db.remove(k.as_slice())?,
-            };
+    /// Gives the audit events their sequence numbers (when the batch is applied, in log
+    /// order).
+    pub(super) fn number_audit_events(&mut self, mut next: impl FnMut() -> u64) {
+        for (seq, _) in &mut self.audit {
+            *seq = next();
         }
-        Ok(())
+    }
+
+    /// The changes and the numbered audit events, for the store to apply.
+    pub(super) fn into_parts(self) -> (Vec<Op>, SmallVec<[(u64, AuditEvent); 2]>) {
+        (self.ops, self.audit)
     }
 
     /// Appends this batch's log record to `out`.
     pub(super) fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; 8]);
-        out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
+        let count = self.ops.len() + self.audit.len();
+        out.extend_from_slice(&(count as u32).to_le_bytes());
         for (k, v) in &self.ops {
             out.extend_from_slice(&(k.len() as u32).to_le_bytes());
             out.extend_from_slice(k);
@@ -144,29 +150,76 @@ impl WriteBatch {
                 }
             }
         }
+        for (seq, event) in &self.audit {
+            out.extend_from_slice(&8u32.to_le_bytes());
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.push(AUDIT_TAG);
+            let value = event.encode();
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&value);
+        }
         let payload_len = (out.len() - start - 8) as u32;
         let crc = crc32fast::hash(&out[start + 8..]);
         out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
+    // Replay applies a record's changes to sled one by one, in order ([`Replayed::apply_to`];
+    // the write path does the same in `GroupCommit::apply`, keeping each replaced value for
+    // an undo).
+    //
+    // Not with `sled::Tree::apply_batch`: in sled 0.34 that writes and `sync_file_range`s
+    // its log twice per batch (measured: two waits on the disk per acknowledged write, on
+    // the request path, serialising every writer). All-or-nothing comes from the log instead
+    // (see [`WriteBatch`]): sled may hold a prefix of an unacknowledged batch, which replay
+    // completes or which was never acknowledged.
+    #[cfg(test)]
+    fn replayed(&self) -> Replayed {
+        Replayed {
+            ops: self.ops.clone(),
+            audit: self.audit.iter().map(|(s, e)| (*s, e.encode())).collect(),
+        }
+    }
+}
+
+impl Replayed {
+    /// Applies the changes to sled one by one, in order (see the comment above
+    /// `WriteBatch::replayed`).
+    pub(super) fn apply_to(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        for (k, v) in &self.ops {
+            match v {
+                Some(v) => db.insert(k.as_slice(), v.as_slice())?,
+                None => db.remove(k.as_slice())?,
+            };
+        }
+        Ok(())
+    }
+}
+
+impl Replayed {
+    /// A record's payload; `None` if malformed. Records from before the audit trail had its
+    /// own file hold audit events as sled inserts under `A` (tag 1): they are applied to sled
+    /// like any insert and moved to the file at open ([`super::audit_trail`]).
     fn decode(payload: &[u8]) -> Option<Self> {
         let mut r = Reader(payload);
         let count = r.u32()?;
-        let mut ops = Vec::with_capacity(count.min(1024) as usize);
+        let mut out = Replayed {
+            ops: Vec::with_capacity(count.min(1024) as usize),
+            audit: Vec::new(),
+        };
         for _ in 0..count {
-            let key = r.bytes()?.to_vec();
-            let value = match r.u8()? {
-                0 => None,
-                1 => Some(r.bytes()?.to_vec()),
+            let key = r.bytes()?;
+            match r.u8()? {
+                0 => out.ops.push((key.to_vec(), None)),
+                1 => out.ops.push((key.to_vec(), Some(r.bytes()?.to_vec()))),
+                AUDIT_TAG => {
+                    let seq = u64::from_be_bytes(key.try_into().ok()?);
+                    out.audit.push((seq, r.bytes()?.to_vec()));
+                }
                 _ => return None,
-            };
-            ops.push((key, value));
+            }
         }
-        r.0.is_empty().then_some(Self {
-            ops,
-            audit: SmallVec::new(),
-        })
+        r.0.is_empty().then_some(out)
     }
 }
 
@@ -234,7 +287,7 @@ pub(super) fn block(number: u64, data: &[u8]) -> Vec<u8> {
 
 /// Reads every record of segment `number` up to the first block that is short, stale (from
 /// the file's previous life) or corrupt.
-fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatch>> {
+fn read_segment(path: &Path, number: u64) -> io::Result<Vec<Replayed>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut out = Vec::new();
@@ -262,7 +315,7 @@ fn read_segment(path: &Path, number: u64) -> io::Result<Vec<WriteBatch>> {
             let Some(payload) = records.take(len as usize) else {
                 break 'blocks;
             };
-            match WriteBatch::decode(payload) {
+            match Replayed::decode(payload) {
                 Some(batch) if crc32fast::hash(payload) == crc => batches.push(batch),
                 _ => break 'blocks,
             }
@@ -390,9 +443,10 @@ pub(super) struct ReplayReport {
 }
 
 /// Replays the log in `dir` (created if missing) into `db` at start-up: every record of every
-/// segment, oldest first, up to each segment's first torn or stale block. Then, if there was
-/// anything to replay, flushes sled and syncs its `db` file (`db_file`, opened from
-/// `db_path`), so that the segments can be retired. Takes the clean-shutdown marker: from now on the store is open.
+/// segment, oldest first, up to each segment's first torn or stale block; the audit events
+/// the trail's file lacks go to `trail`. Then, if there was anything to replay, syncs the
+/// trail, flushes sled and syncs its `db` file (`db_file`, opened from `db_path`), so that
+/// the segments can be retired. Takes the clean-shutdown marker: from now on the store is open.
 ///
 /// Replaying a record twice is harmless (records hold whole values), and a record is applied
 /// whole or, if it never reached the disk intact, not at all.
@@ -401,6 +455,7 @@ pub(super) fn replay_into(
     db_file: &File,
     db_path: &Path,
     dir: &Path,
+    trail: &AuditTrail,
 ) -> Result<ReplayReport, StoreError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -413,10 +468,14 @@ pub(super) fn replay_into(
     for (number, path) in &segments {
         for batch in read_segment(path, *number).map_err(io(path))? {
             batch.apply_to(db)?;
+            for (seq, event) in &batch.audit {
+                trail.append_replayed(*seq, event)?;
+            }
             batches += 1;
         }
     }
     if !segments.is_empty() {
+        trail.sync().map_err(io(dir))?;
         db.flush()?;
         db_file.sync_data().map_err(io(db_path))?;
         retire_segments(dir, &segments).map_err(io(dir))?;
@@ -446,10 +505,23 @@ pub(super) fn write_durably(file: &File, offset: u64, bytes: &[u8]) -> io::Resul
 mod tests {
     use super::*;
 
+    fn event(n: u8) -> AuditEvent {
+        AuditEvent {
+            at: n.into(),
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            key_id: "-".into(),
+            kind: crate::store::AuditKind::DomainAdded {
+                domain: format!("d{n}.example.org"),
+            },
+        }
+    }
+
     fn batch(n: u8) -> WriteBatch {
         let mut b = WriteBatch::default();
         b.insert(vec![b'k', n], vec![n; n as usize]);
         b.remove(vec![b'r', n]);
+        b.audit(event(n));
+        b.number_audit_events(|| 100 + u64::from(n));
         b
     }
 
@@ -475,7 +547,7 @@ mod tests {
         write_durably(&file, at, &torn[..torn.len() / 2]).unwrap();
         let read = read_segment(&segment_path(dir.path(), 1), 1).unwrap();
         assert_eq!(read.len(), 5);
-        assert_eq!(read[3].ops, batch(3).ops);
+        assert_eq!(read[3].ops, batch(3).replayed().ops);
         assert_eq!(
             std::fs::metadata(segment_path(dir.path(), 1))
                 .unwrap()
@@ -501,7 +573,7 @@ mod tests {
         write_durably(&file, 0, &round(2, &[batch(5)])).unwrap();
         let read = read_segment(&segment_path(dir.path(), 2), 2).unwrap();
         assert_eq!(read.len(), 1);
-        assert_eq!(read[0].ops, batch(5).ops);
+        assert_eq!(read[0].ops, batch(5).replayed().ops);
     }
 
     #[test]
@@ -522,7 +594,8 @@ mod tests {
         let db = sled::Config::new().path(&sled_dir).open().unwrap();
         let db_path = sled_dir.join("db");
         let db_file = File::open(&db_path).unwrap();
-        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        let trail = AuditTrail::open(dir.path()).unwrap();
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir, &trail).unwrap();
         assert_eq!(
             report,
             ReplayReport {
@@ -539,12 +612,16 @@ mod tests {
             "the torn round is not replayed"
         );
         assert!(segments(&wal_dir).unwrap().is_empty(), "retired");
+        // The audit events go to the trail's file, not to sled, and only those replayed.
+        let events = trail.events(None, usize::MAX).unwrap();
+        assert_eq!(events, [(101, event(1)), (102, event(2)), (103, event(3))]);
+        assert_eq!(db.len(), 3);
 
         mark_clean(&wal_dir).unwrap();
-        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir, &trail).unwrap();
         assert!(report.clean);
         assert_eq!((report.batches, report.next_segment), (0, 1));
-        let report = replay_into(&db, &db_file, &db_path, &wal_dir).unwrap();
+        let report = replay_into(&db, &db_file, &db_path, &wal_dir, &trail).unwrap();
         assert!(!report.clean, "the marker is taken: the store is open now");
     }
 
