@@ -242,6 +242,23 @@ async fn a_disk_that_fills_up_refuses_writes_and_takes_them_again_once_it_has_ro
     );
     acked.extend(more);
 
+    // Audit lines are written by their own thread once their round is on disk (and in the
+    // audit trail's file): after an acknowledgement, not before it. Wait for them, so that a
+    // kill -9 right after the last acknowledgement does not take the last lines with it (the
+    // trail keeps those events either way).
+    let started = Instant::now();
+    while !audited_domains(&log).is_superset(&acked) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "acknowledged registrations without an audit line: {:?}",
+            acked
+                .difference(&audited_domains(&log))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // kill -9 and a restart: every acknowledged registration is there, no refused one is.
     server.kill9();
     let server = Binary::start_logged(&data, Some(&config), "info", Some(&log));
