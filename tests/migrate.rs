@@ -116,6 +116,22 @@ fn migrate(from: &Path, to: &Path, config: &Path) -> Output {
         .expect("run certline migrate")
 }
 
+/// [`migrate`] with stderr on a terminal (a pseudo-terminal from util-linux's `script`), as an
+/// operator runs it: the progress shows. Its stdout holds both streams.
+fn migrate_on_a_terminal(from: &Path, to: &Path, config: &Path) -> Output {
+    let command = format!(
+        "'{}' migrate --from '{}' --to '{}' --config '{}'",
+        env!("CARGO_BIN_EXE_certline"),
+        from.display(),
+        to.display(),
+        config.display()
+    );
+    Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .output()
+        .expect("run certline migrate under script(1)")
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -440,9 +456,15 @@ async fn link_tokens_and_acme_records_move_with_the_rest() {
     );
     assert!(server.terminate().success());
 
-    let out = migrate(&first, Path::new("postgres"), &pg_config);
+    let out = migrate_on_a_terminal(&first, Path::new("postgres"), &pg_config);
     assert!(out.status.success(), "{}", text(&out));
     let source = sled_records(&first).await;
+    // On a terminal, a bar with the total (counted before the copy).
+    assert!(
+        text(&out).contains(&format!("/{} records copied", source.len())),
+        "{}",
+        text(&out)
+    );
     let count = |kind: fn(&Item) -> bool| source.iter().filter(|i| kind(i)).count();
     let tokens = count(|i| matches!(i, Item::LinkToken { .. }));
     let used = count(|i| matches!(i, Item::LinkToken { token, .. } if token.used_at.is_some()));
@@ -467,6 +489,8 @@ async fn link_tokens_and_acme_records_move_with_the_rest() {
     let back = dir.path().join("back");
     let out = migrate(Path::new("postgres"), &back, &pg_config);
     assert!(out.status.success(), "{}", text(&out));
+    // Not a terminal: no progress, only the summary.
+    assert!(out.stderr.is_empty(), "{}", text(&out));
     assert_eq!(sled_records(&back).await, source, "back in sled, unchanged");
 
     // A's link, mailed before the move, confirms A on each copy; B's stays used.
