@@ -290,9 +290,19 @@ fn admin_client(args: AdminArgs) -> anyhow::Result<(AdminClient, tokio::runtime:
     Ok((client, runtime))
 }
 
+/// Libraries whose debug output carries the values certline stores: tokio-postgres logs
+/// every statement's parameters at `debug` (EAB HMAC keys in the ACME records, e-mail
+/// addresses, link-token hashes). Whatever `RUST_LOG` or `[log] filter` asks, they log at
+/// `info` at most: secrets never reach a log (found by tests/acme.rs on PostgreSQL, which
+/// runs certline at `trace`).
+const CAPPED: &[&str] = &["tokio_postgres=info", "postgres_protocol=info"];
+
 fn init_tracing(config: &Config) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    for directive in CAPPED {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     // Colour codes only for a terminal: log files and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

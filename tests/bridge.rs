@@ -206,7 +206,11 @@ async fn a_restart_with_corrected_credentials_resumes(mode: AuthMode) {
         }
     })
     .await;
-    assert_eq!(state, "lookup", "{data}");
+    // Nothing got past its first step: the domain is at `lookup` (it made the probe, or waits
+    // behind it), or still `queued` when another domain's probe paused the bridge before a
+    // worker took this one (which domain goes first is not promised; on PostgreSQL under
+    // load it is often not the first registered).
+    assert!(state == "lookup" || state == "queued", "{data}");
     if mode == AuthMode::Headers {
         // The domain that made the probe carries SCM's code; the others wait behind it
         // (`bridge=paused` without an error of their own), so look at every domain.

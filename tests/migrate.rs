@@ -14,12 +14,14 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use support::acme_setup::{acme_state, acme_toml, eab_pool, seed_validated, wait_acme};
 use support::admin::{Admin, admin_toml};
 use support::bridge_setup::{register, sectigo_section};
 use support::client::{call, list_all, new_key};
 use support::postgres::TestSchema;
 use support::scm_sim::ScmSim;
 use support::server::{Binary, Launch};
+use support::smtp_sink::{Captured, SmtpSink};
 use support::wait::{done_or, wait_until};
 
 /// What a running server shows of the deployment.
@@ -112,6 +114,22 @@ fn migrate(from: &Path, to: &Path, config: &Path) -> Output {
         .arg(config)
         .output()
         .expect("run certline migrate")
+}
+
+/// [`migrate`] with stderr on a terminal (a pseudo-terminal from util-linux's `script`), as an
+/// operator runs it: the progress shows. Its stdout holds both streams.
+fn migrate_on_a_terminal(from: &Path, to: &Path, config: &Path) -> Output {
+    let command = format!(
+        "'{}' migrate --from '{}' --to '{}' --config '{}'",
+        env!("CARGO_BIN_EXE_certline"),
+        from.display(),
+        to.display(),
+        config.display()
+    );
+    Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .output()
+        .expect("run certline migrate under script(1)")
 }
 
 fn text(out: &Output) -> String {
@@ -325,4 +343,179 @@ async fn a_deployment_moves_to_postgres_and_back_with_every_record() {
         after,
         "the refused copy wrote nothing"
     );
+}
+
+/// The admin listener's public URL in [`link_tokens_and_acme_records_move_with_the_rest`]
+/// (certline refuses `[smtp]` with links under a loopback address); the mailed links are
+/// followed at each server's real admin address.
+const PUBLIC_URL: &str = "https://certline.example.org/";
+
+/// The mailed link of `kind` (`confirm` or `revoke`) in `mail`, as a path under the admin root.
+fn link_path(mail: &Captured, kind: &str) -> String {
+    let link = mail
+        .links()
+        .into_iter()
+        .find(|l| l.contains(&format!("/link/{kind}/")))
+        .unwrap_or_else(|| panic!("no {kind} link in {}", mail.data));
+    link.strip_prefix(PUBLIC_URL)
+        .unwrap_or_else(|| panic!("{link} is not under {PUBLIC_URL}"))
+        .to_owned()
+}
+
+/// Presses a link's button (POST) on the server `admin`; status and page.
+async fn press(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/{path}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Link tokens (claims waiting for confirmation, and one used link) and ACME account records
+/// move sled → PostgreSQL → sled exactly, and a link mailed before the move confirms its key
+/// on either copy (and a used one stays used).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn link_tokens_and_acme_records_move_with_the_rest() {
+    let sim = ScmSim::start().await;
+    sim.set_eab_pool(&eab_pool(4));
+    let a_names: Vec<String> = (0..3).map(|i| format!("a{i}.example.edu")).collect();
+    let b_names = vec!["b0.example.edu".to_owned()];
+    seed_validated(&sim, &a_names);
+    seed_validated(&sim, &b_names);
+    let sink = SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = TestSchema::new().await;
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, support::scm_sim::PASSWORD).unwrap();
+    let config = |name: &str, store: &str| {
+        let text = format!(
+            "{}{}public_url = \"{PUBLIC_URL}\"\n\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+             tls = \"none\"\nfrom = \"certline <certline@example.org>\"\ntimeout_secs = 10\n{store}",
+            acme_toml(&sim, &pw, "require_confirmed_key = false", ""),
+            admin_toml(dir.path()),
+            sink.addr.port(),
+        );
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let sled_config = config("sled", "\n[store]\nbackend = \"sled\"\n");
+    let pg_config = config("postgres", &schema.store_toml("migrated", 300));
+
+    let first = dir.path().join("first");
+    let server = Launch::new(&first).config(&sled_config).start();
+    let key_a = register(server.addr, &a_names).await;
+    let key_b = register(server.addr, &b_names).await;
+    for (key, email) in [(&key_a, "a@example.org"), (&key_b, "b@example.org")] {
+        let reply = call(
+            server.addr,
+            &format!("command claim apikey {key} email {email}"),
+        )
+        .await;
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    wait_acme(
+        server.addr,
+        &key_a,
+        &a_names,
+        "mapped",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_acme(
+        server.addr,
+        &key_b,
+        &b_names,
+        "mapped",
+        Duration::from_secs(60),
+    )
+    .await;
+    let mails = sink.wait_for(2, Duration::from_secs(30)).await;
+    let mail_to = |to: &str| {
+        mails
+            .iter()
+            .find(|m| m.to == [to])
+            .unwrap_or_else(|| panic!("no mail to {to}: {mails:?}"))
+    };
+    let (confirm_a, confirm_b) = (
+        link_path(mail_to("a@example.org"), "confirm"),
+        link_path(mail_to("b@example.org"), "confirm"),
+    );
+    // B's link is used before the move: it must stay used after.
+    let (code, page) = press(server.admin.unwrap(), &confirm_b).await;
+    assert_eq!(code, 200, "{page}");
+    let status = |addr, key: &String, domain: &String| {
+        let line = format!("command status apikey {key} domain {domain}");
+        async move { call(addr, &line).await.data.unwrap() }
+    };
+    assert!(
+        status(server.addr, &key_a, &a_names[0])
+            .await
+            .contains(" key=unconfirmed ")
+    );
+    assert!(server.terminate().success());
+
+    let out = migrate_on_a_terminal(&first, Path::new("postgres"), &pg_config);
+    assert!(out.status.success(), "{}", text(&out));
+    let source = sled_records(&first).await;
+    // On a terminal, a bar with the total (counted before the copy).
+    assert!(
+        text(&out).contains(&format!("/{} records copied", source.len())),
+        "{}",
+        text(&out)
+    );
+    let count = |kind: fn(&Item) -> bool| source.iter().filter(|i| kind(i)).count();
+    let tokens = count(|i| matches!(i, Item::LinkToken { .. }));
+    let used = count(|i| matches!(i, Item::LinkToken { token, .. } if token.used_at.is_some()));
+    // A confirm and a revoke link per claim; B's confirm link used.
+    assert_eq!((tokens, used), (4, 1), "{source:#?}");
+    assert_eq!(count(|i| matches!(i, Item::Acme { .. })), 2, "{source:#?}");
+    assert!(
+        text(&out).contains("4 link tokens") && text(&out).contains("2 ACME records"),
+        "{}",
+        text(&out)
+    );
+    let pg = Store::open_postgres(&schema.config("check", 300))
+        .await
+        .unwrap();
+    assert_eq!(
+        records(&pg).await,
+        source,
+        "PostgreSQL holds what sled held"
+    );
+    pg.close().await.unwrap();
+
+    let back = dir.path().join("back");
+    let out = migrate(Path::new("postgres"), &back, &pg_config);
+    assert!(out.status.success(), "{}", text(&out));
+    // Not a terminal: no progress, only the summary.
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert_eq!(sled_records(&back).await, source, "back in sled, unchanged");
+
+    // A's link, mailed before the move, confirms A on each copy; B's stays used.
+    for (data, config) in [
+        (dir.path().join("on-postgres"), &pg_config),
+        (back, &sled_config),
+    ] {
+        let server = Launch::new(&data).config(config).start();
+        let admin = server.admin.unwrap();
+        for (key, names) in [(&key_a, &a_names), (&key_b, &b_names)] {
+            let (state, _, data) = acme_state(server.addr, key, &names[0]).await;
+            assert_eq!(state, "mapped", "{data}");
+        }
+        let (code, page) = press(admin, &confirm_b).await;
+        assert_eq!(code, 410, "{page}");
+        assert!(
+            status(server.addr, &key_a, &a_names[0])
+                .await
+                .contains(" key=unconfirmed ")
+        );
+        let (code, page) = press(admin, &confirm_a).await;
+        assert_eq!(code, 200, "{page}");
+        assert!(page.contains("Key confirmed"), "{page}");
+        let line = status(server.addr, &key_a, &a_names[0]).await;
+        assert!(line.contains(" key=confirmed "), "{line}");
+        assert!(server.terminate().success());
+    }
 }

@@ -33,11 +33,7 @@ async fn reload(server: &Binary, log_file: &Path) -> String {
         text.matches("configuration reloaded").count() + text.matches("reload failed").count()
     };
     let before = outcomes(&log(log_file));
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    server.sighup();
     let deadline = Instant::now() + DEADLINE;
     loop {
         let text = log(log_file);

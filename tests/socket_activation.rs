@@ -66,7 +66,7 @@ fn activate(
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_certline"))
         .args(["serve", "--config"])
-        .arg(config)
+        .arg(support::server::store_config(config, data))
         .arg("--data")
         .arg(data)
         .env("LISTEN_FDS", "2")

@@ -113,10 +113,36 @@ pub async fn migrate(from: &Place, to: &Place, config: &Path) -> anyhow::Result<
     let pg = postgres_settings(config)?;
     let source = open(from, &pg, true).await?;
     let target = open(to, &pg, false).await?;
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {pos} records copied, now {msg}")
+    // Progress on stderr (indicatif draws nothing when stderr is not a terminal): first a
+    // count of the source, so that the copy's bar has its total.
+    let counting = ProgressBar::new_spinner();
+    counting.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} counting the records: {pos}")
             .expect("a valid progress template"),
+    );
+    counting.enable_steady_tick(Duration::from_millis(200));
+    let total = transfer::count(&source, |counts: &Counts| {
+        counting.set_position(counts.total())
+    })
+    .await;
+    counting.finish_and_clear();
+    let total = match total {
+        Ok(total) => total,
+        Err(e) => {
+            let _ = (source.close().await, target.close().await);
+            return Err(anyhow::Error::from(e).context(format!(
+                "reading {} failed; nothing was copied",
+                from.describe(&pg)
+            )));
+        }
+    };
+    let bar = ProgressBar::new(total.total());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed} [{wide_bar}] {pos}/{len} records copied ({percent}%, {eta} left), now {msg}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let copied = transfer::copy(&source, &target, |counts: &Counts, section: Section| {

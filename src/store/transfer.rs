@@ -209,6 +209,23 @@ pub enum CopyError {
     Store(#[from] StoreError),
 }
 
+/// Counts every record of `from`, by section, reading it the way [`copy`] will (page by page
+/// with [`Store::export`]); `progress` is told the counts so far after each page. For a
+/// progress bar with a total: nothing writes to a store while it is migrated (no server may
+/// run on either side), so the copy then moves exactly this many records. It costs one more
+/// read of the source, which is cheap beside the writes of the copy.
+pub async fn count(from: &Store, mut progress: impl FnMut(&Counts)) -> Result<Counts, StoreError> {
+    let mut counts = Counts::default();
+    let mut cursor = Some(ExportCursor::start());
+    while let Some(at) = cursor {
+        let (items, next) = from.export(&at, PAGE).await?;
+        counts.add(&items);
+        progress(&counts);
+        cursor = next;
+    }
+    Ok(counts)
+}
+
 /// Copies every record of `from` into `to`, which must be empty, page by page; `progress` is
 /// told the counts so far after each page. Returns the counts. Each page is committed
 /// (durable) before the next is read.

@@ -59,6 +59,11 @@ pub async fn new_key(addr: SocketAddr) -> String {
     reply.data.expect("apikey returns data")
 }
 
+/// How much longer [`pipelined`] waits per request: a pipeline of thousands of writes takes
+/// time in proportion (on PostgreSQL, a debug build under CI load answers about 150 `add`s
+/// a second on one connection: each is several statements, each a round trip).
+const PATIENCE_PER_REQUEST: Duration = Duration::from_millis(50);
+
 /// Sends `lines` (requests, each ending in LF) back to back on one connection, half-closes
 /// it and returns every reply the server sent before closing: a pipelining client.
 pub async fn pipelined(addr: SocketAddr, lines: &str) -> String {
@@ -66,7 +71,9 @@ pub async fn pipelined(addr: SocketAddr, lines: &str) -> String {
     stream.write_all(lines.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut all = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut all))
+    let requests = lines.matches('\n').count() as u32;
+    let limit = PATIENCE + PATIENCE_PER_REQUEST * requests;
+    tokio::time::timeout(limit, stream.read_to_string(&mut all))
         .await
         .expect("replies in time")
         .unwrap();

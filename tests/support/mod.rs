@@ -15,4 +15,5 @@ pub mod scripts;
 pub mod server;
 pub mod smtp_sink;
 pub mod store;
+pub mod tcp_proxy;
 pub mod wait;

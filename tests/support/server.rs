@@ -70,13 +70,27 @@ impl InProcess {
     pub async fn start_sled() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = test_config_sled(&dir.path().join("data"));
-        let mut s = Self::start_with(config).await;
+        let mut s = Self::start_with_sled(config).await;
         s._dir = Some(dir);
         s
     }
 
-    /// Starts a server with the given configuration.
-    pub async fn start_with(config: Config) -> Self {
+    /// Starts a server with the given configuration. Under `CERTLINE_TEST_STORE=postgres` a
+    /// configuration on the default store (no `[store]`: the tests build theirs from TOML and
+    /// [`test_config`]'s fields) runs on PostgreSQL, in the schema of its data directory.
+    pub async fn start_with(mut config: Config) -> Self {
+        let default_store = matches!(config.store.backend, certline::store::config::Backend::Sled)
+            && config.store.postgres.is_none();
+        if default_store && super::postgres::selected() {
+            config.store = test_config(&config.data_dir).store;
+        }
+        Self::start_with_sled(config).await
+    }
+
+    /// Starts a server with exactly the given configuration, on the embedded store unless
+    /// it names another: for tests of what only the embedded store has (see
+    /// [`test_config_sled`]).
+    pub async fn start_with_sled(config: Config) -> Self {
         let server = App::start(config).await.expect("server starts");
         let addr = server.local_addr();
         let admin = server.admin_addr();
@@ -196,27 +210,32 @@ impl<'a> Launch<'a> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        match (self.config, super::postgres::selected() && !self.sled_only) {
+        let derived = match (self.config, super::postgres::selected() && !self.sled_only) {
             // CERTLINE_TEST_STORE=postgres: the same file plus a [store] section, unless the
             // test chose a store itself.
             (config, true) => {
-                let text = config
-                    .map(|c| std::fs::read_to_string(c).expect("read the config file"))
-                    .unwrap_or_default();
-                if text.contains("[store]") {
-                    cmd.arg("--config").arg(config.unwrap());
-                } else {
-                    let derived = self.data_dir.with_extension("postgres.toml");
-                    let section = super::postgres::store_section_for(self.data_dir);
-                    std::fs::write(&derived, format!("{text}\n{section}")).unwrap();
-                    cmd.arg("--config").arg(derived);
+                let derived = Derived {
+                    source: config.map(Path::to_path_buf),
+                    file: self.data_dir.with_extension("postgres.toml"),
+                    data_dir: self.data_dir.to_path_buf(),
+                };
+                match derived.write() {
+                    Some(file) => {
+                        cmd.arg("--config").arg(file);
+                        Some(derived)
+                    }
+                    None => {
+                        cmd.arg("--config").arg(config.unwrap());
+                        None
+                    }
                 }
             }
             (Some(config), false) => {
                 cmd.arg("--config").arg(config);
+                None
             }
-            (None, false) => {}
-        }
+            (None, false) => None,
+        };
         let mut child = cmd.spawn().expect("spawn certline");
         // A thread reads stdout so the wait can time out, and keeps draining it afterwards
         // so the server never blocks on a full pipe.
@@ -261,7 +280,59 @@ impl<'a> Launch<'a> {
             addr,
             admin,
             data_dir: self.data_dir.to_path_buf(),
+            derived,
         })
+    }
+}
+
+/// The configuration file to start the binary of `data_dir` with when a test starts it
+/// itself (not through [`Launch`]): `config` as it is, or under
+/// `CERTLINE_TEST_STORE=postgres` (and without a `[store]` of its own) a copy with the
+/// `[store]` section that puts that data directory on PostgreSQL.
+pub fn store_config(config: &Path, data_dir: &Path) -> PathBuf {
+    if !super::postgres::selected() {
+        return config.to_path_buf();
+    }
+    let derived = Derived {
+        source: Some(config.to_path_buf()),
+        file: data_dir.with_extension("postgres.toml"),
+        data_dir: data_dir.to_path_buf(),
+    };
+    derived
+        .write()
+        .map_or_else(|| config.to_path_buf(), Path::to_path_buf)
+}
+
+/// Under `CERTLINE_TEST_STORE=postgres`, the binary reads a copy of the test's configuration
+/// file with a `[store]` section added (certline has no include or environment override for
+/// its store, and the test's own file must stay as the test wrote it). The copy is written
+/// again from the test's file before every reload ([`Binary::sighup`]), so a test that edits
+/// its file and sends SIGHUP reloads exactly what it wrote, on the same store.
+struct Derived {
+    /// The test's file (`None`: no `--config`, only the `[store]` section).
+    source: Option<PathBuf>,
+    /// The copy the binary was started with.
+    file: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Derived {
+    /// Writes the copy; `None` when the test's file chose a store itself (used as it is).
+    fn write(&self) -> Option<&Path> {
+        let text = self
+            .source
+            .as_ref()
+            .map(|c| std::fs::read_to_string(c).expect("read the config file"))
+            .unwrap_or_default();
+        if text.contains("[store]") {
+            return None;
+        }
+        let section = super::postgres::store_section_for(&self.data_dir);
+        // Written aside and renamed: a reload never reads half a file.
+        let partial = self.file.with_extension("toml.partial");
+        std::fs::write(&partial, format!("{text}\n{section}")).unwrap();
+        std::fs::rename(&partial, &self.file).unwrap();
+        Some(&self.file)
     }
 }
 
@@ -272,9 +343,26 @@ pub struct Binary {
     /// The admin listener, when the configuration has `[admin]`.
     pub admin: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// The configuration copy it reads under `CERTLINE_TEST_STORE=postgres`.
+    derived: Option<Derived>,
 }
 
 impl Binary {
+    /// SIGHUP (reload), after bringing the configuration copy the binary reads under
+    /// `CERTLINE_TEST_STORE=postgres` up to date with the test's file.
+    pub fn sighup(&self) {
+        if let Some(derived) = &self.derived {
+            derived.write();
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) },
+            0,
+            "kill -HUP {}",
+            self.child.id()
+        );
+    }
+
     /// Runs `certline serve --listen 127.0.0.1:0 --data DATA [--config CONFIG]` and waits for
     /// its `listening on` line.
     pub fn start(data_dir: &Path, config: Option<&Path>) -> Self {
