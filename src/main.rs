@@ -112,6 +112,22 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Take an online backup of a running server on the embedded store into FILE (through
+    /// the admin API; the server keeps taking writes). On PostgreSQL use pg_dump.
+    Backup {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The backup file to write (replaced only once the new backup is whole).
+        file: PathBuf,
+    },
+    /// Restore a backup written by `certline backup` into a new (or empty) data directory.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to create; must not exist or be empty.
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 /// Where the admin API is (flags, then environment, then `--config`'s `[admin]`).
@@ -249,6 +265,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::migrate::Place::parse(&to),
             );
             let summary = runtime.block_on(cli::migrate::migrate(&from, &to, &config))?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Backup { admin, file } => {
+            let (client, runtime) = admin_client(admin)?;
+            let summary = runtime.block_on(cli::backup::backup(&client, &file))?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Restore { file, data } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let summary = runtime.block_on(cli::backup::restore(&file, &data))?;
             print!("{summary}");
             Ok(())
         }

@@ -35,6 +35,7 @@
 mod acme_state;
 mod audit;
 mod audit_trail;
+pub mod backup;
 mod bridge_state;
 mod claim_caps;
 mod confirmation;
