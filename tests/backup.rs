@@ -10,7 +10,7 @@ mod support;
 
 use certline::apikey::ApiKey;
 use certline::store::transfer::{ExportCursor, Item};
-use certline::store::{DurabilityMode, Store, Timing};
+use certline::store::{AuditKind, DurabilityMode, Store, Timing};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -461,7 +461,62 @@ async fn a_backup_under_concurrent_writers_keeps_every_acknowledged_write_and_no
         assert_eq!(held.remove(&id).unwrap_or_default(), listed, "{id}");
     }
     assert!(held.is_empty(), "holders of unknown keys: {held:?}");
+    let listings = {
+        let mut out = Vec::new();
+        for (key, _) in &written {
+            out.push(list_all(server.addr, key).await.domains);
+        }
+        out
+    };
     assert!(server.terminate().success());
+
+    // One point in each writer's history: its audit events in the restored trail are the
+    // first k of its operations, in order, and its domains are what those k left. (The
+    // trail is read after the entries; a fuzzy copy without the changes made during it
+    // would hold events for writes whose entries it missed.)
+    let records = sled_records(&restored).await;
+    for ((key, ops), listed) in written.iter().zip(&listings) {
+        let id = ApiKey::parse(key).unwrap().hash().id();
+        let events: Vec<(String, bool)> = records
+            .iter()
+            .filter_map(|i| match i {
+                Item::Audit { event, .. } if event.key_id == id => match &event.kind {
+                    AuditKind::DomainAdded { domain } => Some((domain.clone(), true)),
+                    AuditKind::DomainRemoved { domain } => Some((domain.clone(), false)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let k = events.len();
+        let history: Vec<(String, bool)> = ops
+            .iter()
+            .take(k)
+            .map(|op| (op.domain.clone(), op.add))
+            .collect();
+        assert_eq!(
+            events, history,
+            "{id}: the trail is not a prefix of the writes"
+        );
+        let before_start = ops.iter().filter(|op| op.acked < started).count();
+        assert!(
+            k >= before_start,
+            "{id}: {k} events, {before_start} writes acknowledged before the backup"
+        );
+        let mut state = BTreeSet::new();
+        for (domain, add) in &history {
+            if *add {
+                state.insert(domain.clone());
+            } else {
+                state.remove(domain);
+            }
+        }
+        let listed: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(
+            listed, state,
+            "{id}: its domains are not what its first {k} writes left"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
