@@ -1,6 +1,7 @@
 //! The operator's command-line client for the admin API (`certline domains`, `keys`,
 //! `revoke`, `confirm`, `requeue`, `import`, `backup`), and `migrate` and `restore`, which
-//! open the stores themselves (no server may run on them). `main.rs` only parses arguments and calls in here.
+//! open the stores themselves (no server may run on them). `main.rs` only parses arguments
+//! and calls in here.
 //!
 //! Where the admin API is and its token come from, first found wins: the flags
 //! (`--admin-url`, `--admin-token`), the environment (`CERTLINE_ADMIN_URL`,
