@@ -120,13 +120,20 @@ enum Command {
         /// The backup file to write (replaced only once the new backup is whole).
         file: PathBuf,
     },
-    /// Restore a backup written by `certline backup` into a new (or empty) data directory.
+    /// Restore a backup written by `certline backup` into a new (or empty) data directory
+    /// (`--data DIR`), or into an empty PostgreSQL schema (`--to postgres --config FILE`).
     Restore {
         /// The backup file.
         file: PathBuf,
         /// The data directory to create; must not exist or be empty.
-        #[arg(long)]
-        data: PathBuf,
+        #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+        data: Option<PathBuf>,
+        /// `postgres`: restore into the database the --config file's [store.postgres] names.
+        #[arg(long, requires = "config", value_parser = ["postgres"])]
+        to: Option<String>,
+        /// The configuration file whose [store.postgres] names the database (with --to).
+        #[arg(long, requires = "to")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -274,12 +281,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{summary}");
             Ok(())
         }
-        Command::Restore { file, data } => {
+        Command::Restore {
+            file,
+            data,
+            to: _,
+            config,
+        } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            let summary = runtime.block_on(cli::backup::restore(&file, &data))?;
+            let summary = runtime.block_on(async {
+                match (data, config) {
+                    (Some(data), _) => cli::backup::restore(&file, &data).await,
+                    (None, Some(config)) => cli::backup::restore_to_postgres(&file, &config).await,
+                    (None, None) => unreachable!("clap requires --data or --to postgres"),
+                }
+            })?;
             print!("{summary}");
             Ok(())
         }

@@ -610,3 +610,59 @@ async fn on_postgresql_the_backup_route_says_to_use_pg_dump() {
     assert!(!saved.exists());
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_postgresql_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled_config = config(dir.path(), "sled", SLED);
+    let server = Launch::new(&dir.path().join("data"))
+        .sled()
+        .config(&sled_config)
+        .start();
+    let mut keys = Vec::new();
+    let mut domains = Vec::new();
+    for k in 0..2 {
+        let names: Vec<String> = (0..40).map(|i| format!("p{i}.k{k}.example.org")).collect();
+        keys.push(register(server.addr, &names).await);
+        domains.extend(names.into_iter().map(|d| (k, d)));
+    }
+    let reply = call(
+        server.addr,
+        &format!("command claim apikey {} email owner@example.org", keys[0]),
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let before = view(&server, &keys, &domains).await;
+    let saved = dir.path().join("to-postgres.backup");
+    let out = backup(&server, &saved, TOKEN);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(server.terminate().success());
+
+    let schema = TestSchema::new().await;
+    let pg_config = config(dir.path(), "pg", &schema.store_toml("restored", 300));
+    let to_postgres = || {
+        certline(
+            &[
+                "restore".as_ref(),
+                saved.as_os_str(),
+                "--to".as_ref(),
+                "postgres".as_ref(),
+                "--config".as_ref(),
+                pg_config.as_os_str(),
+            ],
+            TOKEN,
+        )
+    };
+    let out = to_postgres();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("migrated"), "{}", text(&out));
+    let server = Launch::new(&dir.path().join("unused"))
+        .config(&pg_config)
+        .start();
+    assert_eq!(view(&server, &keys, &domains).await, before);
+    assert!(server.terminate().success());
+    // A schema that holds records is refused.
+    let again = to_postgres();
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("is not empty"), "{}", text(&again));
+}

@@ -120,6 +120,34 @@ pub async fn backup(client: &AdminClient, file: &Path) -> anyhow::Result<String>
     ))
 }
 
+/// Restores the backup `file` into PostgreSQL (the `[store.postgres]` of `config`, an empty
+/// schema): into a scratch data directory under the system's temporary directory first,
+/// then `certline migrate` from there (items are backend-neutral; the changes made during
+/// the backup need the sled log replay to be applied). The scratch directory is removed.
+pub async fn restore_to_postgres(file: &Path, config: &Path) -> anyhow::Result<String> {
+    // A bad file fails before anything is written anywhere.
+    backup::verify(file)?;
+    let scratch = std::env::temp_dir().join(format!(
+        "certline-restore-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let result = async {
+        let restored = restore(file, &scratch).await?;
+        let first = restored.lines().next().unwrap_or_default().to_owned();
+        let migrated = super::migrate::migrate(
+            &super::migrate::Place::Directory(scratch.clone()),
+            &super::migrate::Place::Postgres,
+            config,
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(format!("{first}\n{migrated}"))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
 /// Restores the backup `file` into the new (or empty) data directory `data`; returns the
 /// summary line.
 pub async fn restore(file: &Path, data: &Path) -> anyhow::Result<String> {

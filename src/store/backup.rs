@@ -146,8 +146,21 @@ pub enum BackupError {
     Format(u32),
     #[error("the server could not finish the backup: {0}")]
     Server(String),
+    #[error("cannot open the backup {path}: {reason}")]
+    Open {
+        path: String,
+        reason: std::io::Error,
+    },
     #[error("reading the backup: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// By hand, not `#[from]`: the message holds the I/O error already, and a source would print
+// it twice in the CLI's chain of messages.
+impl From<std::io::Error> for BackupError {
+    fn from(e: std::io::Error) -> Self {
+        BackupError::Io(e)
+    }
 }
 
 // ---- Items as bytes ----
@@ -488,11 +501,9 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<(), BackupError> {
 }
 
 fn open_file(path: &Path) -> Result<Reader<std::io::BufReader<std::fs::File>>, BackupError> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        BackupError::Io(std::io::Error::new(
-            e.kind(),
-            format!("opening {}: {e}", path.display()),
-        ))
+    let file = std::fs::File::open(path).map_err(|reason| BackupError::Open {
+        path: path.display().to_string(),
+        reason,
     })?;
     Reader::new(std::io::BufReader::with_capacity(1 << 20, file))
 }
