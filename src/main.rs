@@ -112,6 +112,29 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Take an online backup of a running server on the embedded store into FILE (through
+    /// the admin API; the server keeps taking writes). On PostgreSQL use pg_dump.
+    Backup {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The backup file to write (replaced only once the new backup is whole).
+        file: PathBuf,
+    },
+    /// Restore a backup written by `certline backup` into a new (or empty) data directory
+    /// (`--data DIR`), or into an empty PostgreSQL schema (`--to postgres --config FILE`).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to create; must not exist or be empty.
+        #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+        data: Option<PathBuf>,
+        /// `postgres`: restore into the database the --config file's [store.postgres] names.
+        #[arg(long, requires = "config", value_parser = ["postgres"])]
+        to: Option<String>,
+        /// The configuration file whose [store.postgres] names the database (with --to).
+        #[arg(long, requires = "to")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Where the admin API is (flags, then environment, then `--config`'s `[admin]`).
@@ -249,6 +272,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::migrate::Place::parse(&to),
             );
             let summary = runtime.block_on(cli::migrate::migrate(&from, &to, &config))?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Backup { admin, file } => {
+            let (client, runtime) = admin_client(admin)?;
+            let summary = runtime.block_on(cli::backup::backup(&client, &file))?;
+            print!("{summary}");
+            Ok(())
+        }
+        Command::Restore {
+            file,
+            data,
+            to: _,
+            config,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let summary = runtime.block_on(async {
+                match (data, config) {
+                    (Some(data), _) => cli::backup::restore(&file, &data).await,
+                    (None, Some(config)) => cli::backup::restore_to_postgres(&file, &config).await,
+                    (None, None) => unreachable!("clap requires --data or --to postgres"),
+                }
+            })?;
             print!("{summary}");
             Ok(())
         }

@@ -14,14 +14,16 @@
 //! | `GET /api/keys/count` | bearer | how many keys there are |
 //! | `POST /api/keys/{prefix}/revoke` | bearer | revoke the one key whose id starts so |
 //! | `POST /api/keys/{prefix}/confirm` | bearer | confirm it by hand, as its claim link would |
+//! | `GET /api/backup` | bearer | an online backup of the embedded store, streamed ([`backup`]) |
 //! | `GET`/`POST /link/confirm/{token}`, `/link/revoke/{token}` | the link token | claim confirmation ([`confirm`]) |
 //!
-//! Every answer but health's waits for the commit round covering what it read
-//! ([`durable_reply`]).
+//! Every answer but health's and the backup's waits for the commit round covering what it
+//! read ([`durable_reply`]); the backup waits for the rounds it covers itself.
 //! Health is open so probes need no secret; the claim links carry their own credential.
 //! Everything else needs `Authorization: Bearer <token>` with the token from
 //! `admin.token_env`/`admin.token_file`, compared in constant time.
 
+mod backup;
 pub mod config;
 mod confirm;
 mod durable_reply;
@@ -195,8 +197,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             durable_reply::only_durable_state,
         ));
+    let backup = Router::new()
+        .route("/api/backup", get(backup::backup))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     health
         .merge(durable)
+        .merge(backup)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -149,10 +149,44 @@ impl AdminClient {
         self.send(request).await
     }
 
+    /// `GET` a long streamed answer (no overall timeout: a backup takes as long as the store
+    /// is large); the response once its status is a success.
+    pub async fn get_stream(&self, segments: &[&str]) -> Result<reqwest::Response, CliError> {
+        let request = self
+            .http
+            .get(self.url(segments))
+            .timeout(Duration::from_secs(7 * 24 * 3600));
+        self.send_checked(request).await
+    }
+
+    /// The base URL, for messages.
+    pub fn base_url(&self) -> &Url {
+        &self.endpoint.url
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, CliError> {
+        let response = self.send_checked(request).await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| CliError::Connect {
+            url: self.endpoint.url.to_string(),
+            reason: error_chain(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| CliError::Api {
+            status: status.as_u16(),
+            message: format!(
+                "unexpected answer ({e}); is the URL a certline admin API of the same version?"
+            ),
+        })
+    }
+
+    /// Sends with the token; a refusal becomes the [`CliError`] that says what to do.
+    async fn send_checked(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, CliError> {
         let response = request
             .bearer_auth(self.endpoint.token.expose())
             .send()
@@ -171,30 +205,25 @@ impl AdminClient {
         {
             return Err(CliError::Unauthorized);
         }
+        if status.is_success() {
+            return Ok(response);
+        }
         let bytes = response.bytes().await.map_err(|e| CliError::Connect {
             url: self.endpoint.url.to_string(),
             reason: error_chain(&e),
         })?;
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ApiErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-            return Err(CliError::Api {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| CliError::Api {
+        let message = serde_json::from_slice::<ApiErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
+        Err(CliError::Api {
             status: status.as_u16(),
-            message: format!(
-                "unexpected answer ({e}); is the URL a certline admin API of the same version?"
-            ),
+            message,
         })
     }
 }
 
 /// An error with its causes, e.g. "error sending request: connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -29,6 +29,7 @@
 //!   claim caps hold across concurrent callers; audit events exist only for committed changes.
 
 mod acme_record;
+pub mod backup;
 mod claim_caps;
 pub mod config;
 mod due_mail;

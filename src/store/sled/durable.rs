@@ -169,6 +169,22 @@ struct Pending {
     audit: usize,
     /// The sequence number of the last batch applied.
     last: u64,
+    /// While an online backup runs: a copy of every record applied ([`Tap`]).
+    tap: Option<Tap>,
+}
+
+/// A copy of every log record applied while an online backup runs (see
+/// [`super::backup`]): the backup is a fuzzy export plus these records, which restore
+/// replays over it. Capped at [`Tap::LIMIT`] bytes: past that the backup fails (retry)
+/// rather than hold an unbounded amount of memory.
+#[derive(Debug, Default)]
+pub(super) struct Tap {
+    /// Encoded log records, in apply order (the write-ahead log's record format).
+    pub records: Vec<u8>,
+    /// How many records.
+    pub count: u64,
+    /// More than [`Tap::LIMIT`] bytes were applied: `records` is incomplete.
+    pub overflowed: bool,
 }
 
 /// One flush round: what it took from [`Pending`].
@@ -751,6 +767,10 @@ impl GroupCommit {
         batch.number_audit_events(|| log.trail.next_seq());
         let start = pending.records.len();
         batch.encode_into(&mut pending.records);
+        let Pending { records, tap, .. } = &mut *pending;
+        if let Some(tap) = tap {
+            tap.copy(&records[start..]);
+        }
         let (ops, audit) = batch.into_parts();
         // The sequence number is published before sled shows any of the change: a reader
         // that sees one of its keys then waits for (and hears of the loss of) this batch in
@@ -780,6 +800,22 @@ impl GroupCommit {
         pending.audit += audit.len();
         log.trail.stage(audit);
         Ok(())
+    }
+
+    /// Starts copying every record applied from now on ([`Tap`]); `false` if a copy is
+    /// running already (one backup at a time).
+    pub(super) fn tap_start(&self) -> bool {
+        let mut pending = lock(&self.log.pending);
+        if pending.tap.is_some() {
+            return false;
+        }
+        pending.tap = Some(Tap::default());
+        true
+    }
+
+    /// Stops the copy [`Self::tap_start`] began and returns it.
+    pub(super) fn tap_stop(&self) -> Option<Tap> {
+        lock(&self.log.pending).tap.take()
     }
 
     /// How many times changes not yet on disk were undone (see `undo`): whatever was derived

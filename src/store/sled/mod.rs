@@ -11,8 +11,8 @@
 //! domain), the audit trail ([`audit`]), the claim caps ([`claim_caps`]), the mailed links
 //! ([`link_tokens`]), confirming a key ([`confirmation`]), the mail outbox ([`mail_outbox`]),
 //! the bridge's and the ACME worker's state and outboxes ([`bridge_state`], [`acme_state`]),
-//! the operator's reads ([`inventory`]) and moving the store to another backend
-//! ([`transfer`]). Start-up is [`SledStore::open`]: it replays the log
+//! the operator's reads ([`inventory`]), moving the store to another backend
+//! ([`transfer`]) and online backups ([`backup`]). Start-up is [`SledStore::open`]: it replays the log
 //! ([`wal::replay_into`]) and, after an unclean stop, rebuilds the holder index. A key's
 //! domain count is not stored: it is derived from its domain entries ([`domain_counts`]).
 //!
@@ -35,6 +35,7 @@
 mod acme_state;
 mod audit;
 mod audit_trail;
+pub mod backup;
 mod bridge_state;
 mod claim_caps;
 mod confirmation;
