@@ -40,6 +40,12 @@ pub struct PostgresConfig {
     /// instances sharing a database; the default (host name and process id) does.
     #[serde(default = "default_instance")]
     pub instance: String,
+    /// How often this instance writes its heartbeat (the `instances` table). An instance
+    /// counts as live for three heartbeats, and the Sectigo request budget is divided among
+    /// the live instances, so a dead instance's share returns to the others within about
+    /// three heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
 }
 
 fn default_pool_size() -> usize {
@@ -50,6 +56,9 @@ fn default_statement_timeout_ms() -> u64 {
 }
 fn default_lease_secs() -> u64 {
     300
+}
+fn default_heartbeat_ms() -> u64 {
+    5000
 }
 fn default_schema() -> String {
     "public".to_owned()
@@ -76,6 +85,7 @@ impl PostgresConfig {
             lease_secs: default_lease_secs(),
             schema: default_schema(),
             instance: default_instance(),
+            heartbeat_ms: default_heartbeat_ms(),
         }
     }
 
@@ -103,6 +113,12 @@ impl PostgresConfig {
             return Err(Invalid {
                 field: "store.postgres.lease_secs",
                 problem: "must be at least 1".into(),
+            });
+        }
+        if self.heartbeat_ms < 100 {
+            return Err(Invalid {
+                field: "store.postgres.heartbeat_ms",
+                problem: "must be at least 100 (every heartbeat is a write)".into(),
             });
         }
         if !is_plain_identifier(&self.schema) {
@@ -158,6 +174,11 @@ impl PostgresConfig {
             config.application_name("certline");
         }
         Ok(config)
+    }
+
+    /// How often this instance writes its heartbeat.
+    pub(super) fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 
     /// How long a statement may take, as the server enforces it.

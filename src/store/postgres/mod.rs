@@ -33,6 +33,8 @@
 //! * The bridge's and the ACME worker's outboxes are taken with `FOR UPDATE SKIP LOCKED` and a
 //!   lease (owner, until): see `bridge.rs`. The mail outbox is leased the same way, so two
 //!   instances do not send one claim mail twice.
+//! * Each instance writes a heartbeat row (`instances.rs`), so that every instance knows how
+//!   many share the database and takes its share of the Sectigo request budget.
 //!
 //! # Where this differs from the sled store
 //!
@@ -50,6 +52,7 @@
 
 pub mod config;
 mod health;
+mod instances;
 mod key_queue;
 mod migrations;
 mod sql;
@@ -152,6 +155,9 @@ pub struct PgStore {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// One key's writes queue here before they take a connection ([`key_queue`]).
     key_queue: key_queue::KeyQueue,
+    /// How many instances share the database now, as the heartbeat last counted
+    /// ([`instances`]).
+    live: tokio::sync::watch::Receiver<usize>,
 }
 
 /// What a committed transaction leaves to do.
@@ -250,7 +256,17 @@ impl PgStore {
                 }
                 other => other,
             })?;
+        let heartbeat = instances::Heartbeat {
+            name: config.instance.clone(),
+            interval: config.heartbeat(),
+        };
+        let live_now = heartbeat.beat(&client).await.map_err(|e| {
+            StoreError::Pool(format!(
+                "writing this instance's heartbeat at {server}: {e}"
+            ))
+        })?;
         drop(client);
+        let (live_tx, live) = tokio::sync::watch::channel(live_now);
         let health = Arc::new(Health::new(server));
         let wakeups = Arc::new(Wakeups::default());
         let channels = Channels::new(&config.schema);
@@ -267,6 +283,12 @@ impl PgStore {
             config.schema.clone(),
             stop.clone(),
         ));
+        let beating = tokio::spawn(instances::run(
+            pool.clone(),
+            heartbeat,
+            live_tx,
+            stop.clone(),
+        ));
         Ok(PgStore {
             pool,
             instance: config.instance.clone(),
@@ -279,8 +301,9 @@ impl PgStore {
             health,
             closed: AtomicBool::new(false),
             stop,
-            tasks: Mutex::new(vec![listener, probe]),
+            tasks: Mutex::new(vec![listener, probe, beating]),
             key_queue: key_queue::KeyQueue::new(),
+            live,
         })
     }
 
@@ -322,13 +345,31 @@ impl PgStore {
         self.open()
     }
 
-    /// Stops the listener and the probe and closes the pool; later calls fail.
+    /// How many instances share the database now (this one included), following the
+    /// heartbeats ([`instances`]): the Sectigo client divides the deployment's request budget
+    /// by it.
+    pub fn live_instances(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.live.clone()
+    }
+
+    /// Stops the listener, the probe and the heartbeat, takes this instance off the live
+    /// ones (the others take its share of the Sectigo budget at their next heartbeat) and
+    /// closes the pool; later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.closed.store(true, Ordering::SeqCst);
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
         self.stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
+        }
+        if !was_closed {
+            let left = match self.pool.get().await {
+                Ok(client) => instances::leave(&client, &self.instance).await,
+                Err(e) => Err(StoreError::Pool(e.to_string())),
+            };
+            if let Err(e) = left {
+                tracing::warn!(error = %e, "could not take this instance off the live ones; the others count it until its heartbeat is three beats old");
+            }
         }
         self.pool.close();
         Ok(())
@@ -454,6 +495,14 @@ impl PgStore {
     /// The lease a transaction takes now: this instance, for `lease_secs`.
     pub(super) fn lease_secs(&self) -> f64 {
         self.lease_secs as f64
+    }
+}
+
+/// A store dropped without [`PgStore::close`] (a test's stand-in for a crash) stops its
+/// background tasks but leaves its heartbeat row, as a killed process would.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
