@@ -5,6 +5,7 @@
 //! secret of certline (`config::secret`), and messages describe the server without it
 //! ([`describe`]).
 
+use super::tls::{self, TlsSettings};
 use crate::config::secret::{Secret, check_secret_source, load_secret};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,12 @@ pub struct PostgresConfig {
     /// three heartbeats.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// The CA certificate(s), PEM, that the server's TLS certificate must lead to with
+    /// `sslmode=verify-ca` or `verify-full` in the URL (and `require`, which then checks the
+    /// chain, as libpq does). Unset: the system roots. Same as `sslrootcert` in the URL (set
+    /// one of the two).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {
@@ -86,6 +93,7 @@ impl PostgresConfig {
             schema: default_schema(),
             instance: default_instance(),
             heartbeat_ms: default_heartbeat_ms(),
+            ca_file: None,
         }
     }
 
@@ -141,8 +149,9 @@ impl PostgresConfig {
     }
 
     /// The connection settings: the URL from its source, with this configuration's statement
-    /// timeout and schema added. Errors never contain the URL.
-    pub(super) fn connection(&self) -> Result<tokio_postgres::Config, StoreError> {
+    /// timeout and schema added, and its TLS settings (`sslmode`, `sslrootcert` or
+    /// `ca_file`; see `tls.rs`). Errors never contain the URL.
+    pub(super) fn connection(&self) -> Result<(tokio_postgres::Config, TlsSettings), StoreError> {
         self.validate()
             .map_err(|e| StoreError::Pool(format!("[store.postgres] {e}")))?;
         let url: Secret = load_secret(
@@ -151,7 +160,15 @@ impl PostgresConfig {
             self.url_file.as_deref(),
         )
         .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let mut config = tokio_postgres::Config::from_str(url.expose()).map_err(|_| {
+        // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert: taken out here.
+        let (rest, sslmode, sslrootcert) = tls::take_ssl_params(url.expose())?;
+        let rest = Secret::new(rest);
+        let tls = tls::settings(
+            sslmode.as_deref(),
+            sslrootcert.as_deref(),
+            self.ca_file.as_deref(),
+        )?;
+        let mut config = tokio_postgres::Config::from_str(rest.expose()).map_err(|_| {
             StoreError::Pool(
                 "store.postgres.url: the connection string does not parse; write it as \
                  postgres://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -173,7 +190,8 @@ impl PostgresConfig {
         if config.get_application_name().is_none() {
             config.application_name("certline");
         }
-        Ok(config)
+        config.ssl_mode(tls.mode.for_tokio_postgres());
+        Ok((config, tls))
     }
 
     /// How often this instance writes its heartbeat.
@@ -239,7 +257,8 @@ mod tests {
         .unwrap();
         let mut config = PostgresConfig::from_url_file(&path);
         config.schema = "t_x".into();
-        let pg = config.connection().unwrap();
+        let (pg, tls) = config.connection().unwrap();
+        assert_eq!(tls.mode, super::tls::SslMode::Prefer);
         let text = describe(&pg);
         assert_eq!(text, "certline@db.example:6543/certline");
         assert!(!format!("{text} {config:?}").contains("s3cret"));

@@ -48,7 +48,7 @@
 //! * `DueMail::outbox_key` carries the job's row id (8 bytes, big-endian), not a sled key;
 //!   jobs due at the same second are taken in key-hash then insertion order.
 //! * `key_domains` at a deep offset costs an index scan of `offset` entries (no rank index).
-//! * Connections are unencrypted (`NoTls`): a URL with `sslmode=require` is refused.
+//! * Connections use TLS as `sslmode` in the URL says, with libpq's meanings (`tls.rs`).
 
 pub mod config;
 mod health;
@@ -56,6 +56,7 @@ mod instances;
 mod key_queue;
 mod migrations;
 mod sql;
+pub mod tls;
 mod wakeups;
 
 pub use config::PostgresConfig;
@@ -224,11 +225,12 @@ impl PgStore {
     /// instances starting together apply them once), and starts the notification listener
     /// and the health probe. Refuses a database whose schema is newer than this binary.
     pub async fn connect(config: &PostgresConfig) -> Result<PgStore, StoreError> {
-        let pg = config.connection()?;
+        let (pg, tls_settings) = config.connection()?;
         let server = config::describe(&pg);
+        let connector = tls::connector(&tls_settings)?;
         let manager = deadpool_postgres::Manager::from_config(
             pg.clone(),
-            tokio_postgres::NoTls,
+            connector.clone(),
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -243,10 +245,19 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Pool(format!("building the connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(|e| {
-            StoreError::Pool(format!(
-                "cannot connect to PostgreSQL at {server}: {e}; check that it runs, that \
-                 [store.postgres] url names it, and that this host may connect"
-            ))
+            let tls = match &e {
+                deadpool_postgres::PoolError::Backend(e) => tls::explain(e, &tls_settings),
+                _ => None,
+            };
+            match tls {
+                Some(why) => {
+                    StoreError::Pool(format!("cannot connect to PostgreSQL at {server}: {why}"))
+                }
+                None => StoreError::Pool(format!(
+                    "cannot connect to PostgreSQL at {server}: {e}; check that it runs, that \
+                     [store.postgres] url names it, and that this host may connect"
+                )),
+            }
         })?;
         migrations::apply(&mut client, &config.schema)
             .await
@@ -267,12 +278,14 @@ impl PgStore {
         })?;
         drop(client);
         let (live_tx, live) = tokio::sync::watch::channel(live_now);
+        tracing::info!(server = %server, sslmode = tls_settings.mode.name(), "connected to PostgreSQL");
         let health = Arc::new(Health::new(server));
         let wakeups = Arc::new(Wakeups::default());
         let channels = Channels::new(&config.schema);
         let stop = CancellationToken::new();
         let listener = tokio::spawn(wakeups::listen(
             pg,
+            connector,
             channels.clone(),
             wakeups.clone(),
             stop.clone(),
