@@ -1234,6 +1234,76 @@ async fn two_instances_starting_together_migrate_once() {
     );
 }
 
+/// Waits up to `limit` for `store`'s count of live instances to be `want`.
+async fn wait_for_live(store: &S, want: usize, limit: Duration, what: &str) {
+    let mut live = store.live_instances();
+    let reached = tokio::time::timeout(limit, live.wait_for(|n| *n == want)).await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "{what}: still {} live instances after {limit:?}, expected {want}",
+        *store.live_instances().borrow()
+    );
+}
+
+/// Instances count each other from their heartbeats (the database's clock): both live → 2;
+/// one that stops beating without a clean shutdown (as a killed process) counts until its
+/// heartbeat is older than the window, then no more; a clean close leaves at once; a row
+/// older than the window never counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_instances_follow_the_heartbeats() {
+    let schema = TestSchema::new().await;
+    let fast = |name: &str| {
+        let mut config = schema.config(name, 300);
+        config.heartbeat_ms = 200;
+        config
+    };
+    let a = PgStore::connect(&fast("a")).await.unwrap();
+    assert_eq!(*a.live_instances().borrow(), 1, "alone at first");
+    let b = PgStore::connect(&fast("b")).await.unwrap();
+    assert_eq!(*b.live_instances().borrow(), 2, "b counts a at its start");
+    wait_for_live(&a, 2, Duration::from_secs(10), "a sees b").await;
+
+    // A row that was last seen long ago (a host whose clock is off writes none: the
+    // database's clock stamps every row) is not live.
+    let client = schema.client().await;
+    client
+        .execute(
+            "INSERT INTO instances (name, last_seen) VALUES ('ghost', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // b dies without a clean shutdown: its row stays, its heartbeat stops.
+    drop(b);
+    wait_for_live(&a, 1, Duration::from_secs(10), "b's heartbeat aged out").await;
+    let rows: Vec<String> = client
+        .query("SELECT name FROM instances ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        ["a", "b", "ghost"],
+        "b's row was not deleted: the window alone made it not live"
+    );
+
+    // c starts and shuts down cleanly: its row goes at once, a's count follows.
+    let c = PgStore::connect(&fast("c")).await.unwrap();
+    wait_for_live(&a, 2, Duration::from_secs(10), "a sees c").await;
+    c.close().await.unwrap();
+    let c_rows: i64 = client
+        .query_one("SELECT count(*) FROM instances WHERE name = 'c'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(c_rows, 0, "a clean close deletes the instance's row");
+    wait_for_live(&a, 1, Duration::from_secs(10), "c left").await;
+    a.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_server_is_named_without_its_password() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,8 +119,11 @@ impl App {
         let mut acme_worker = None;
         let worker = match &config.sectigo {
             Some(sectigo) => {
-                let client = SectigoClient::new(sectigo.client_options()?)
-                    .map_err(StartError::SectigoClient)?;
+                // The budget is the deployment's: this instance takes its share of it,
+                // following how many instances share the store (1 on sled).
+                let mut options = sectigo.client_options()?;
+                options.live_instances = Some(store.live_instances());
+                let client = SectigoClient::new(options).map_err(StartError::SectigoClient)?;
                 store.enable_bridge();
                 tracing::info!(base_url = %sectigo.base_url, "Sectigo bridge on");
                 acme_worker = AcmeWorker::new(store.clone(), AcmeApi::new(client.clone()), sectigo)
@@ -258,6 +261,7 @@ impl App {
             self.worker.clone(),
             self.acme_worker.clone(),
             self.admin.as_ref().map(AdminServer::state),
+            self.store.live_instances(),
         ))
     }
 

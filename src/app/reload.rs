@@ -86,6 +86,9 @@ pub struct Reloader {
     worker: Option<Arc<Worker>>,
     acme: Option<Arc<AcmeWorker>>,
     admin: Option<Arc<AdminState>>,
+    /// How many instances share the store: a rebuilt Sectigo client takes its share of the
+    /// (possibly changed) budget from it, as the first one did.
+    live_instances: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Reloader {
@@ -96,6 +99,7 @@ impl Reloader {
         worker: Option<Arc<Worker>>,
         acme: Option<Arc<AcmeWorker>>,
         admin: Option<Arc<AdminState>>,
+        live_instances: tokio::sync::watch::Receiver<usize>,
     ) -> Self {
         Self {
             source,
@@ -104,6 +108,7 @@ impl Reloader {
             worker,
             acme,
             admin,
+            live_instances,
         }
     }
 
@@ -134,7 +139,11 @@ impl Reloader {
         super::requirements::check(&new)?;
         // Everything that can fail happens before anything is applied.
         let client = match (&new.sectigo, &self.worker) {
-            (Some(sectigo), Some(_)) => Some(SectigoClient::new(sectigo.client_options()?)?),
+            (Some(sectigo), Some(_)) => {
+                let mut options = sectigo.client_options()?;
+                options.live_instances = Some(self.live_instances.clone());
+                Some(SectigoClient::new(options)?)
+            }
             _ => None,
         };
         let token = match (&new.admin, &self.admin) {

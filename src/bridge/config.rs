@@ -69,11 +69,15 @@ pub struct SectigoConfig {
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
 
-    /// Requests in flight toward SCM at once.
+    /// Requests in flight toward SCM at once, for the whole deployment: with several
+    /// instances on one PostgreSQL database each takes its share (this divided by the live
+    /// instances, at least 1; `bridge::sectigo::share`).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
 
-    /// Upper bound on requests per second toward SCM (may be fractional, e.g. 0.5).
+    /// Upper bound on requests per second toward SCM (may be fractional, e.g. 0.5), for the
+    /// whole deployment: with several instances on one PostgreSQL database each takes this
+    /// divided by the live instances (at least 0.1).
     #[serde(default = "default_max_requests_per_second")]
     pub max_requests_per_second: f64,
 
@@ -528,6 +532,7 @@ impl SectigoConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             max_concurrency: self.max_concurrency,
             max_requests_per_second: self.max_requests_per_second,
+            live_instances: None,
             dcv_action_api,
             allow_insecure_http: self.allow_insecure_http,
             extra_root_certificates_pem: Vec::new(),

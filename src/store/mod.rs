@@ -172,6 +172,18 @@ impl Store {
         dispatch!(self, b => b.group_commit())
     }
 
+    /// How many certline instances share this store now, this one included, as a watch the
+    /// Sectigo client follows to take its share of the deployment's request budget. Always 1
+    /// on the embedded store (one process owns the data directory); on PostgreSQL it follows
+    /// the instances' heartbeats (`postgres/instances.rs`).
+    pub fn live_instances(&self) -> tokio::sync::watch::Receiver<usize> {
+        match &self.backend {
+            // The sender goes at once: the value stays 1 and never changes.
+            Backend::Sled(_) => tokio::sync::watch::channel(1).1,
+            Backend::Postgres(b) => b.live_instances(),
+        }
+    }
+
     /// Resolves when a domain has been queued for the bridge since the last call.
     pub async fn bridge_queued(&self) {
         dispatch!(self, b => b.bridge_queued().await)

@@ -2,21 +2,20 @@
 //! that applies the concurrency and rate limits, authentication and error decoding.
 
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use url::Url;
 
 use super::auth::{AuthState, Credentials, TokenCache, header_value};
 use super::error::{SectigoError, classify_failure, error_chain, truncate};
 use super::response::{ScmResponse, read_response};
+use super::share::{Limits, LiveInstances, Share};
 use super::types::*;
 
 /// SCM's largest page size for list endpoints.
@@ -33,10 +32,14 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Requests in flight at once.
+    /// Requests in flight at once, for the whole deployment: divided by `live_instances`.
     pub max_concurrency: usize,
-    /// Request rate ceiling (token requests excluded).
+    /// Request rate ceiling (token requests excluded), for the whole deployment: divided by
+    /// `live_instances`.
     pub max_requests_per_second: f64,
+    /// How many instances share the budget now (`Store::live_instances`); `None`: this one
+    /// alone.
+    pub live_instances: Option<LiveInstances>,
     /// Path version for DCV start/submit.
     pub dcv_action_api: DcvApiVersion,
     /// Accept `http://` URLs (local simulators in tests only; credentials travel in clear).
@@ -59,6 +62,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_concurrency: 2,
             max_requests_per_second: 2.0,
+            live_instances: None,
             dcv_action_api,
             allow_insecure_http: false,
             extra_root_certificates_pem: Vec::new(),
@@ -77,8 +81,8 @@ pub(super) struct Inner {
     pub(super) http: reqwest::Client,
     base: Url,
     pub(super) auth: AuthState,
-    permits: Semaphore,
-    limiter: DefaultDirectRateLimiter,
+    /// This instance's share of the concurrency and rate budget ([`super::share`]).
+    limits: Limits,
     dcv_action_api: DcvApiVersion,
     /// Until when every request waits: set by a 429 or 503 with `Retry-After`. SCM documents
     /// no rate limit, so such an answer is read as the server asking all callers to wait,
@@ -159,29 +163,26 @@ impl SectigoClient {
                 cache: Mutex::new(TokenCache::default()),
             },
         };
-        let rps = if options.max_requests_per_second.is_finite()
-            && options.max_requests_per_second > 0.0
-        {
-            options.max_requests_per_second
-        } else {
-            return Err(SectigoError::Setup(
-                "max_requests_per_second must be a positive number".into(),
-            ));
-        };
-        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rps))
-            .ok_or_else(|| SectigoError::Setup("max_requests_per_second is too large".into()))?
-            .allow_burst(NonZeroU32::MIN);
+        let limits = Limits::new(
+            options.max_concurrency,
+            options.max_requests_per_second,
+            options.live_instances,
+        )?;
         Ok(SectigoClient {
             inner: Arc::new(Inner {
                 http,
                 base,
                 auth,
-                permits: Semaphore::new(options.max_concurrency.max(1)),
-                limiter: RateLimiter::direct(quota),
+                limits,
                 dcv_action_api: options.dcv_action_api,
                 slow_down: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// This instance's share of the deployment's request budget now.
+    pub fn share(&self) -> Share {
+        self.inner.limits.share()
     }
 
     /// One page of `GET /api/domain/v1`, optionally filtered by `name` (which SCM may match
@@ -417,12 +418,7 @@ impl SectigoClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<ScmResponse, SectigoError> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SectigoError::Setup("client is shutting down".into()))?;
+        let _permit = self.inner.limits.permit().await?;
         let mut url = self
             .inner
             .base
@@ -437,7 +433,7 @@ impl SectigoClient {
         let mut retried_auth = false;
         loop {
             self.wait_out_slow_down().await;
-            self.inner.limiter.until_ready().await;
+            self.inner.limits.until_ready().await;
             let (auth_headers, token_generation) =
                 self.inner.auth.headers(&self.inner.http).await?;
             let mut request = self

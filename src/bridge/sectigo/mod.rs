@@ -17,13 +17,15 @@
 //!
 //! The module is split by concern: [`error`] (how failures are sorted), [`types`] (the wire
 //! shapes and vocabularies), [`response`] (what an exchange returned, read once for both
-//! callers), [`auth`] (header login and the OAuth2 token cache) and [`client`] (the request
-//! plumbing and one method per endpoint).
+//! callers), [`auth`] (header login and the OAuth2 token cache), [`share`] (this instance's
+//! share of the deployment's request budget) and [`client`] (the request plumbing and one
+//! method per endpoint).
 
 pub mod auth;
 pub mod client;
 pub mod error;
 pub mod response;
+pub mod share;
 pub mod types;
 
 pub use crate::config::secret::Secret;

@@ -5,6 +5,7 @@
 //! secret of certline (`config::secret`), and messages describe the server without it
 //! ([`describe`]).
 
+use super::tls::{self, TlsSettings};
 use crate::config::secret::{Secret, check_secret_source, load_secret};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,18 @@ pub struct PostgresConfig {
     /// instances sharing a database; the default (host name and process id) does.
     #[serde(default = "default_instance")]
     pub instance: String,
+    /// How often this instance writes its heartbeat (the `instances` table). An instance
+    /// counts as live for three heartbeats, and the Sectigo request budget is divided among
+    /// the live instances, so a dead instance's share returns to the others within about
+    /// three heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// The CA certificate(s), PEM, that the server's TLS certificate must lead to with
+    /// `sslmode=verify-ca` or `verify-full` in the URL (and `require`, which then checks the
+    /// chain, as libpq does). Unset: the system roots. Same as `sslrootcert` in the URL (set
+    /// one of the two).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {
@@ -50,6 +63,9 @@ fn default_statement_timeout_ms() -> u64 {
 }
 fn default_lease_secs() -> u64 {
     300
+}
+fn default_heartbeat_ms() -> u64 {
+    5000
 }
 fn default_schema() -> String {
     "public".to_owned()
@@ -76,6 +92,8 @@ impl PostgresConfig {
             lease_secs: default_lease_secs(),
             schema: default_schema(),
             instance: default_instance(),
+            heartbeat_ms: default_heartbeat_ms(),
+            ca_file: None,
         }
     }
 
@@ -105,6 +123,12 @@ impl PostgresConfig {
                 problem: "must be at least 1".into(),
             });
         }
+        if self.heartbeat_ms < 100 {
+            return Err(Invalid {
+                field: "store.postgres.heartbeat_ms",
+                problem: "must be at least 100 (every heartbeat is a write)".into(),
+            });
+        }
         if !is_plain_identifier(&self.schema) {
             return Err(Invalid {
                 field: "store.postgres.schema",
@@ -125,8 +149,9 @@ impl PostgresConfig {
     }
 
     /// The connection settings: the URL from its source, with this configuration's statement
-    /// timeout and schema added. Errors never contain the URL.
-    pub(super) fn connection(&self) -> Result<tokio_postgres::Config, StoreError> {
+    /// timeout and schema added, and its TLS settings (`sslmode`, `sslrootcert` or
+    /// `ca_file`; see `tls.rs`). Errors never contain the URL.
+    pub(super) fn connection(&self) -> Result<(tokio_postgres::Config, TlsSettings), StoreError> {
         self.validate()
             .map_err(|e| StoreError::Pool(format!("[store.postgres] {e}")))?;
         let url: Secret = load_secret(
@@ -135,7 +160,15 @@ impl PostgresConfig {
             self.url_file.as_deref(),
         )
         .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let mut config = tokio_postgres::Config::from_str(url.expose()).map_err(|_| {
+        // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert: taken out here.
+        let (rest, sslmode, sslrootcert) = tls::take_ssl_params(url.expose())?;
+        let rest = Secret::new(rest);
+        let tls = tls::settings(
+            sslmode.as_deref(),
+            sslrootcert.as_deref(),
+            self.ca_file.as_deref(),
+        )?;
+        let mut config = tokio_postgres::Config::from_str(rest.expose()).map_err(|_| {
             StoreError::Pool(
                 "store.postgres.url: the connection string does not parse; write it as \
                  postgres://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -157,7 +190,13 @@ impl PostgresConfig {
         if config.get_application_name().is_none() {
             config.application_name("certline");
         }
-        Ok(config)
+        config.ssl_mode(tls.mode.for_tokio_postgres());
+        Ok((config, tls))
+    }
+
+    /// How often this instance writes its heartbeat.
+    pub(super) fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 
     /// How long a statement may take, as the server enforces it.
@@ -218,7 +257,8 @@ mod tests {
         .unwrap();
         let mut config = PostgresConfig::from_url_file(&path);
         config.schema = "t_x".into();
-        let pg = config.connection().unwrap();
+        let (pg, tls) = config.connection().unwrap();
+        assert_eq!(tls.mode, super::tls::SslMode::Prefer);
         let text = describe(&pg);
         assert_eq!(text, "certline@db.example:6543/certline");
         assert!(!format!("{text} {config:?}").contains("s3cret"));

@@ -11,8 +11,14 @@ use crate::store::StoreError;
 use deadpool_postgres::GenericClient;
 
 /// Every migration, in order; a new one is appended with the next number, never edited.
-pub(super) const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (
+        2,
+        "instances",
+        include_str!("migrations/0002_instances.sql"),
+    ),
+];
 
 /// The newest migration this binary knows.
 pub(super) fn latest() -> i32 {

@@ -33,6 +33,8 @@
 //! * The bridge's and the ACME worker's outboxes are taken with `FOR UPDATE SKIP LOCKED` and a
 //!   lease (owner, until): see `bridge.rs`. The mail outbox is leased the same way, so two
 //!   instances do not send one claim mail twice.
+//! * Each instance writes a heartbeat row (`instances.rs`), so that every instance knows how
+//!   many share the database and takes its share of the Sectigo request budget.
 //!
 //! # Where this differs from the sled store
 //!
@@ -46,13 +48,15 @@
 //! * `DueMail::outbox_key` carries the job's row id (8 bytes, big-endian), not a sled key;
 //!   jobs due at the same second are taken in key-hash then insertion order.
 //! * `key_domains` at a deep offset costs an index scan of `offset` entries (no rank index).
-//! * Connections are unencrypted (`NoTls`): a URL with `sslmode=require` is refused.
+//! * Connections use TLS as `sslmode` in the URL says, with libpq's meanings (`tls.rs`).
 
 pub mod config;
 mod health;
+mod instances;
 mod key_queue;
 mod migrations;
 mod sql;
+pub mod tls;
 mod wakeups;
 
 pub use config::PostgresConfig;
@@ -152,6 +156,9 @@ pub struct PgStore {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// One key's writes queue here before they take a connection ([`key_queue`]).
     key_queue: key_queue::KeyQueue,
+    /// How many instances share the database now, as the heartbeat last counted
+    /// ([`instances`]).
+    live: tokio::sync::watch::Receiver<usize>,
 }
 
 /// What a committed transaction leaves to do.
@@ -218,11 +225,12 @@ impl PgStore {
     /// instances starting together apply them once), and starts the notification listener
     /// and the health probe. Refuses a database whose schema is newer than this binary.
     pub async fn connect(config: &PostgresConfig) -> Result<PgStore, StoreError> {
-        let pg = config.connection()?;
+        let (pg, tls_settings) = config.connection()?;
         let server = config::describe(&pg);
+        let connector = tls::connector(&tls_settings)?;
         let manager = deadpool_postgres::Manager::from_config(
             pg.clone(),
-            tokio_postgres::NoTls,
+            connector.clone(),
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -237,10 +245,19 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Pool(format!("building the connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(|e| {
-            StoreError::Pool(format!(
-                "cannot connect to PostgreSQL at {server}: {e}; check that it runs, that \
-                 [store.postgres] url names it, and that this host may connect"
-            ))
+            let tls = match &e {
+                deadpool_postgres::PoolError::Backend(e) => tls::explain(e, &tls_settings),
+                _ => None,
+            };
+            match tls {
+                Some(why) => {
+                    StoreError::Pool(format!("cannot connect to PostgreSQL at {server}: {why}"))
+                }
+                None => StoreError::Pool(format!(
+                    "cannot connect to PostgreSQL at {server}: {e}; check that it runs, that \
+                     [store.postgres] url names it, and that this host may connect"
+                )),
+            }
         })?;
         migrations::apply(&mut client, &config.schema)
             .await
@@ -250,13 +267,25 @@ impl PgStore {
                 }
                 other => other,
             })?;
+        let heartbeat = instances::Heartbeat {
+            name: config.instance.clone(),
+            interval: config.heartbeat(),
+        };
+        let live_now = heartbeat.beat(&client).await.map_err(|e| {
+            StoreError::Pool(format!(
+                "writing this instance's heartbeat at {server}: {e}"
+            ))
+        })?;
         drop(client);
+        let (live_tx, live) = tokio::sync::watch::channel(live_now);
+        tracing::info!(server = %server, sslmode = tls_settings.mode.name(), "connected to PostgreSQL");
         let health = Arc::new(Health::new(server));
         let wakeups = Arc::new(Wakeups::default());
         let channels = Channels::new(&config.schema);
         let stop = CancellationToken::new();
         let listener = tokio::spawn(wakeups::listen(
             pg,
+            connector,
             channels.clone(),
             wakeups.clone(),
             stop.clone(),
@@ -265,6 +294,12 @@ impl PgStore {
             pool.clone(),
             health.clone(),
             config.schema.clone(),
+            stop.clone(),
+        ));
+        let beating = tokio::spawn(instances::run(
+            pool.clone(),
+            heartbeat,
+            live_tx,
             stop.clone(),
         ));
         Ok(PgStore {
@@ -279,8 +314,9 @@ impl PgStore {
             health,
             closed: AtomicBool::new(false),
             stop,
-            tasks: Mutex::new(vec![listener, probe]),
+            tasks: Mutex::new(vec![listener, probe, beating]),
             key_queue: key_queue::KeyQueue::new(),
+            live,
         })
     }
 
@@ -322,13 +358,31 @@ impl PgStore {
         self.open()
     }
 
-    /// Stops the listener and the probe and closes the pool; later calls fail.
+    /// How many instances share the database now (this one included), following the
+    /// heartbeats ([`instances`]): the Sectigo client divides the deployment's request budget
+    /// by it.
+    pub fn live_instances(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.live.clone()
+    }
+
+    /// Stops the listener, the probe and the heartbeat, takes this instance off the live
+    /// ones (the others take its share of the Sectigo budget at their next heartbeat) and
+    /// closes the pool; later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.closed.store(true, Ordering::SeqCst);
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
         self.stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
+        }
+        if !was_closed {
+            let left = match self.pool.get().await {
+                Ok(client) => instances::leave(&client, &self.instance).await,
+                Err(e) => Err(StoreError::Pool(e.to_string())),
+            };
+            if let Err(e) = left {
+                tracing::warn!(error = %e, "could not take this instance off the live ones; the others count it until its heartbeat is three beats old");
+            }
         }
         self.pool.close();
         Ok(())
@@ -454,6 +508,14 @@ impl PgStore {
     /// The lease a transaction takes now: this instance, for `lease_secs`.
     pub(super) fn lease_secs(&self) -> f64 {
         self.lease_secs as f64
+    }
+}
+
+/// A store dropped without [`PgStore::close`] (a test's stand-in for a crash) stops its
+/// background tasks but leaves its heartbeat row, as a killed process would.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

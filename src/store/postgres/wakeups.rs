@@ -43,6 +43,7 @@ impl Channels {
 /// notification; on a lost connection, poll and reconnect.
 pub(super) async fn listen(
     config: tokio_postgres::Config,
+    tls: super::tls::Connector,
     channels: Channels,
     wakeups: Arc<Wakeups>,
     stop: CancellationToken,
@@ -50,7 +51,7 @@ pub(super) async fn listen(
     // Whether the listener was down at the last attempt: one warning per outage.
     let mut down = false;
     while !stop.is_cancelled() {
-        match listen_once(&config, &channels, &wakeups, &stop, &mut down).await {
+        match listen_once(&config, &tls, &channels, &wakeups, &stop, &mut down).await {
             Ok(()) => return,
             Err(e) => {
                 if !down {
@@ -72,13 +73,14 @@ pub(super) async fn listen(
 /// One listener connection's life. `Ok` only when stopped.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &super::tls::Connector,
     channels: &Channels,
     wakeups: &Wakeups,
     stop: &CancellationToken,
     down: &mut bool,
 ) -> Result<(), String> {
     let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.clone())
         .await
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
