@@ -96,9 +96,11 @@ struct Args {
     /// Which protocol to speak.
     #[arg(long, value_enum, required_unless_present = "report")]
     target: Option<Target>,
-    /// Server address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:10023")]
-    addr: String,
+    /// Server address (loopback only). Repeat it to spread the connections over several
+    /// servers (connection i goes to the (i mod n)-th address): two certline instances
+    /// sharing one PostgreSQL schema.
+    #[arg(long = "addr", default_value = "127.0.0.1:10023")]
+    addrs: Vec<String>,
     /// Concurrent connections, each with one request in flight.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -113,9 +115,18 @@ struct Args {
     /// With `--mode pipelined`: requests written back to back per burst.
     #[arg(long, default_value_t = 100)]
     pipeline: u64,
-    /// The server's pid: report its CPU time per request (from `/proc/PID/stat`).
+    /// The server's pid: report its CPU time per request (from `/proc/PID/stat`). Repeat it
+    /// for several servers: their CPU times are summed.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// PostgreSQL's postmaster pid: also report the CPU of its children (the backends) whose
+    /// process title names `--db-user`, i.e. the database work done for the servers.
+    #[arg(long, requires = "db_user")]
+    db_postmaster: Option<u32>,
+    /// With --db-postmaster: the role the servers connect as (a role of their own, so other
+    /// clients' backends are left out).
     #[arg(long)]
-    server_pid: Option<u32>,
+    db_user: Option<String>,
     /// certline: register this many domains under one key, then time `list` at each offset.
     #[arg(long)]
     list_depth: Option<u64>,
@@ -182,7 +193,8 @@ fn main() -> Result<(), BoxError> {
 struct Ctx {
     target: Target,
     mode: Mode,
-    addr: String,
+    /// Connection i talks to `addrs[i % addrs.len()]`.
+    addrs: Vec<String>,
     run_id: String,
     apikey: Option<String>,
     timeout: Duration,
@@ -276,6 +288,11 @@ impl Conn {
 }
 
 impl Ctx {
+    /// The server worker `worker`'s connections go to.
+    fn addr(&self, worker: usize) -> &str {
+        &self.addrs[worker % self.addrs.len()]
+    }
+
     /// Appends the request bytes for the `seq`-th domain of worker `worker`, whose key is
     /// `key`, to `out`.
     fn request(&self, worker: usize, seq: u64, key: &str, out: &mut Vec<u8>) {
@@ -302,7 +319,7 @@ impl Ctx {
             Target::Redis => Ok(format!("{}-{worker}", self.run_id)),
             Target::Certline => match conn {
                 Some(conn) => conn.new_apikey().await,
-                None => Conn::connect(&self.addr).await?.new_apikey().await,
+                None => Conn::connect(self.addr(worker)).await?.new_apikey().await,
             },
         }
     }
@@ -349,10 +366,15 @@ impl Ctx {
     }
 
     /// Sends one request and reads its reply, on `conn` or on a connection of its own.
-    async fn one(&self, conn: &mut Option<Conn>, request: &[u8]) -> Result<Outcome, BoxError> {
+    async fn one(
+        &self,
+        worker: usize,
+        conn: &mut Option<Conn>,
+        request: &[u8],
+    ) -> Result<Outcome, BoxError> {
         let work = async {
             if conn.is_none() {
-                *conn = Some(Conn::connect(&self.addr).await?);
+                *conn = Some(Conn::connect(self.addr(worker)).await?);
             }
             let c = conn.as_mut().expect("connected above");
             c.stream.write_all(request).await?;
@@ -374,12 +396,19 @@ impl Ctx {
     /// order; `tally` gets each reply's latency from the start of the burst. The writing and
     /// the reading run together, so a server that answers before it has read the whole
     /// burst never blocks on a full socket buffer.
-    async fn burst(&self, conn: &mut Option<Conn>, requests: &[u8], n: u64, tally: &mut Tally) {
+    async fn burst(
+        &self,
+        worker: usize,
+        conn: &mut Option<Conn>,
+        requests: &[u8],
+        n: u64,
+        tally: &mut Tally,
+    ) {
         let start = Instant::now();
         let mut answered = 0u64;
         let work = async {
             if conn.is_none() {
-                *conn = Some(Conn::connect(&self.addr).await?);
+                *conn = Some(Conn::connect(self.addr(worker)).await?);
             }
             let c = conn.as_mut().expect("connected above");
             let (mut read, mut write) = c.stream.split();
@@ -432,7 +461,7 @@ impl Ctx {
                     self.request(index, *seq, key, &mut buf);
                     *seq += 1;
                 }
-                self.burst(conn, &buf, n, tally).await;
+                self.burst(index, conn, &buf, n, tally).await;
                 left -= n;
             }
             return;
@@ -442,7 +471,7 @@ impl Ctx {
             self.request(index, *seq, key, &mut buf);
             *seq += 1;
             let start = Instant::now();
-            let outcome = self.one(conn, &buf).await;
+            let outcome = self.one(index, conn, &buf).await;
             tally.record(outcome, start);
         }
     }
@@ -510,7 +539,7 @@ async fn worker(
     let setup = async {
         let mut conn = None;
         if ctx.mode != Mode::ConnectPerRequest {
-            conn = Some(Conn::connect(&ctx.addr).await?);
+            conn = Some(Conn::connect(ctx.addr(index)).await?);
         }
         let key = ctx.worker_key(index, conn.as_mut()).await?;
         let mut warm = Tally::new();
@@ -552,33 +581,116 @@ fn process_cpu_us(pid: u32) -> Result<u64, BoxError> {
     Ok((ticks(11)? + ticks(12)?) * 1_000_000 / hz)
 }
 
-/// CPU time of `pid` between two readings, as JSON fields (or none without a pid).
+/// CPU time of the servers' pids between two readings, as JSON fields (or none without a
+/// pid). Several pids (several instances) are summed.
 struct CpuMeter {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     start_us: u64,
 }
 
 impl CpuMeter {
-    fn start(pid: Option<u32>) -> Result<Self, BoxError> {
-        let start_us = match pid {
-            Some(pid) => process_cpu_us(pid)?,
-            None => 0,
-        };
-        Ok(Self { pid, start_us })
+    fn start(pids: &[u32]) -> Result<Self, BoxError> {
+        let mut start_us = 0;
+        for &pid in pids {
+            start_us += process_cpu_us(pid)?;
+        }
+        Ok(Self {
+            pids: pids.to_vec(),
+            start_us,
+        })
     }
 
     /// `server_cpu_us` and `server_cpu_us_per_request` for `requests` successful requests.
     fn finish(&self, requests: u64) -> Result<Value, BoxError> {
-        let Some(pid) = self.pid else {
+        let Some(&first) = self.pids.first() else {
             return Ok(Value::Null);
         };
-        let used = process_cpu_us(pid)?.saturating_sub(self.start_us);
-        let per = if requests > 0 {
-            Some(used as f64 / requests as f64)
-        } else {
-            None
+        let mut now = 0;
+        for &pid in &self.pids {
+            now += process_cpu_us(pid)?;
+        }
+        let used = now.saturating_sub(self.start_us);
+        let per = (requests > 0).then(|| used as f64 / requests as f64);
+        Ok(json!({"pid": first, "pids": self.pids, "cpu_us": used, "cpu_us_per_request": per}))
+    }
+}
+
+/// The CPU of PostgreSQL's backends serving the servers under test: the postmaster's
+/// children whose process title (`postgres: [CLUSTER: ]USER DB HOST(PORT) ...`) names the
+/// servers' own role. A backend that starts during the run counts from zero; one that exits during it is
+/// lost (the servers' pools keep theirs open). PostgreSQL's shared background processes
+/// (WAL writer, checkpointer) are not counted: other clients use them too.
+struct DbCpuMeter {
+    target: Option<(u32, String)>,
+    start: BTreeMap<u32, u64>,
+}
+
+impl DbCpuMeter {
+    fn backends(postmaster: u32, user: &str) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
         };
-        Ok(json!({"pid": pid, "cpu_us": used, "cpu_us_per_request": per}))
+        let user = format!(" {user} ");
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let ppid = stat[close + 2..]
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid != Some(postmaster) {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&cmdline);
+            if !(title.starts_with("postgres:") && title.contains(&user)) {
+                continue;
+            }
+            if let Ok(us) = process_cpu_us(pid) {
+                out.insert(pid, us);
+            }
+        }
+        out
+    }
+
+    fn start(args: &Args) -> Result<Self, BoxError> {
+        let target = match (args.db_postmaster, &args.db_user) {
+            (Some(pid), Some(user)) => Some((pid, user.clone())),
+            _ => None,
+        };
+        let start = match &target {
+            Some((pid, user)) => Self::backends(*pid, user),
+            None => BTreeMap::new(),
+        };
+        Ok(Self { target, start })
+    }
+
+    fn finish(&self, requests: u64) -> Result<Value, BoxError> {
+        let Some((pid, user)) = &self.target else {
+            return Ok(Value::Null);
+        };
+        let now = Self::backends(*pid, user);
+        let used: u64 = now
+            .iter()
+            .map(|(p, us)| us.saturating_sub(self.start.get(p).copied().unwrap_or(0)))
+            .sum();
+        let per = (requests > 0).then(|| used as f64 / requests as f64);
+        Ok(
+            json!({"postmaster": pid, "user": user, "backends": now.len(),
+                  "cpu_us": used, "cpu_us_per_request": per}),
+        )
     }
 }
 
@@ -612,7 +724,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
     let ctx = Arc::new(Ctx {
         target,
         mode: args.mode,
-        addr: args.addr.clone(),
+        addrs: args.addrs.clone(),
         run_id: args.run_id.clone().unwrap_or_else(random_run_id),
         apikey: args.apikey.clone(),
         timeout: Duration::from_secs(args.timeout_secs),
@@ -630,7 +742,8 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         )));
     }
     barrier.wait().await;
-    let cpu = CpuMeter::start(args.server_pid)?;
+    let cpu = CpuMeter::start(&args.server_pids)?;
+    let db_cpu = DbCpuMeter::start(args)?;
     let start = Instant::now();
 
     let mut total = Tally::new();
@@ -652,6 +765,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         }
     }
     let server = cpu.finish(total.ok)?;
+    let db = db_cpu.finish(total.ok)?;
     let Tally { hist, ok, errors } = total;
     if let Some(first) = failed.first() {
         return Err(format!(
@@ -674,7 +788,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
         "target": target.name(),
         "mode": args.mode.name(),
         "pipeline": (args.mode == Mode::Pipelined).then_some(args.pipeline),
-        "addr": args.addr,
+        "addr": args.addrs.join(","),
         "connections": args.connections,
         "requests": args.requests,
         "warmup": args.warmup,
@@ -693,6 +807,7 @@ async fn load(args: &Args) -> Result<(), BoxError> {
             "max": hist.max(),
         },
         "server": server,
+        "db": db,
         "tags": tags_json(&args.tags)?,
     });
     if args.json {
@@ -714,6 +829,12 @@ async fn load(args: &Args) -> Result<(), BoxError> {
             println!(
                 "server CPU: {} µs in all, {per:.1} µs per request",
                 server["cpu_us"]
+            );
+        }
+        if let Some(per) = db["cpu_us_per_request"].as_f64() {
+            println!(
+                "database backends' CPU: {} µs in all ({} backends), {per:.1} µs per request",
+                db["cpu_us"], db["backends"]
             );
         }
         println!(
@@ -744,13 +865,13 @@ async fn list_depth(args: &Args, depth: u64) -> Result<(), BoxError> {
     let ctx = Ctx {
         target: Target::Certline,
         mode: Mode::Pipelined,
-        addr: args.addr.clone(),
+        addrs: args.addrs.clone(),
         run_id: args.run_id.clone().unwrap_or_else(random_run_id),
         apikey: None,
         timeout: Duration::from_secs(args.timeout_secs),
         pipeline: 1000,
     };
-    let mut conn = Conn::connect(&args.addr).await?;
+    let mut conn = Conn::connect(&args.addrs[0]).await?;
     let key = conn.new_apikey().await?;
     let mut conn = Some(conn);
     let mut loaded = Tally::new();
@@ -769,7 +890,7 @@ async fn list_depth(args: &Args, depth: u64) -> Result<(), BoxError> {
         for _ in 0..3 {
             conn.certline(request.as_bytes()).await?; // warm-up
         }
-        let cpu = CpuMeter::start(args.server_pid)?;
+        let cpu = CpuMeter::start(&args.server_pids)?;
         let mut hist = new_histogram();
         for _ in 0..args.list_reps {
             let start = Instant::now();
@@ -829,7 +950,7 @@ async fn idle(args: &Args, n: usize) -> Result<(), BoxError> {
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let gate = gate.clone();
-        let addr = args.addr.clone();
+        let addr = args.addrs[0].clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let mut conn = Conn::connect(&addr).await?;
@@ -966,6 +1087,63 @@ fn list_report(rows: &[Value]) -> Vec<Value> {
     out
 }
 
+/// For runs against certline on PostgreSQL (`--db-postmaster`): the servers' CPU, the
+/// database backends' CPU and their sum per request, against Redis's.
+fn db_report(groups: &BTreeMap<(u8, String, bool, String, u64), Vec<&Value>>) -> Vec<Value> {
+    let with_db = |r: &&&Value| r["db"]["cpu_us"].is_number();
+    if !groups.values().flatten().any(|r| with_db(&r)) {
+        return Vec::new();
+    }
+    println!();
+    println!(
+        "| pairing (certline on PostgreSQL) | connections | certline CPU µs/req (all instances) | \
+         PostgreSQL backends' CPU µs/req | **sum** | Redis CPU µs/req | **sum / Redis** | runs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for ((_, pair, _, mode, conns), runs) in groups {
+        let ours: Vec<&Value> = runs.iter().copied().filter(|r| with_db(&r)).collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let (mut server, mut db, mut ok) = (0.0, 0.0, 0.0);
+        for r in &ours {
+            if let (Some(c), Some(d), Some(n)) = (
+                r["server"]["cpu_us"].as_f64(),
+                r["db"]["cpu_us"].as_f64(),
+                r["ok"].as_f64(),
+            ) {
+                server += c;
+                db += d;
+                ok += n;
+            }
+        }
+        let per = |x: f64| (ok > 0.0).then(|| x / ok);
+        let r_cpu = cpu_per_request(runs.iter().copied().filter(|r| r["target"] == "redis"));
+        let label = if mode == "persistent" {
+            pair.clone()
+        } else {
+            format!("{pair}, {mode}")
+        };
+        println!(
+            "| {label} | {conns} | {} | {} | **{}** | {} | **{}×** | {} |",
+            fmt_num(per(server)),
+            fmt_num(per(db)),
+            fmt_num(per(server + db)),
+            fmt_num(r_cpu),
+            fmt_num(ratio(per(server + db), r_cpu)),
+            ours.len()
+        );
+        out.push(json!({
+            "pair": pair, "mode": mode, "connections": conns,
+            "certline_cpu_us_per_request": per(server), "db_cpu_us_per_request": per(db),
+            "sum_cpu_us_per_request": per(server + db), "redis_cpu_us_per_request": r_cpu,
+            "sum_ratio": ratio(per(server + db), r_cpu),
+        }));
+    }
+    out
+}
+
 fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<(), BoxError> {
     let text = std::fs::read_to_string(path)?;
     let mut rows = Vec::new();
@@ -1054,6 +1232,7 @@ fn report(path: &std::path::Path, json_out: Option<&std::path::Path>) -> Result<
         }));
     }
     summary.insert("throughput".into(), Value::Array(tp));
+    summary.insert("with_database".into(), Value::Array(db_report(&groups)));
 
     // Everything else: one figure per server, compared as certline/Redis.
     // (kind, label, unit, how to get the figure from a row)

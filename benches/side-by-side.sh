@@ -12,7 +12,11 @@
 #   --out DIR     where results go (default target/side-by-side/<time>)
 #   --keep        keep the servers' data directories
 #   --only PARTS  run only these parts, comma-separated: sweep (throughput, latency, CPU per
-#                 request, pipelined), list, rss, disk (disk and start-up), syncs
+#                 request, pipelined), list, rss, disk (disk and start-up), syncs, and pg
+#                 (certline on PostgreSQL, one and two instances, against Redis `always`;
+#                 not in the default set: it needs the PostgreSQL server below)
+#   --pg-url URL  an administrator's URL of the PostgreSQL server for `pg` (default
+#                 postgres://postgres@127.0.0.1:5432/test, trust authentication)
 #   --certline BIN  measure this certline binary instead of building the worktree's (e.g. a
 #                 copy built from an earlier commit, for before/after figures)
 #
@@ -24,6 +28,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=0 REPS="" DOMAINS="" SCALE=1 OUT="" KEEP=0 CERTLINE="" ONLY=sweep,list,rss,disk,syncs
+PG_URL=postgres://postgres@127.0.0.1:5432/test
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -34,7 +39,8 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --certline) CERTLINE=$(realpath "$2"); shift ;;
     --only) ONLY=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --pg-url) PG_URL=$2; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -88,8 +94,9 @@ if [ -z "$CERTLINE" ]; then
   cargo build --release --bin certline
   CERTLINE=$ROOT/target/release/certline
 fi
-LG=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -n 1 | cut -d'"' -f4)
+# LOADGEN=PATH: a load generator built already (its build compiles the library again).
+LG=${LOADGEN:-$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -n 1 | cut -d'"' -f4)}
 [ -x "$LG" ] || { echo "could not find the loadgen binary" >&2; exit 1; }
 
 # Both servers keep their data under one directory on the project's disk (not a tmpfs), so
@@ -196,6 +203,7 @@ apikey_per_minute = 1000000
 apikey_burst = 1000000
 claim_per_minute = 1000000
 claim_burst = 1000000
+${CL_EXTRA_CONFIG:-}
 EOF
   start_server "$name" "listening on " "$@" "$CERTLINE" serve --listen 127.0.0.1:0 \
     --data "$WORK/$name/data" --config "$WORK/$name/config.toml" || exit 1
@@ -399,6 +407,84 @@ for server in certline redis; do
     log "  $server, $conns connections: $calls sync calls (start/stop alone: $base) for $acks acks"
   done
 done
+fi
+
+# --- 5. certline on PostgreSQL, one and two instances (durable adds) vs Redis `always` --------
+# Each instance count gets a fresh schema, dropped afterwards. The instances connect as a role
+# of their own (certline_bench, created once, allowed to create schemas in the database) so
+# that the load generator can tell their PostgreSQL backends from other clients' by the
+# process title and add the backends' CPU to the servers' (`--db-postmaster`, `--db-user`).
+PG_ROLE=certline_bench
+psql_admin() { psql "$PG_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
+PG_SCHEMAS=()
+drop_pg_schemas() {
+  local s
+  for s in "${PG_SCHEMAS[@]}"; do psql_admin -c "DROP SCHEMA IF EXISTS $s CASCADE" || true; done
+  PG_SCHEMAS=()
+}
+pg_sweep() {
+  local n=$1 i rep spec conns reqs warm order t schema addrs=() pids=() wrappers=()
+  schema=bench_$$_${n}_$(date +%s)
+  PG_SCHEMAS+=("$schema")
+  log "pair pg$n: certline on PostgreSQL ($n instance(s), schema $schema) vs Redis appendfsync always"
+  for ((i = 1; i <= n; i++)); do
+    CL_EXTRA_CONFIG="[store]
+backend = \"postgres\"
+[store.postgres]
+url_env = \"CERTLINE_BENCH_PG_URL\"
+schema = \"$schema\"
+instance = \"bench-$i\"
+pool_size = 16" start_certline "pg$n-certline-$i" durable
+    addrs+=(--addr "$CL_ADDR") pids+=(--server-pid "$CL_PID") wrappers+=("$CL_PID:$CL_WRAPPER")
+  done
+  start_redis "pg$n-redis" always
+  local ra=$RD_ADDR rpid=$RD_PID
+  for ((rep = 1; rep <= REPS; rep++)); do
+    if ((rep % 2)); then order="certline redis"; else order="redis certline"; fi
+    for spec in "${SWEEP_REQS[@]}"; do
+      conns=${spec%%:*}
+      reqs=$(awk -v r="${spec#*:}" -v s="$SCALE" 'BEGIN { printf "%d", r * s }')
+      warm=$((reqs / 10 > conns ? reqs / 10 : conns))
+      for t in $order; do
+        if [ "$t" = certline ]; then
+          lg "pair=pg$n" "rep=$rep" "instances=$n" -- --target certline "${addrs[@]}" "${pids[@]}" \
+            --db-postmaster "$PG_POSTMASTER" --db-user "$PG_TITLE_USER" \
+            --connections "$conns" --requests "$reqs" --warmup "$warm"
+        else
+          lg "pair=pg$n" "rep=$rep" -- --target redis --addr "$ra" --server-pid "$rpid" \
+            --connections "$conns" --requests "$reqs" --warmup "$warm"
+        fi
+      done
+    done
+  done
+  for i in "${wrappers[@]}"; do stop_server "${i%%:*}" "${i#*:}"; done
+  stop_server "$RD_PID" "$RD_WRAPPER"
+  drop_pg_schemas
+}
+if want pg; then
+  command -v psql >/dev/null || { echo "pg: psql is needed (apt-get install postgresql-client)" >&2; exit 1; }
+  psql_admin -c "SELECT 1" >/dev/null ||
+    { echo "pg: PostgreSQL at $PG_URL does not answer; start it (.ci/ensure-postgres)" >&2; exit 1; }
+  PG_DB=$(psql_admin -c "SELECT current_database()")
+  psql_admin <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+    CREATE ROLE $PG_ROLE LOGIN;
+  END IF;
+END \$\$;
+GRANT CREATE ON DATABASE $PG_DB TO $PG_ROLE;
+SQL
+  PG_POSTMASTER=$(head -n 1 "$(psql_admin -c "SHOW data_directory")/postmaster.pid")
+  # A backend's title is `postgres: [CLUSTER: ]USER DB HOST(PORT) ...` (Debian names its
+  # clusters, e.g. 15/main).
+  PG_CLUSTER=$(psql_admin -c "SHOW cluster_name")
+  PG_TITLE_USER=${PG_CLUSTER:+$PG_CLUSTER: }$PG_ROLE
+  # The same server and database, as the benchmark's role.
+  export CERTLINE_BENCH_PG_URL
+  CERTLINE_BENCH_PG_URL=$(sed -E "s#^(postgres(ql)?://)[^@/]*@#\1$PG_ROLE@#" <<<"$PG_URL")
+  trap 'cleanup; drop_pg_schemas' EXIT
+  pg_sweep 1
+  pg_sweep 2
 fi
 
 # --- report -----------------------------------------------------------------------------------

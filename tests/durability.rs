@@ -109,6 +109,12 @@ async fn kill_9_after_the_log_spans_several_segments_replays_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = config_file(dir.path());
+    // No checkpoint may run during the load, however slow the machine: the timer's 30 s were
+    // within reach of a debug build on a busy machine, and a checkpoint deletes the segments
+    // it covers, leaving one (and this test proving nothing).
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[durability]\ncheckpoint_ms = 3600000\n");
+    std::fs::write(&config, text).unwrap();
     let server = Launch::new(&data).config(&config).sled().start();
     let addr = server.addr;
     let key = new_key(addr).await;
