@@ -1,11 +1,16 @@
-//! The store contract (issue 16, notes STORE_INTERFACE.md) against the PostgreSQL backend,
-//! on the real server every development and CI machine of this project runs at
-//! 127.0.0.1:5432 (user postgres, trust authentication, database `test`). Each test works in
-//! a schema of its own (`t_<random>`), dropped at the end even when the test panics.
+//! The store contract (issue 16): what the service, bridge, admin and confirmation layers
+//! may rely on, checked through the facade [`Store`] against both backends. The PostgreSQL
+//! tests use the real server every development and CI machine of this project runs at
+//! 127.0.0.1:5432 (user postgres, trust authentication, database `test`); each works in a
+//! schema of its own (`t_<random>`), dropped at the end even when the test panics. The sled
+//! tests (`sled_*`) open an embedded store in a temporary directory.
 //!
-//! The checks are functions of the store (`check_*(&S, ...)`), so that once the facade
-//! `Store` exists they run against both backends; today `S` is `PgStore`. The tests that need
-//! two instances open two stores on one schema, as two certline processes would.
+//! The checks are functions of the store (`check_*(&S, ...)`). The checks of one store run
+//! on both backends; those taking two stores run on sled with one store passed twice
+//! (concurrent callers of one process) where the contract is the same, and the tests of
+//! what only several instances have (leases, heartbeats, migrations racing, a server going
+//! away) run on PostgreSQL only, opening two stores on one schema as two certline processes
+//! would.
 //!
 //! Without a reachable PostgreSQL these tests fail, naming the address: they never skip.
 
@@ -13,19 +18,20 @@ mod support;
 
 use certline::apikey::{ApiKey, KeyHash};
 use certline::domain::{Domain, normalize};
-use certline::store::postgres::{PgStore, PostgresConfig};
+use certline::store::postgres::PostgresConfig;
 use certline::store::{
     AcmeKeyRecord, AddOutcome, AuditKind, BridgePhase, CapExceeded, ClaimCaps, ClaimOutcome,
     LinkAction, LinkOutcome, LinkToken, OperatorConfirmOutcome, RequeueOutcome,
 };
+use certline::store::{DurabilityMode, Store, Timing};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use support::postgres::{SERVER, TestSchema};
 
-/// The store under test (the facade `Store` once both backends sit behind it).
-type S = PgStore;
+/// The store under test: the facade, on either backend.
+type S = Store;
 
 /// Opening the store under test on a test's schema.
 trait OpenStore {
@@ -39,7 +45,7 @@ impl OpenStore for TestSchema {
     }
 
     async fn store_with_lease(&self, instance: &str, lease_secs: u64) -> S {
-        PgStore::connect(&self.config(instance, lease_secs))
+        Store::open_postgres(&self.config(instance, lease_secs))
             .await
             .unwrap_or_else(|e| panic!("connecting to PostgreSQL at {SERVER}: {e}"))
     }
@@ -920,7 +926,10 @@ async fn check_bridge_leases(a: Arc<S>, b: Arc<S>, c: Arc<S>, lease: Duration) {
     assert!(c.due_bridge_jobs(1_000, 100).await.unwrap().is_empty());
     let refused = c.save_bridge(&busy, &step).await.unwrap_err().to_string();
     assert!(refused.contains("another instance"), "{refused}");
-    assert!(refused.contains(a.instance()), "{refused}");
+    assert!(
+        refused.contains("another instance (a)"),
+        "the holder is named: {refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1191,7 +1200,7 @@ async fn two_instances_starting_together_migrate_once() {
         .iter()
         .map(|n| schema.config(n, 300))
         .collect();
-    let started = futures_util::future::join_all(configs.iter().map(PgStore::connect)).await;
+    let started = futures_util::future::join_all(configs.iter().map(Store::open_postgres)).await;
     for store in &started {
         assert!(
             store.is_ok(),
@@ -1224,7 +1233,7 @@ async fn two_instances_starting_together_migrate_once() {
         )
         .await
         .unwrap();
-    let refused = match PgStore::connect(&schema.config("d", 300)).await {
+    let refused = match Store::open_postgres(&schema.config("d", 300)).await {
         Ok(_) => panic!("started on a newer schema"),
         Err(e) => e.to_string(),
     };
@@ -1257,9 +1266,9 @@ async fn live_instances_follow_the_heartbeats() {
         config.heartbeat_ms = 200;
         config
     };
-    let a = PgStore::connect(&fast("a")).await.unwrap();
+    let a = Store::open_postgres(&fast("a")).await.unwrap();
     assert_eq!(*a.live_instances().borrow(), 1, "alone at first");
-    let b = PgStore::connect(&fast("b")).await.unwrap();
+    let b = Store::open_postgres(&fast("b")).await.unwrap();
     assert_eq!(*b.live_instances().borrow(), 2, "b counts a at its start");
     wait_for_live(&a, 2, Duration::from_secs(10), "a sees b").await;
 
@@ -1291,7 +1300,7 @@ async fn live_instances_follow_the_heartbeats() {
     );
 
     // c starts and shuts down cleanly: its row goes at once, a's count follows.
-    let c = PgStore::connect(&fast("c")).await.unwrap();
+    let c = Store::open_postgres(&fast("c")).await.unwrap();
     wait_for_live(&a, 2, Duration::from_secs(10), "a sees c").await;
     c.close().await.unwrap();
     let c_rows: i64 = client
@@ -1311,7 +1320,7 @@ async fn an_unreachable_server_is_named_without_its_password() {
     std::fs::write(&path, "postgres://certline:pw-secret@127.0.0.1:1/test").unwrap();
     let mut config = PostgresConfig::from_url_file(&path);
     config.schema = "t_unreachable".into();
-    let err = match PgStore::connect(&config).await {
+    let err = match Store::open_postgres(&config).await {
         Ok(_) => panic!("connected to port 1"),
         Err(e) => e.to_string(),
     };
@@ -1398,7 +1407,7 @@ async fn writable_follows_the_server_going_away_and_coming_back() {
     let mut config = schema.config("a", 300);
     config.url_file = Some(schema.dir.path().join("relayed"));
     config.statement_timeout_ms = 1000;
-    let s = PgStore::connect(&config).await.unwrap();
+    let s = Store::open_postgres(&config).await.unwrap();
     let hash = key();
     new_key(&s, &hash).await;
     s.writable().unwrap();
@@ -1432,4 +1441,91 @@ async fn writable_follows_the_server_going_away_and_coming_back() {
     );
     assert_eq!(s.key(&hash).await.unwrap().unwrap().domain_count, 1);
     s.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The same contract on the embedded backend (sled)
+
+/// An embedded store in a temporary directory, in durable mode (the default), with the
+/// default timings: what `certline serve` opens without a `[store]` section.
+fn sled_store() -> (tempfile::TempDir, S) {
+    let dir = tempfile::tempdir().unwrap();
+    let timing = Timing {
+        relaxed_flush: Duration::from_millis(1000),
+        checkpoint: Duration::from_secs(30),
+    };
+    let store = Store::open(dir.path(), DurabilityMode::Durable, timing)
+        .unwrap_or_else(|e| panic!("opening a sled store in {}: {e}", dir.path().display()));
+    assert_eq!(store.backend_name(), "sled");
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_claims_have_every_outcome_and_are_audited_once() {
+    let (_dir, s) = sled_store();
+    check_claim_outcomes(&s).await;
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_claim_caps_refuse_the_claim_over_the_limit_and_only_that() {
+    let (_dir, s) = sled_store();
+    check_caps(&s).await;
+}
+
+/// One process's concurrent callers race for the caps (sled serves one process).
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_claim_caps_hold_when_callers_race() {
+    let (_dir, s) = sled_store();
+    let s = Arc::new(s);
+    check_caps_under_a_race(s.clone(), s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_add_and_remove_are_idempotent_and_keep_the_domain_count() {
+    let (_dir, s) = sled_store();
+    let s = Arc::new(s);
+    check_add_remove(s.clone(), s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_key_domains_page_in_byte_order_by_offset() {
+    let (_dir, s) = sled_store();
+    check_key_domain_pages(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_holders_of_lists_the_keys_holding_a_domain_in_hash_order() {
+    let (_dir, s) = sled_store();
+    check_holders(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_audit_events_are_oldest_first_paged_and_only_for_committed_changes() {
+    let (_dir, s) = sled_store();
+    check_audit(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_links_work_once_confirm_or_revoke_and_release_waiting_domains() {
+    let (_dir, s) = sled_store();
+    check_links(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_a_confirmation_is_not_undone_by_a_worker_saving_an_older_copy() {
+    let (_dir, s) = sled_store();
+    check_confirmed_wins_over_a_stale_save(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_registrations_and_revocations_touch_the_acme_key_in_their_transaction() {
+    let (_dir, s) = sled_store();
+    check_acme_touches(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_the_operator_pages_keys_and_the_inventory_and_requeues_domains() {
+    let (_dir, s) = sled_store();
+    check_operator(&s).await;
 }
