@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::bridge_setup::{AuthMode, register, sectigo_section_with};
-use support::client::call;
+use support::client::{call, wait_for_statuses};
 use support::scm_sim::ScmSim;
 use support::server::{InProcess, test_config};
 use support::wait::{done_or, wait_until};
@@ -110,34 +110,6 @@ async fn status(addr: std::net::SocketAddr, key: &str, domain: &str) -> String {
     data
 }
 
-/// Waits until every domain's status contains `want`.
-async fn wait_for(
-    addr: std::net::SocketAddr,
-    key: &str,
-    domains: &[String],
-    want: &str,
-    limit: Duration,
-) {
-    // Only the domains not there yet are asked again.
-    let pending = std::sync::Mutex::new(domains.to_vec());
-    wait_until(limit, &format!("every domain with {want:?}"), || async {
-        let asked = std::mem::take(&mut *pending.lock().unwrap());
-        let mut still = Vec::new();
-        let mut example = String::new();
-        for d in asked {
-            let data = status(addr, key, &d).await;
-            if !data.contains(want) {
-                example = data;
-                still.push(d);
-            }
-        }
-        let left = still.len();
-        *pending.lock().unwrap() = still;
-        done_or(left == 0, format!("{left} without it, e.g. {example}"))
-    })
-    .await;
-}
-
 /// `n` registrable domains (`<prefix><i>.edu`), each validated on its own.
 fn names(n: usize, prefix: &str) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}.edu")).collect()
@@ -161,7 +133,7 @@ async fn two_hundred_domains_validate_by(method: &str, mode: AuthMode) {
     let key = register(server.addr, &domains).await;
     // A subdomain is synced as soon as it is in the inventory; its DCV follows its
     // validation domain's, which certline validates once (and then cleans up after).
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &domains,
@@ -274,7 +246,7 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     all.push("bad.edu".into());
     all.push("hang.edu".into());
     let key = register(server.addr, &all).await;
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &good,
@@ -284,7 +256,7 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     .await;
 
     // Both are reported (the hanging one once its 1 s timeout has passed).
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &["bad.edu".to_owned()],
@@ -294,7 +266,7 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     .await;
     let bad = status(server.addr, &key, "bad.edu").await;
     assert!(bad.contains(" sectigo=dcv_publish "), "{bad}");
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &["hang.edu".to_owned()],
@@ -315,7 +287,7 @@ async fn a_failing_or_hanging_hook_is_retried_reported_and_never_blocks_the_othe
     // The operator fixes the DNS side; the retries succeed.
     std::fs::write(env.zone.join(".fixed"), "").unwrap();
     let stuck = vec!["bad.edu".to_owned(), "hang.edu".to_owned()];
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &stuck,
@@ -346,7 +318,7 @@ async fn expired_and_soon_expiring_domains_are_revalidated() {
         .collect();
     let key = register(server.addr, &domains).await;
     let renewed = (today + chrono::Days::new(365)).to_string();
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &domains[..2],
@@ -354,7 +326,7 @@ async fn expired_and_soon_expiring_domains_are_revalidated() {
         Duration::from_secs(60),
     )
     .await;
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &domains[2..],
@@ -383,7 +355,7 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
     let server = InProcess::start_with(without_hook).await;
     let domains = vec!["manual.edu".to_owned()];
     let key = register(server.addr, &domains).await;
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &domains,
@@ -431,7 +403,7 @@ async fn without_a_hook_the_record_to_publish_is_shown_until_a_person_publishes_
         "{publish}"
     );
     sim.publish_dns(&host, &value);
-    wait_for(
+    wait_for_statuses(
         server.addr,
         &key,
         &domains,

@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 use support::bridge_setup::sectigo_section;
-use support::client::{call, list_all, new_key};
+use support::client::{list_all, new_key, wait_for_statuses};
 use support::postgres::TestSchema;
 use support::scm_sim::ScmSim;
 use support::server::{Binary, Launch};
@@ -159,37 +159,6 @@ async fn try_add(addr: SocketAddr, key: &str, domain: &str) -> Option<u16> {
     status.split(' ').nth(2)?.parse().ok()
 }
 
-/// The `status` data line of a domain on `addr`.
-async fn status(addr: SocketAddr, key: &str, domain: &str) -> String {
-    let reply = call(
-        addr,
-        &format!("command status apikey {key} domain {domain}"),
-    )
-    .await;
-    reply.data.unwrap_or_default()
-}
-
-/// Waits until every domain's status on `addr` contains `want`.
-async fn wait_all(addr: SocketAddr, key: &str, domains: &[String], want: &str, limit: Duration) {
-    let pending = std::sync::Mutex::new(domains.to_vec());
-    wait_until(limit, &format!("every domain with {want:?}"), || async {
-        let asked = std::mem::take(&mut *pending.lock().unwrap());
-        let mut still = Vec::new();
-        let mut example = String::new();
-        for d in asked {
-            let data = status(addr, key, &d).await;
-            if !data.contains(want) {
-                example = data;
-                still.push(d);
-            }
-        }
-        let left = still.len();
-        *pending.lock().unwrap() = still;
-        done_or(left == 0, format!("{left} without it, e.g. {example}"))
-    })
-    .await;
-}
-
 /// Both instances alive: registrations on either are seen by both, the bridge's work is
 /// shared, and nothing is done twice in SCM (one create per domain, one DCV run and one hook
 /// publish per validation domain).
@@ -208,7 +177,7 @@ async fn two_live_instances_share_the_work_and_do_nothing_twice() {
         let listed: BTreeSet<String> = list_all(addr, &key).await.domains.into_iter().collect();
         assert_eq!(listed, domains.iter().cloned().collect());
     }
-    wait_all(
+    wait_for_statuses(
         b.addr,
         &key,
         &domains,
@@ -301,7 +270,7 @@ async fn one_of_two_instances_killed_with_9_loses_nothing_and_the_other_finishes
         "an acknowledged registration was lost"
     );
 
-    wait_all(
+    wait_for_statuses(
         b.addr,
         &key,
         &domains,

@@ -157,3 +157,45 @@ pub async fn list_from(addr: SocketAddr, key: &str, first: u64) -> Listing {
     );
     listing
 }
+
+/// The `data` line of `command status` for one domain (empty if the reply has none), within
+/// the 1,000 bytes one bash `dd` read takes.
+pub async fn status_data(addr: SocketAddr, key: &str, domain: &str) -> String {
+    let reply = call(
+        addr,
+        &format!("command status apikey {key} domain {domain}"),
+    )
+    .await;
+    let data = reply.data.unwrap_or_default();
+    assert!(data.len() < 1000, "a status line over 1,000 bytes: {data}");
+    data
+}
+
+/// Waits until the status of every one of `domains` contains `want` (e.g. `" dcv=VALIDATED "`);
+/// only the domains not there yet are asked again. Past `limit` the test fails with how many
+/// are left and one of their status lines.
+pub async fn wait_for_statuses(
+    addr: SocketAddr,
+    key: &str,
+    domains: &[String],
+    want: &str,
+    limit: Duration,
+) {
+    let pending = std::sync::Mutex::new(domains.to_vec());
+    super::wait::wait_until(limit, &format!("every domain with {want:?}"), || async {
+        let asked = std::mem::take(&mut *pending.lock().unwrap());
+        let mut still = Vec::new();
+        let mut example = String::new();
+        for d in asked {
+            let data = status_data(addr, key, &d).await;
+            if !data.contains(want) {
+                example = data;
+                still.push(d);
+            }
+        }
+        let left = still.len();
+        *pending.lock().unwrap() = still;
+        super::wait::done_or(left == 0, format!("{left} without it, e.g. {example}"))
+    })
+    .await;
+}
