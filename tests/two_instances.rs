@@ -159,11 +159,11 @@ async fn try_add(addr: SocketAddr, key: &str, domain: &str) -> Option<u16> {
     status.split(' ').nth(2)?.parse().ok()
 }
 
-/// Both instances alive: registrations on either are seen by both, the bridge's work is
-/// shared, and nothing is done twice in SCM (one create per domain, one DCV run and one hook
+/// Both instances alive: registrations on either are seen by both, the bridge finishes every
+/// domain whichever instance takes it, and nothing is done twice in SCM (one create per domain, one DCV run and one hook
 /// publish per validation domain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_live_instances_share_the_work_and_do_nothing_twice() {
+async fn two_live_instances_finish_everything_and_do_nothing_twice() {
     let s = Setup::new().await;
     let (a, b) = (s.start("a"), s.start("b"));
     let key = new_key(a.addr).await;
@@ -211,14 +211,18 @@ async fn two_live_instances_share_the_work_and_do_nothing_twice() {
             .count();
         assert_eq!(begun, 1, "{parent}: {begun} DCV runs");
     }
-    // Both instances did bridge work (each logs the audit lines of what it committed).
+    // How the work split is reported, not asserted: which instance leases a due batch first
+    // is a race (one can take every batch while the other is between polls; CI saw an
+    // instance with no bridge work on a quiet machine). What is promised is asserted above:
+    // everything done, nothing twice. The kill -9 test below shows the other instance taking
+    // work over.
     for name in ["a", "b"] {
         let steps = s
             .log(name)
             .lines()
             .filter(|l| l.contains("audit") && l.contains("bridge"))
             .count();
-        assert!(steps > 0, "instance {name} did no bridge work");
+        eprintln!("instance {name}: {steps} bridge audit lines");
     }
     drop((a, b));
 }
